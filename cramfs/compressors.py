@@ -1,0 +1,61 @@
+"""The page compressors, by the names zram uses for them.
+
+A stored page remembers which compressor wrote it (a small integer id), so
+switching `.cram/compressor` affects new pages only, as the issue asks and as
+zram's recompress does per page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import lz4.block
+import zstandard
+
+from .units import PAGE_SIZE
+
+
+@dataclass(frozen=True)
+class Compressor:
+    name: str
+    ident: int
+    compress: Callable[[bytes], bytes]
+    decompress: Callable[[bytes], bytes]
+
+
+def _lz4_compress(data: bytes) -> bytes:
+    # store_size=False: the page size is known, so the 4-byte header is waste.
+    return lz4.block.compress(data, store_size=False)
+
+
+def _lz4_decompress(blob: bytes) -> bytes:
+    return lz4.block.decompress(blob, uncompressed_size=PAGE_SIZE)
+
+
+# Level 1 is what zram's zstd uses by default and what ANCHORS measured.
+_zstd_c = zstandard.ZstdCompressor(level=1, write_content_size=False, write_checksum=False)
+_zstd_d = zstandard.ZstdDecompressor()
+
+
+def _zstd_decompress(blob: bytes) -> bytes:
+    return _zstd_d.decompress(blob, max_output_size=PAGE_SIZE)
+
+
+def _identity(data: bytes) -> bytes:
+    return bytes(data)
+
+
+_ALL = (
+    Compressor("lz4", 0, _lz4_compress, _lz4_decompress),
+    Compressor("zstd", 1, _zstd_c.compress, _zstd_decompress),
+    Compressor("none", 2, _identity, _identity),
+)
+
+COMPRESSORS: dict[str, Compressor] = {c.name: c for c in _ALL}
+BY_ID: tuple[Compressor, ...] = _ALL
+
+
+def describe(current: str) -> str:
+    """zram's comp_algorithm format: every choice, the current one in brackets."""
+    return " ".join(f"[{n}]" if n == current else n for n in COMPRESSORS)

@@ -1,0 +1,124 @@
+"""The device's settings: one table that serves mount options and control knobs.
+
+Each setting has one parser and one formatter. The CLI builds `--name VALUE`
+and `-o name=VALUE` from this table, and `.cram/NAME` writes go through the same
+parser, so a value that mounts is a value the knob accepts, and vice versa.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .compressors import COMPRESSORS
+from .units import (
+    PAGE_SIZE,
+    format_onoff,
+    format_percent,
+    parse_int,
+    parse_onoff,
+    parse_percent,
+    parse_size,
+)
+
+MODES = ("zswap", "direct")
+FALLBACKS = ("host", "none")
+OVERFLOWS = ("refuse", "poison", "drop")
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        s = text.strip()
+        if s not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {s!r}")
+        return s
+
+    return parse
+
+
+def _huge_threshold(text: str) -> int:
+    value = parse_int(text)
+    if not 1 <= value <= PAGE_SIZE:
+        raise ValueError(f"huge_threshold must be 1-{PAGE_SIZE} bytes, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Setting:
+    """How one setting is spelled, parsed and shown, and whether it may change live."""
+
+    name: str
+    parse: Callable[[str], Any]
+    show: Callable[[Any], str]
+    help: str
+    runtime: bool = True
+
+
+SETTINGS: dict[str, Setting] = {
+    s.name: s
+    for s in (
+        Setting("advertised", parse_size, str, "static capacity the device claims", False),
+        Setting("physical", parse_size, str, "real capacity (change live via inject)", False),
+        Setting("compressor", _choice(*COMPRESSORS), str, "lz4, zstd or none"),
+        Setting("huge_threshold", _huge_threshold, str,
+                "compressed pages at least this big are stored uncompressed", False),
+        Setting("warn_at", parse_percent, format_percent, "fill that raises 'warn'"),
+        Setting("critical_at", parse_percent, format_percent, "fill that raises 'critical'"),
+        Setting("hysteresis", parse_percent, format_percent,
+                "how far fill must drop below a level's threshold to leave it"),
+        Setting("write_control", parse_onoff, format_onoff,
+                "refuse new pages at critical or worse"),
+        Setting("fallback", _choice(*FALLBACKS), str, "where refused pages go: host or none"),
+        Setting("overflow", _choice(*OVERFLOWS), str,
+                "with write control off, what a full device does: refuse, poison or drop"),
+        Setting("mode", _choice(*MODES), str, "zswap (every access faults) or direct"),
+        Setting("dram", parse_size, str, "budget of the host-DRAM tier of promoted pages"),
+    )
+}
+
+
+@dataclass
+class DeviceConfig:
+    """Every device setting with its default. Cross-field rules live in check()."""
+
+    advertised: int = 8 << 30
+    physical: int = 1 << 30
+    compressor: str = "lz4"
+    huge_threshold: int = 3072
+    warn_at: float = 0.75
+    critical_at: float = 0.90
+    hysteresis: float = 0.05
+    write_control: bool = True
+    fallback: str = "host"
+    overflow: str = "refuse"
+    mode: str = "zswap"
+    dram: int = 64 << 20
+
+    def check(self) -> None:
+        """Raise ValueError if the settings contradict each other."""
+        if self.advertised < PAGE_SIZE:
+            raise ValueError(f"advertised must be at least {PAGE_SIZE} bytes")
+        if self.physical < PAGE_SIZE:
+            raise ValueError(f"physical must be at least {PAGE_SIZE} bytes")
+        if self.physical > self.advertised:
+            raise ValueError(
+                f"physical ({self.physical}) must not exceed advertised ({self.advertised})"
+            )
+        if not 0 < self.warn_at < self.critical_at < 1:
+            raise ValueError("need 0% < warn_at < critical_at < 100%")
+        if not 0 <= self.hysteresis < self.warn_at:
+            raise ValueError("need 0% <= hysteresis < warn_at")
+
+    def with_value(self, name: str, text: str) -> DeviceConfig:
+        """A checked copy with one setting parsed from text; self is left untouched."""
+        setting = SETTINGS.get(name)
+        if setting is None:
+            raise ValueError(f"unknown setting {name!r}")
+        new = dataclasses.replace(self, **{name: setting.parse(text)})
+        new.check()
+        return new
+
+    def show(self, name: str) -> str:
+        return SETTINGS[name].show(getattr(self, name))

@@ -1,0 +1,228 @@
+"""The `.cram/` control files: one table of small show/store pairs.
+
+Modelled on zram_drv.c's attribute table. A file with only `show` is read-only
+(0444), one with only `store` is write-only (0200), and a knob has both
+(0644). Values follow sysfs habits: one value per file, a trailing newline,
+EINVAL with a reason (also written to `events`) for input that does not parse.
+Nothing here knows about FUSE; the adapter serves these as files.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .config import SETTINGS
+from .device import DeviceError
+from .namespace import Inode, Namespace
+from .units import PAGE_SIZE, format_size, parse_int, parse_size
+
+Show = Callable[[Namespace], str]
+Store = Callable[[Namespace, str], None]
+
+
+@dataclass(frozen=True)
+class Attribute:
+    name: str
+    show: Show | None = None
+    store: Store | None = None
+    stream: bool = False   # regenerate on every read, for `tail -f`
+
+    @property
+    def mode(self) -> int:
+        if self.show and self.store:
+            return 0o644
+        return 0o444 if self.show else 0o200
+
+
+def _fmt(value: float | int | str) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
+
+
+def _status(ns: Namespace) -> str:
+    dev = ns.device
+    s = dev.stats()
+    sized = ("advertised", "physical", "physical_used", "logical_stored", "compressed_bytes",
+             "effective_capacity", "mem_used_max", "fallback_bytes", "promoted_bytes")
+    lines = []
+    for key in ("advertised", "physical", "physical_used", "logical_stored", "compressed_bytes",
+                "ratio", "required_ratio", "effective_capacity", "fill", "danger", "compressor",
+                "mode", "mem_used_max"):
+        value = s[key]
+        if key in sized:
+            lines.append(f"{key}: {value} ({format_size(int(value))})")
+        elif key == "fill":
+            lines.append(f"fill: {float(value):.1%}")
+        else:
+            lines.append(f"{key}: {_fmt(value)}")
+    lines.append(f"write_control: {dev.config.show('write_control')}")
+    lines.append(f"files: {len(ns.by_name)}")
+    for key in ("stored_pages", "same_filled_pages", "compressed_pages",
+                "stored_incompressible_pages", "fallback_pages", "promoted_pages",
+                "poisoned_now"):
+        lines.append(f"{key}: {s[key]}")
+    over = dev.overflow_at_ratio()
+    if over:
+        lines.append(
+            f"warning: at ratio {dev.ratio:.2f} (needed {s['required_ratio']:.2f}) filling the "
+            f"advertised {format_size(dev.config.advertised)} would overflow the device by "
+            f"{over} bytes ({format_size(over)})")
+    faults = dev.active_faults()
+    if faults:
+        lines.append(f"injected: {', '.join(faults)}")
+    return "\n".join(lines) + "\n"
+
+
+def _stat(ns: Namespace) -> str:
+    s = ns.device.stats()
+    return "".join(f"{k} {_fmt(v)}\n" for k, v in s.items() if not isinstance(v, str))
+
+
+def _stat_json(ns: Namespace) -> str:
+    dev = ns.device
+    doc: dict[str, object] = {k: dev.config.show(k) for k in SETTINGS}
+    doc.update(dev.stats())
+    if doc["ratio"] == float("inf"):
+        doc["ratio"] = None   # JSON has no infinity; null means "no physical usage yet"
+    doc["files"] = len(ns.by_name)
+    doc["injected"] = dev.active_faults()
+    doc["io_stat"] = dev.io_stat()
+    doc["mm_stat"] = dev.mm_stat()
+    return json.dumps(doc, indent=1) + "\n"
+
+
+def _knob(name: str) -> Attribute:
+    return Attribute(name, lambda ns: ns.device.config.show(name) + "\n",
+                     lambda ns, text: ns.device.set(name, text))
+
+
+def _store_reset(ns: Namespace, text: str) -> None:
+    if text.strip() != "1":
+        ns.device.reject("reset", f"write 1 to reset, got {text.strip()!r}")
+    try:
+        ns.reset()
+    except DeviceError as e:
+        ns.device.events.add("rejected", f"reset: {e}")
+        raise
+
+
+def _store_mem_used_max(ns: Namespace, text: str) -> None:
+    if text.strip() != "0":
+        ns.device.reject("mem_used_max", f"only 0 (reset the peak) is accepted, got "
+                         f"{text.strip()!r}")
+    ns.device.reset_peak()
+
+
+def _store_discard(ns: Namespace, text: str) -> None:
+    parts = text.strip().rsplit(maxsplit=2)
+    if len(parts) != 3:
+        ns.device.reject("discard", "expected FILE OFFSET LENGTH")
+    name, off, length = parts
+    try:
+        released = ns.discard(name, parse_size(off), parse_size(length))
+    except ValueError as e:
+        ns.device.reject("discard", str(e))
+    except DeviceError as e:
+        ns.device.reject("discard", str(e))
+    ns.device.events.add("discard", f"{name} {off} {length}: {released} pages released")
+
+
+def _store_demote(ns: Namespace, text: str) -> None:
+    arg = text.strip()
+    try:
+        count = None if arg == "all" else parse_int(arg)
+    except ValueError as e:
+        ns.device.reject("demote", f"{e}; expected a page count or 'all'")
+    if count is not None and count < 0:
+        ns.device.reject("demote", "page count must not be negative")
+    done = ns.device.demote(count)
+    ns.device.events.add("demote", f"{arg}: {done} pages demoted")
+
+
+def _inject_one(ns: Namespace, line: str) -> None:
+    dev = ns.device
+    words = line.split()
+    cmd, args = (words[0], words[1:]) if words else ("", [])
+    try:
+        if cmd == "ratio" and len(args) == 1:
+            dev.inject_ratio(float(args[0]))
+        elif cmd == "physical" and len(args) == 1:
+            dev.inject_physical(parse_size(args[0]))
+        elif cmd == "poison" and len(args) == 2:
+            dev.inject_poison(ns.lookup(args[0]).table, parse_int(args[1]))
+        elif cmd == "clear" and not args:
+            dev.clear_faults()
+        elif cmd == "bug" and not args:
+            # Exercises the daemon's own error path: this request fails with EIO,
+            # the traceback is logged, and the mount keeps serving.
+            dev.events.add("inject", "bug: raising an internal error")
+            raise RuntimeError("injected daemon bug")
+        else:
+            dev.reject("inject", f"unknown command {line.strip()!r}; expected 'ratio F', "
+                       "'physical SIZE', 'poison FILE PAGE' or 'clear'")
+    except ValueError as e:
+        dev.reject("inject", str(e))
+    except DeviceError as e:
+        if e.errno != errno.EINVAL:
+            dev.reject("inject", str(e))
+        raise
+
+
+def _store_inject(ns: Namespace, text: str) -> None:
+    for line in text.splitlines():
+        if line.strip():
+            _inject_one(ns, line)
+
+
+def _show_inject(ns: Namespace) -> str:
+    faults = ns.device.active_faults()
+    return "\n".join(faults) + "\n" if faults else "none\n"
+
+
+def _show_events(ns: Namespace) -> str:
+    return ns.device.events.text().decode()
+
+
+ATTRIBUTES: dict[str, Attribute] = {a.name: a for a in (
+    Attribute("status", _status),
+    Attribute("ratio", lambda ns: _fmt(float(ns.device.stats()["ratio"])) + "\n"),
+    Attribute("required_ratio", lambda ns: _fmt(float(ns.device.stats()["required_ratio"]))
+              + "\n"),
+    Attribute("effective_capacity", lambda ns: f"{ns.device.stats()['effective_capacity']}\n"),
+    Attribute("danger", lambda ns: ns.device.danger + "\n"),
+    Attribute("mm_stat", lambda ns: ns.device.mm_stat() + "\n"),
+    Attribute("io_stat", lambda ns: ns.device.io_stat() + "\n"),
+    Attribute("stat", _stat),
+    Attribute("stat.json", _stat_json),
+    Attribute("events", _show_events, stream=True),
+    Attribute("comp_algorithm", lambda ns: ns.device.comp_algorithm() + "\n"),
+    Attribute("advertised", lambda ns: f"{ns.device.config.advertised}\n"),
+    Attribute("physical", lambda ns: f"{ns.device.config.physical}\n"),
+    Attribute("huge_threshold", lambda ns: f"{ns.device.config.huge_threshold}\n"),
+    *(_knob(s.name) for s in SETTINGS.values() if s.runtime),
+    Attribute("mem_used_max", lambda ns: f"{ns.device.mem_used_max}\n", _store_mem_used_max),
+    Attribute("reset", store=_store_reset),
+    Attribute("discard", store=_store_discard),
+    Attribute("demote", store=_store_demote),
+    Attribute("inject", _show_inject, _store_inject),
+)}
+
+
+def file_xattrs(ns: Namespace, inode: Inode) -> dict[str, str]:
+    """Per-file accounting under the three charging models the RFC discusses."""
+    t = inode.table
+    full = t.stored_pages * PAGE_SIZE
+    ratio = ns.device.ratio
+    scaled = int(full / ratio) if ratio else 0
+    return {
+        "user.cram.stored_pages": str(t.stored_pages),
+        "user.cram.physical_bytes": str(t.physical_bytes),
+        "user.cram.promoted_pages": str(t.promoted_pages),
+        "user.cram.charge_full": str(full),
+        "user.cram.charge_compressed": str(t.physical_bytes),
+        "user.cram.charge_scaled": str(scaled),
+    }

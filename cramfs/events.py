@@ -1,0 +1,62 @@
+"""The device's event log: what `cat` and `tail -f` on `.cram/events` show.
+
+Bounded in bytes. When full, the oldest half is dropped at once rather than a
+line at a time: a reader following the file (`tail -f` polls st_size) then
+sees one clear truncation instead of content sliding under its offset.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+
+BURST = 10
+
+
+class EventLog:
+    def __init__(self, limit_bytes: int = 256 << 10,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._lines: deque[bytes] = deque()
+        self._size = 0
+        self._limit = limit_bytes
+        self._clock = clock
+        self.count = 0
+        self._rate: dict[str, tuple[float, int, int]] = {}
+
+    def add(self, kind: str, detail: str = "", ratelimit: bool = False) -> None:
+        """Append one line. With `ratelimit`, at most BURST lines of this kind per
+        second are kept, like printk_ratelimit; the next kept line says how many
+        were suppressed, so a refusal storm cannot push level changes out."""
+        now = self._clock()
+        if ratelimit:
+            start, shown, suppressed = self._rate.get(kind, (now, 0, 0))
+            if now - start >= 1.0:
+                start, shown = now, 0
+            if shown >= BURST:
+                self._rate[kind] = (start, shown, suppressed + 1)
+                return
+            self._rate[kind] = (start, shown + 1, 0)
+            if suppressed:
+                detail += f" ({suppressed} similar suppressed)"
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+        line = f"{stamp}.{int(now % 1 * 1e6):06d}Z {kind} {detail}".rstrip() + "\n"
+        data = line.encode()
+        self._lines.append(data)
+        self._size += len(data)
+        self.count += 1
+        if self._size > self._limit:
+            keep = self._limit // 2
+            while self._size > keep:
+                self._size -= len(self._lines.popleft())
+
+    def text(self) -> bytes:
+        return b"".join(self._lines)
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def clear(self) -> None:
+        self._lines.clear()
+        self._size = 0

@@ -1,0 +1,374 @@
+"""pyfuse3 protocol adapter only: requests in, namespace and control calls out.
+
+No device logic lives here. The adapter numbers the inodes of the root, the
+`.cram` directory and its control files, turns `DeviceError` into `FUSEError`,
+and guards every handler: in pyfuse3 any other exception escaping a handler
+kills the mount, so an unexpected one is logged with its traceback and the
+request fails with EIO while the daemon keeps serving.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import select
+import stat
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+import pyfuse3
+from pyfuse3 import FUSEError
+
+from .control import ATTRIBUTES, Attribute, file_xattrs
+from .device import DeviceError
+from .namespace import FIRST_FILE_INO, Inode, Namespace
+
+log = logging.getLogger(__name__)
+
+ROOT_INO = pyfuse3.ROOT_INODE
+CTL_DIR_INO = 2
+CTL_DIR = ".cram"
+_CTL_INO = {name: 3 + i for i, name in enumerate(ATTRIBUTES)}
+_CTL_BY_INO = {ino: ATTRIBUTES[name] for name, ino in _CTL_INO.items()}
+_FILE_TIMEOUT = 1.0     # every change to a slot file goes through us, so caching is safe
+_READY = select.POLLIN | select.POLLRDNORM
+_NOTIFIED = select.POLLPRI | select.POLLERR
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def guarded(fn: F) -> F:
+    @functools.wraps(fn)
+    async def wrapper(self: CramOperations, *args: Any) -> Any:
+        try:
+            return await fn(self, *args)
+        except FUSEError:
+            raise
+        except DeviceError as e:
+            raise FUSEError(e.errno) from None
+        except Exception:
+            log.exception("internal error in %s; failing the request with EIO", fn.__name__)
+            raise FUSEError(errno.EIO) from None
+
+    return cast(F, wrapper)
+
+
+@dataclass
+class ControlHandle:
+    attr: Attribute
+    content: bytes = b""
+    seen: int = 0          # level-change generation the reader has seen (sysfs_notify)
+
+
+class CramOperations(pyfuse3.Operations):
+    enable_writeback_cache = False   # every write must reach the device
+
+    def __init__(self, ns: Namespace) -> None:
+        super().__init__()
+        self.ns = ns
+        self._handles: dict[int, Inode | ControlHandle] = {}
+        self._next_fh = 1
+        self._generation = 0
+        self._pollers: dict[int, pyfuse3.PollHandle] = {}
+        ns.device.on_level_change(self._level_changed)
+
+    # ------------------------------------------------------------ helpers
+
+    def _level_changed(self, _level: str) -> None:
+        self._generation += 1
+        pollers, self._pollers = self._pollers, {}
+        for handle in pollers.values():
+            handle.notify()
+
+    def _new_fh(self, obj: Inode | ControlHandle) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = obj
+        return fh
+
+    def _stamp(self, a: pyfuse3.EntryAttributes, ino: int, mode: int, timeout: float) -> None:
+        a.st_ino = ino
+        a.st_mode = mode
+        a.st_blksize = 4096
+        a.entry_timeout = timeout
+        a.attr_timeout = timeout
+
+    def _dir_attr(self, ino: int, mode: int) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        self._stamp(a, ino, stat.S_IFDIR | mode, _FILE_TIMEOUT)
+        a.st_nlink = 2
+        return a
+
+    def _ctl_attr(self, ino: int) -> pyfuse3.EntryAttributes:
+        attr = _CTL_BY_INO[ino]
+        a = pyfuse3.EntryAttributes()
+        # Control files change behind the kernel's back: never cache their size.
+        self._stamp(a, ino, stat.S_IFREG | attr.mode, 0)
+        a.st_nlink = 1
+        a.st_size = len(attr.show(self.ns).encode()) if attr.stream and attr.show else 4096
+        return a
+
+    def _file_attr(self, node: Inode) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        self._stamp(a, node.ino, node.mode, _FILE_TIMEOUT)
+        a.st_nlink = node.nlink
+        a.st_uid = node.uid
+        a.st_gid = node.gid
+        a.st_size = node.size
+        a.st_blocks = -(-node.table.physical_bytes // 512)   # du shows device bytes
+        a.st_atime_ns = node.atime_ns
+        a.st_mtime_ns = node.mtime_ns
+        a.st_ctime_ns = node.ctime_ns
+        return a
+
+    def _attr(self, ino: int) -> pyfuse3.EntryAttributes:
+        if ino == ROOT_INO:
+            return self._dir_attr(ino, 0o755)
+        if ino == CTL_DIR_INO:
+            return self._dir_attr(ino, 0o755)
+        if ino in _CTL_BY_INO:
+            return self._ctl_attr(ino)
+        return self._file_attr(self.ns.get(ino))
+
+    def _file_node(self, parent: int, name: bytes) -> Inode:
+        if parent != ROOT_INO:
+            raise FUSEError(errno.EPERM)
+        return self.ns.lookup(os.fsdecode(name))
+
+    # ------------------------------------------------------------ names
+
+    @guarded
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
+        text = os.fsdecode(name)
+        if parent_inode == CTL_DIR_INO:
+            if text not in _CTL_INO:
+                raise FUSEError(errno.ENOENT)
+            return self._ctl_attr(_CTL_INO[text])
+        if parent_inode != ROOT_INO:
+            raise FUSEError(errno.ENOTDIR)
+        if text == CTL_DIR:
+            return self._dir_attr(CTL_DIR_INO, 0o755)
+        node = self.ns.lookup(text)
+        node.nlookup += 1
+        return self._file_attr(node)
+
+    @guarded
+    async def forget(self, inode_list: Any) -> None:
+        for ino, count in inode_list:
+            self.ns.forget(ino, count)
+
+    @guarded
+    async def getattr(self, inode: int, ctx: Any) -> pyfuse3.EntryAttributes:
+        return self._attr(inode)
+
+    @guarded
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: Any,
+                      fh: int | None, ctx: Any) -> pyfuse3.EntryAttributes:
+        if inode in _CTL_BY_INO:
+            # `echo 1 > knob` opens with O_TRUNC, which arrives as a size change.
+            if fields.update_size and not (fields.update_mode or fields.update_uid
+                                           or fields.update_gid):
+                return self._ctl_attr(inode)
+            raise FUSEError(errno.EPERM)
+        if inode in (ROOT_INO, CTL_DIR_INO):
+            raise FUSEError(errno.EPERM)
+        node = self.ns.get(inode)
+        if fields.update_size:
+            self.ns.resize(node, attr.st_size)
+        if fields.update_mode:
+            node.mode = stat.S_IFREG | (attr.st_mode & 0o7777)
+        if fields.update_uid:
+            node.uid = attr.st_uid
+        if fields.update_gid:
+            node.gid = attr.st_gid
+        if fields.update_atime:
+            node.atime_ns = attr.st_atime_ns
+        if fields.update_mtime:
+            node.mtime_ns = attr.st_mtime_ns
+        node.ctime_ns = attr.st_ctime_ns if fields.update_ctime else max(
+            node.ctime_ns, node.mtime_ns)
+        return self._file_attr(node)
+
+    @guarded
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: Any) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        if parent_inode != ROOT_INO:
+            raise FUSEError(errno.EPERM)
+        node = self.ns.create(os.fsdecode(name), mode, ctx.uid, ctx.gid)
+        node.nlookup += 1
+        self.ns.opened(node)
+        return self._file_info(self._new_fh(node)), self._file_attr(node)
+
+    @guarded
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        if parent_inode != ROOT_INO:
+            raise FUSEError(errno.EPERM)
+        self.ns.unlink(os.fsdecode(name))
+
+    @guarded
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: Any) -> None:
+        if parent_inode_old != ROOT_INO or parent_inode_new != ROOT_INO:
+            raise FUSEError(errno.EPERM)
+        self.ns.rename(os.fsdecode(name_old), os.fsdecode(name_new),
+                       exchange=bool(flags & pyfuse3.RENAME_EXCHANGE),
+                       noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE))
+
+    @guarded
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        if parent_inode == ROOT_INO and os.fsdecode(name) == CTL_DIR:
+            raise FUSEError(errno.EPERM)
+        self._file_node(parent_inode, name)
+        raise FUSEError(errno.ENOTDIR)
+
+    async def mkdir(self, *args: Any) -> pyfuse3.EntryAttributes:
+        raise FUSEError(errno.EPERM)
+
+    async def symlink(self, *args: Any) -> pyfuse3.EntryAttributes:
+        raise FUSEError(errno.EPERM)
+
+    async def link(self, *args: Any) -> pyfuse3.EntryAttributes:
+        raise FUSEError(errno.EPERM)
+
+    async def mknod(self, *args: Any) -> pyfuse3.EntryAttributes:
+        raise FUSEError(errno.EPERM)
+
+    # ------------------------------------------------------------ directories
+
+    @guarded
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        if inode not in (ROOT_INO, CTL_DIR_INO):
+            raise FUSEError(errno.ENOTDIR)
+        return inode
+
+    @guarded
+    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        if fh == CTL_DIR_INO:
+            for name, ino in _CTL_INO.items():
+                if ino > start_id and not pyfuse3.readdir_reply(
+                        token, name.encode(), self._ctl_attr(ino), ino):
+                    return
+            return
+        if start_id < CTL_DIR_INO and not pyfuse3.readdir_reply(
+                token, CTL_DIR.encode(), self._dir_attr(CTL_DIR_INO, 0o755), CTL_DIR_INO):
+            return
+        for node in sorted(self.ns.by_name.values(), key=lambda n: n.ino):
+            if node.ino <= start_id:
+                continue
+            if not pyfuse3.readdir_reply(token, os.fsencode(node.name),
+                                         self._file_attr(node), node.ino):
+                return
+            node.nlookup += 1
+
+    async def releasedir(self, fh: int) -> None:
+        pass
+
+    # ------------------------------------------------------------ files
+
+    @staticmethod
+    def _file_info(fh: int) -> pyfuse3.FileInfo:
+        # direct_io and no keep_cache: a cached read is a fault the device never saw.
+        return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+
+    @guarded
+    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        attr = _CTL_BY_INO.get(inode)
+        if attr is not None:
+            acc = flags & os.O_ACCMODE
+            # Root passes every permission check, so enforce the file's role here.
+            if (acc != os.O_RDONLY and not attr.store) or (acc != os.O_WRONLY
+                                                           and not attr.show):
+                raise FUSEError(errno.EACCES)
+            return self._file_info(self._new_fh(ControlHandle(attr, seen=self._generation)))
+        if inode in (ROOT_INO, CTL_DIR_INO):
+            raise FUSEError(errno.EISDIR)
+        node = self.ns.get(inode)
+        self.ns.opened(node)
+        return self._file_info(self._new_fh(node))
+
+    def _handle(self, fh: int) -> Inode | ControlHandle:
+        try:
+            return self._handles[fh]
+        except KeyError:
+            raise FUSEError(errno.EBADF) from None
+
+    @guarded
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        h = self._handle(fh)
+        if isinstance(h, Inode):
+            return self.ns.read(h, off, size)
+        assert h.attr.show is not None
+        if off == 0 or h.attr.stream:
+            h.content = h.attr.show(self.ns).encode()
+            h.seen = self._generation
+        return h.content[off:off + size]
+
+    @guarded
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        h = self._handle(fh)
+        if isinstance(h, Inode):
+            return self.ns.write(h, off, buf)
+        assert h.attr.store is not None
+        try:
+            text = buf.decode()
+        except UnicodeDecodeError:
+            self.ns.device.reject(h.attr.name, "input is not UTF-8 text")
+        h.attr.store(self.ns, text)
+        return len(buf)
+
+    @guarded
+    async def release(self, fh: int) -> None:
+        h = self._handles.pop(fh, None)
+        self._pollers.pop(fh, None)
+        if isinstance(h, Inode):
+            self.ns.released(h)
+
+    async def flush(self, fh: int) -> None:
+        pass
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        pass
+
+    @guarded
+    async def poll(self, inode: int, fh: int, poll_handle: pyfuse3.PollHandle | None,
+                   ctx: Any) -> int:
+        h = self._handle(fh)
+        if isinstance(h, Inode):
+            return _READY | select.POLLOUT | select.POLLWRNORM
+        if poll_handle is not None:
+            self._pollers[fh] = poll_handle
+        # sysfs_notify semantics: POLLPRI|POLLERR until the reader reads again.
+        return _READY | (_NOTIFIED if h.seen != self._generation else 0)
+
+    # ------------------------------------------------------------ xattrs and statfs
+
+    @guarded
+    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        if inode < FIRST_FILE_INO:
+            raise FUSEError(pyfuse3.ENOATTR)
+        value = file_xattrs(self.ns, self.ns.get(inode)).get(os.fsdecode(name))
+        if value is None:
+            raise FUSEError(pyfuse3.ENOATTR)
+        return value.encode()
+
+    @guarded
+    async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+        if inode < FIRST_FILE_INO:
+            return []
+        return [k.encode() for k in file_xattrs(self.ns, self.ns.get(inode))]
+
+    async def setxattr(self, *args: Any) -> None:
+        raise FUSEError(errno.ENOTSUP)
+
+    async def removexattr(self, *args: Any) -> None:
+        raise FUSEError(errno.ENOTSUP)
+
+    @guarded
+    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+        out = pyfuse3.StatvfsData()
+        for key, value in self.ns.statvfs().items():
+            setattr(out, key, value)
+        return out

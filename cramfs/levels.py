@@ -1,0 +1,40 @@
+"""Danger levels from physical fill, with hysteresis.
+
+The RFC's hardware raises low/high threshold interrupts; a driver turns them
+into a level. A level is entered as soon as fill reaches its threshold, and
+left only once fill drops `hysteresis` below it, so a workload that wobbles
+around 75% does not flood the event log or wake pollers on every page.
+"""
+
+from __future__ import annotations
+
+LEVELS = ("ok", "warn", "critical", "full")
+OK, WARN, CRITICAL, FULL = range(4)
+
+
+class LevelTracker:
+    def __init__(self) -> None:
+        self.level = OK
+
+    @property
+    def name(self) -> str:
+        return LEVELS[self.level]
+
+    def update(
+        self, fill: float, warn_at: float, critical_at: float, hysteresis: float,
+        overflowed: bool = False,
+    ) -> bool:
+        """Move to the level `fill` calls for; return True if the level changed.
+
+        `overflowed` says a page just failed to fit, which means `full` whatever
+        the fill (allocator rounding can refuse a page below 100%).
+        """
+        thresholds = (0.0, warn_at, critical_at, 1.0)
+        raw = FULL if overflowed else max(i for i, t in enumerate(thresholds) if fill >= t)
+        old = self.level
+        if raw > self.level:
+            self.level = raw
+        else:
+            while self.level > raw and fill < thresholds[self.level] - hysteresis:
+                self.level -= 1
+        return self.level != old

@@ -1,0 +1,209 @@
+"""What the filesystem is: a flat directory of slot files over one device.
+
+Names, inode numbers, sizes, modes, owners and times live here; page data lives
+in the device. A file's size is whatever the user made it; the sum of sizes
+is bounded by the advertised capacity, as a disk's partitions are by the disk.
+The inode lifetime follows the FUSE rules (nlink, open handles and the kernel's
+lookup count) but the module imports nothing from FUSE.
+"""
+
+from __future__ import annotations
+
+import errno
+import stat
+import time
+from dataclasses import dataclass, field
+
+from .device import Device, DeviceError, SlotTable
+from .units import PAGE_SIZE
+
+NAME_MAX = 255
+FIRST_FILE_INO = 1000     # inodes below this belong to the root and the control files
+MAX_FILES = 1 << 20
+RESERVED_NAMES = frozenset({".cram"})
+
+
+@dataclass(eq=False)
+class Inode:
+    ino: int
+    name: str
+    mode: int
+    uid: int
+    gid: int
+    table: SlotTable
+    size: int = 0
+    nlink: int = 1
+    nlookup: int = 0
+    opens: int = 0
+    atime_ns: int = field(default_factory=time.time_ns)
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+
+    def __post_init__(self) -> None:
+        self.mtime_ns = self.ctime_ns = self.atime_ns
+
+
+def check_name(name: str) -> None:
+    if len(name.encode()) > NAME_MAX:
+        raise DeviceError(errno.ENAMETOOLONG, f"name longer than {NAME_MAX} bytes")
+    if not name or "/" in name or name in (".", ".."):
+        raise DeviceError(errno.EINVAL, f"bad name {name!r}")
+
+
+class Namespace:
+    def __init__(self, device: Device) -> None:
+        self.device = device
+        self.by_name: dict[str, Inode] = {}
+        self.by_ino: dict[int, Inode] = {}
+        self.total_size = 0
+        self._next_ino = FIRST_FILE_INO
+
+    # ------------------------------------------------------------ names
+
+    def lookup(self, name: str) -> Inode:
+        try:
+            return self.by_name[name]
+        except KeyError:
+            raise DeviceError(errno.ENOENT, f"no file {name!r}") from None
+
+    def get(self, ino: int) -> Inode:
+        try:
+            return self.by_ino[ino]
+        except KeyError:
+            raise DeviceError(errno.ENOENT, f"no inode {ino}") from None
+
+    def create(self, name: str, mode: int, uid: int, gid: int) -> Inode:
+        check_name(name)
+        if name in self.by_name or name in RESERVED_NAMES:
+            raise DeviceError(errno.EEXIST, f"{name!r} exists")
+        if len(self.by_ino) >= MAX_FILES:
+            raise DeviceError(errno.ENOSPC, "too many files")
+        inode = Inode(self._next_ino, name, stat.S_IFREG | (mode & 0o7777), uid, gid,
+                      SlotTable(name))
+        self._next_ino += 1
+        self.by_name[name] = inode
+        self.by_ino[inode.ino] = inode
+        return inode
+
+    def unlink(self, name: str) -> None:
+        if name in RESERVED_NAMES:
+            raise DeviceError(errno.EPERM, f"{name} cannot be removed")
+        inode = self.lookup(name)
+        del self.by_name[name]
+        inode.nlink = 0
+        inode.ctime_ns = time.time_ns()
+        self._maybe_free(inode)
+
+    def rename(self, old: str, new: str, exchange: bool = False,
+               noreplace: bool = False) -> None:
+        if old in RESERVED_NAMES or new in RESERVED_NAMES:
+            raise DeviceError(errno.EPERM, ".cram cannot be renamed or replaced")
+        check_name(new)
+        src = self.lookup(old)
+        dst = self.by_name.get(new)
+        if old == new:
+            return
+        if exchange:
+            if dst is None:
+                raise DeviceError(errno.ENOENT, f"no file {new!r}")
+            src.name, dst.name = new, old
+            src.table.name, dst.table.name = new, old
+            self.by_name[new], self.by_name[old] = src, dst
+            return
+        if dst is not None:
+            if noreplace:
+                raise DeviceError(errno.EEXIST, f"{new!r} exists")
+            self.unlink(new)
+        del self.by_name[old]
+        src.name = src.table.name = new
+        src.ctime_ns = time.time_ns()
+        self.by_name[new] = src
+
+    # ------------------------------------------------------------ lifetime
+
+    def opened(self, inode: Inode) -> None:
+        inode.opens += 1
+
+    def released(self, inode: Inode) -> None:
+        inode.opens -= 1
+        self._maybe_free(inode)
+
+    def forget(self, ino: int, count: int) -> None:
+        inode = self.by_ino.get(ino)
+        if inode is not None:
+            inode.nlookup = max(0, inode.nlookup - count)
+            self._maybe_free(inode)
+
+    def _maybe_free(self, inode: Inode) -> None:
+        if inode.nlink or inode.opens:
+            return
+        if inode.size or inode.table.slots:
+            # Space comes back as soon as the last user is gone, even if the
+            # kernel still remembers the inode number for a while.
+            self.device.drop(inode.table)
+            self.total_size -= inode.size
+            inode.size = 0
+        if not inode.nlookup:
+            self.by_ino.pop(inode.ino, None)
+
+    @property
+    def open_files(self) -> int:
+        return sum(i.opens for i in self.by_ino.values())
+
+    def reset(self) -> None:
+        """Drop every file and all page data; EBUSY while anything is open."""
+        if self.open_files:
+            raise DeviceError(errno.EBUSY, f"{self.open_files} file(s) open")
+        for name in list(self.by_name):
+            self.unlink(name)
+        self.device.reset()
+
+    # ------------------------------------------------------------ data
+
+    def resize(self, inode: Inode, size: int) -> None:
+        if size < 0:
+            raise DeviceError(errno.EINVAL, "negative size")
+        grow = size - inode.size
+        if grow > 0 and self.total_size + grow > self.device.config.advertised:
+            raise DeviceError(errno.ENOSPC, "sum of file sizes would pass the advertised "
+                              "capacity")
+        if size < inode.size:
+            self.device.truncate(inode.table, size)
+        self.total_size += grow
+        inode.size = size
+        inode.mtime_ns = inode.ctime_ns = time.time_ns()
+
+    def read(self, inode: Inode, off: int, size: int) -> bytes:
+        size = min(size, inode.size - off)
+        if size <= 0:
+            return b""
+        return self.device.read(inode.table, off, size)
+
+    def write(self, inode: Inode, off: int, data: bytes) -> int:
+        end = off + len(data)
+        if end > inode.size:
+            self.resize(inode, end)
+        n = self.device.write(inode.table, off, data)
+        inode.mtime_ns = inode.ctime_ns = time.time_ns()
+        return n
+
+    def discard(self, name: str, off: int, length: int) -> int:
+        """Release the whole pages inside [off, off+length) of a file."""
+        inode = self.lookup(name)
+        if off < 0 or length < 0:
+            raise DeviceError(errno.EINVAL, "negative offset or length")
+        first = -(-off // PAGE_SIZE)
+        last = (off + length) // PAGE_SIZE
+        return self.device.discard(inode.table, first, max(0, last - first))
+
+    def statvfs(self) -> dict[str, int]:
+        """df's view: the advertised size, with Use% the real physical fill."""
+        dev = self.device
+        blocks = dev.config.advertised // PAGE_SIZE
+        free = max(0, int(blocks * (1 - dev.physical_used / dev.config.physical)))
+        return {
+            "f_bsize": PAGE_SIZE, "f_frsize": PAGE_SIZE, "f_blocks": blocks,
+            "f_bfree": free, "f_bavail": 0 if dev.refusing else free,
+            "f_files": MAX_FILES, "f_ffree": MAX_FILES - len(self.by_ino),
+            "f_favail": MAX_FILES - len(self.by_ino), "f_namemax": NAME_MAX,
+        }

@@ -1,0 +1,41 @@
+"""The host-DRAM tier: uncompressed promoted pages in LRU order.
+
+It only keeps pages and their order. What a promotion or a demotion means for
+the device (write control, fallback, counters) is decided in device.py.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Hashable
+
+
+class DramTier:
+    def __init__(self) -> None:
+        self._pages: OrderedDict[Hashable, bytes] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._pages)
+
+    def put(self, key: Hashable, data: bytes) -> None:
+        """Insert as most recently used."""
+        self._pages[key] = data
+        self._pages.move_to_end(key)
+
+    def get(self, key: Hashable) -> bytes:
+        """Return the page and mark it most recently used."""
+        self._pages.move_to_end(key)
+        return self._pages[key]
+
+    def peek(self, key: Hashable) -> bytes:
+        return self._pages[key]
+
+    def pop(self, key: Hashable) -> bytes:
+        return self._pages.pop(key)
+
+    def oldest(self) -> Hashable | None:
+        """The least recently used key, or None when empty."""
+        return next(iter(self._pages), None)
+
+    def clear(self) -> None:
+        self._pages.clear()
