@@ -1,0 +1,346 @@
+"""The device model without FUSE: every page-slot transition and its counters."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from cramfs.config import DeviceConfig
+from cramfs.device import DEVICE, FALLBACK, POISONED, PROMOTED, SAME, Device, DeviceError, SlotTable
+from cramfs.units import PAGE_SIZE
+
+from .helpers import check_accounting, random_page, text_page
+
+P = PAGE_SIZE
+
+
+def make(**kw) -> tuple[Device, SlotTable]:
+    base = {"advertised": 1 << 20, "physical": 16 * P}
+    base.update(kw)
+    dev = Device(DeviceConfig(**base))
+    return dev, SlotTable("f")
+
+
+def kinds(table: SlotTable) -> dict[int, int]:
+    return {i: s.kind for i, s in sorted(table.slots.items())}
+
+
+def test_hole_reads_zero_and_stores_nothing():
+    dev, t = make()
+    assert dev.read(t, 0, 3 * P) == bytes(3 * P)
+    assert t.slots == {} and dev.physical_used == 0
+    assert dev.counters.reads == 3
+
+
+def test_same_filled_page_costs_nothing():
+    dev, t = make()
+    page = b"\x01\x02\x03\x04\x05\x06\x07\x08" * 512
+    dev.write(t, 0, page)
+    assert kinds(t) == {0: SAME}
+    assert dev.physical_used == 0 and dev.logical_stored == P
+    assert dev.stats()["same_filled_pages"] == 1
+    assert dev.read(t, 0, P) == page
+    check_accounting(dev, [t])
+
+
+def test_compressed_and_huge_pages():
+    dev, t = make()
+    dev.write(t, 0, text_page(1))
+    dev.write(t, P, random_page(2))
+    assert kinds(t) == {0: DEVICE, 1: DEVICE}
+    assert not t.slots[0].huge and t.slots[1].huge
+    s = dev.stats()
+    assert s["stored_incompressible_pages"] == 1 and s["compressed_pages"] == 1
+    assert P < dev.physical_used < 2 * P
+    assert dev.mm_stat().split()[7:] == ["1", "1"]   # huge_pages huge_pages_since
+    # dram=0 keeps reads in place, so the slots stay put for the next check
+    dev.set("dram", "0")
+    assert dev.read(t, 0, 2 * P) == text_page(1) + random_page(2)
+    check_accounting(dev, [t])
+
+
+def test_overwrite_with_zeros_gives_space_back():
+    dev, t = make()
+    dev.write(t, 0, random_page(1))
+    assert dev.physical_used == P
+    dev.write(t, 0, bytes(P))
+    assert dev.physical_used == 0
+    assert dev.counters.zero_released_pages == 1
+    assert kinds(t) == {0: SAME}
+    check_accounting(dev, [t])
+
+
+def test_partial_writes_read_modify_write():
+    dev, t = make(dram=0)
+    dev.write(t, 0, text_page(3))
+    dev.write(t, 100, b"X" * 10)
+    dev.write(t, P - 5, b"Y" * 10)          # straddles pages 0 and 1
+    expect = bytearray(text_page(3) + bytes(P))
+    expect[100:110] = b"X" * 10
+    expect[P - 5:P + 5] = b"Y" * 10
+    assert dev.read(t, 0, 2 * P) == bytes(expect)
+    assert dev.read(t, 95, 20) == bytes(expect[95:115])
+
+
+def test_zswap_read_promotes_and_releases():
+    dev, t = make(dram=4 * P)
+    dev.write(t, 0, text_page(1))
+    used = dev.physical_used
+    assert used > 0
+    assert dev.read(t, 0, P) == text_page(1)
+    assert dev.physical_used == 0, "the compressed copy is released at once"
+    assert kinds(t) == {0: PROMOTED}
+    assert (dev.counters.faults, dev.counters.promotions) == (1, 1)
+    # a promoted page is served from DRAM: no new fault, data kept for re-reads
+    assert dev.read(t, 0, P) == text_page(1)
+    assert dev.counters.faults == 1
+    assert t.promoted_pages == 1
+    check_accounting(dev, [t])
+
+
+def test_zswap_with_no_dram_serves_in_place():
+    dev, t = make(dram=0)
+    dev.write(t, 0, text_page(1))
+    used = dev.physical_used
+    assert dev.read(t, 0, P) == text_page(1)
+    assert dev.physical_used == used
+    assert dev.counters.faults == 1 and dev.counters.promotions == 0
+
+
+def test_zswap_write_invalidates_promoted_copy():
+    dev, t = make(dram=4 * P)
+    dev.write(t, 0, text_page(1))
+    dev.read(t, 0, P)
+    dev.write(t, 0, text_page(2))
+    assert kinds(t) == {0: DEVICE}
+    assert len(dev.tier) == 0
+    assert dev.read(t, 0, P) == text_page(2)
+
+
+def test_direct_mode_reads_in_place_and_write_faults_promote():
+    dev, t = make(mode="direct", dram=4 * P)
+    dev.write(t, 0, text_page(1))
+    assert kinds(t) == {0: PROMOTED}, "new data lands in the DRAM tier"
+    dev.demote(None)
+    assert kinds(t) == {0: DEVICE}
+    used = dev.physical_used
+    assert dev.read(t, 0, P) == text_page(1)
+    assert dev.physical_used == used and kinds(t) == {0: DEVICE}
+    assert dev.counters.faults == 0
+    dev.write(t, 0, text_page(2))
+    assert kinds(t) == {0: PROMOTED} and dev.physical_used == 0
+    assert dev.counters.faults == 1
+    assert dev.read(t, 0, P) == text_page(2)
+    check_accounting(dev, [t])
+
+
+def test_direct_mode_without_dram_writes_to_device():
+    dev, t = make(mode="direct", dram=0)
+    dev.write(t, 0, text_page(1))
+    assert kinds(t) == {0: DEVICE}
+
+
+def test_lru_demotion_over_budget():
+    dev, t = make(dram=2 * P)
+    for i in range(3):
+        dev.write(t, i * P, text_page(i))
+    for i in range(3):
+        dev.read(t, i * P, P)
+    # page 0 was promoted first, so it is the one sent back
+    assert kinds(t) == {0: DEVICE, 1: PROMOTED, 2: PROMOTED}
+    assert dev.counters.demotions == 1 and dev.counters.promotions == 3
+    dev.read(t, P, P)                       # touch 1: page 2 is now coldest
+    dev.read(t, 0, P)                       # promote 0 again: 2 goes
+    assert kinds(t) == {0: PROMOTED, 1: PROMOTED, 2: DEVICE}
+    assert dev.read(t, 0, 3 * P) == text_page(0) + text_page(1) + text_page(2)
+    check_accounting(dev, [t])
+
+
+def test_demote_command():
+    dev, t = make(dram=8 * P)
+    for i in range(4):
+        dev.write(t, i * P, text_page(i))
+        dev.read(t, i * P, P)
+    assert dev.demote(1) == 1
+    assert kinds(t)[0] == DEVICE
+    assert dev.demote(None) == 3
+    assert dev.pages[PROMOTED] == 0 and dev.counters.demotions == 4
+    assert dev.demote(5) == 0
+
+
+def test_dram_knob_shrink_demotes_at_once():
+    dev, t = make(dram=8 * P)
+    for i in range(4):
+        dev.write(t, i * P, text_page(i))
+        dev.read(t, i * P, P)
+    dev.set("dram", str(P))
+    assert dev.pages[PROMOTED] == 1
+
+
+def test_levels_with_hysteresis():
+    dev, t = make(write_control=False)
+    seen = []
+    dev.on_level_change(seen.append)
+    for i in range(12):                      # 12/16 = 75%
+        dev.write(t, i * P, random_page(i))
+    assert dev.danger == "warn"
+    for i in range(12, 15):                  # 15/16 = 93.75%
+        dev.write(t, i * P, random_page(i))
+    assert dev.danger == "critical"
+    dev.write(t, 15 * P, random_page(15))    # 100%
+    assert dev.danger == "full"
+    with pytest.raises(DeviceError) as e:
+        dev.write(t, 16 * P, random_page(16))
+    assert e.value.errno == errno.ENOSPC
+    # release with zeros: critical is left only below 90% - 5% = 85%
+    dev.write(t, 15 * P, bytes(P))           # 93.75%
+    assert dev.danger == "critical"
+    dev.write(t, 14 * P, bytes(P))           # 87.5%: still within hysteresis
+    assert dev.danger == "critical"
+    dev.write(t, 13 * P, bytes(P))           # 81.25% < 85%: warn
+    assert dev.danger == "warn"
+    for i in (12, 11):
+        dev.write(t, i * P, bytes(P))        # 68.75%: warn holds until < 70%
+    assert dev.danger == "ok"
+    assert seen == ["warn", "critical", "full", "critical", "warn", "ok"]
+    assert sum(" level " in line for line in dev.events.text().decode().splitlines()) == 6
+
+
+def test_write_control_falls_back_to_host():
+    dev, t = make()                          # write_control on, fallback host
+    for i in range(16):
+        dev.write(t, i * P, random_page(i))
+    assert dev.danger == "critical"
+    assert dev.refusing
+    assert dev.pages[FALLBACK] == 1 and dev.counters.reject_write_control == 1
+    assert dev.physical_used == 15 * P <= dev.config.physical
+    assert dev.stats()["fallback_bytes"] == P
+    assert dev.read(t, 15 * P, P) == random_page(15)     # promoted from the fallback
+    assert dev.counters.failed_writes == 0
+    assert "refused" in dev.events.text().decode()
+    check_accounting(dev, [t])
+
+
+def test_write_control_without_fallback_is_enospc_and_keeps_old_data():
+    dev, t = make(fallback="none", dram=0)
+    for i in range(15):
+        dev.write(t, i * P, random_page(i))
+    with pytest.raises(DeviceError) as e:
+        dev.write(t, 0, random_page(99))     # an overwrite is refused too
+    assert e.value.errno == errno.ENOSPC
+    assert dev.read(t, 0, P) == random_page(0)
+    assert dev.counters.failed_writes == 1
+    assert dev.io_stat() == "0 1 0 0"
+
+
+def test_short_write_when_device_fills_mid_request():
+    dev, t = make(write_control=False)
+    data = b"".join(random_page(i) for i in range(20))
+    assert dev.write(t, 0, data) == 16 * P
+    assert dev.read(t, 0, 16 * P) == data[:16 * P]
+
+
+@pytest.mark.parametrize("policy", ["poison", "drop"])
+def test_overflow_poison_and_drop(policy):
+    dev, t = make(write_control=False, overflow=policy, dram=0)
+    for i in range(16):
+        dev.write(t, i * P, random_page(i))
+    assert dev.write(t, 16 * P, random_page(16)) == P       # the writer sees success
+    assert dev.danger == "full"
+    if policy == "poison":
+        assert dev.counters.poisoned_pages == 1
+        with pytest.raises(DeviceError) as e:
+            dev.read(t, 16 * P, P)
+        assert e.value.errno == errno.EIO
+        assert dev.counters.failed_reads == 1
+        dev.write(t, 16 * P, bytes(P))                       # overwrite heals it
+        assert dev.read(t, 16 * P, P) == bytes(P)
+    else:
+        assert dev.counters.dropped_writes == 1
+        assert dev.read(t, 16 * P, P) == bytes(P)
+    assert dev.read(t, 0, 16 * P) == b"".join(random_page(i) for i in range(16))
+    check_accounting(dev, [t])
+
+
+def test_discard_releases_whole_pages():
+    dev, t = make()
+    for i in range(4):
+        dev.write(t, i * P, text_page(i))
+    assert dev.discard(t, 1, 2) == 2
+    assert sorted(t.slots) == [0, 3]
+    assert dev.counters.discarded_pages == 2 and dev.counters.notify_free == 2
+    assert dev.read(t, P, 2 * P) == bytes(2 * P)
+    check_accounting(dev, [t])
+
+
+def test_truncate_drops_tail_pages_and_zeroes_partial_page():
+    dev, t = make(dram=0)
+    for i in range(3):
+        dev.write(t, i * P, text_page(i))
+    dev.truncate(t, P + 10)
+    assert sorted(t.slots) == [0, 1]
+    assert dev.read(t, P, P) == text_page(1)[:10] + bytes(P - 10)
+
+
+def test_compressor_switch_keeps_old_pages_readable():
+    dev, t = make(dram=0)
+    dev.write(t, 0, text_page(1))
+    dev.set("compressor", "zstd")
+    dev.write(t, P, text_page(2))
+    assert t.slots[0].algo != t.slots[1].algo
+    assert dev.read(t, 0, 2 * P) == text_page(1) + text_page(2)
+    assert dev.comp_algorithm() == "lz4 [zstd] none"
+
+
+def test_bad_knob_is_einval_keeps_value_and_logs():
+    dev, _ = make()
+    for name, value in [("warn_at", "95%"), ("mode", "fast"), ("dram", "lots"),
+                        ("write_control", "maybe"), ("physical", "1M")]:
+        before = dev.config
+        with pytest.raises(DeviceError) as e:
+            dev.set(name, value)
+        assert e.value.errno == errno.EINVAL
+        assert dev.config == before
+    assert dev.events.text().decode().count(" rejected ") == 5
+
+
+def test_inject_ratio_physical_poison_clear():
+    dev, t = make(dram=0)
+    dev.write(t, 0, random_page(1))
+    dev.inject_ratio(4)
+    dev.write(t, P, random_page(2))
+    assert t.slots[1].charge == 4 * P and dev.physical_used == 5 * P
+    dev.inject_physical(6 * P)
+    assert dev.fill == pytest.approx(5 / 6) and dev.danger == "warn"
+    dev.write(t, 2 * P, random_page(3))      # no room at 4x: refused, kept in host memory
+    assert t.slots[2].kind == FALLBACK
+    dev.inject_poison(t, 0)
+    with pytest.raises(DeviceError):
+        dev.read(t, 0, P)
+    assert dev.active_faults() == ["ratio 4", f"physical {6 * P}", "poisoned_pages 1"]
+    dev.clear_faults()
+    assert dev.active_faults() == ["poisoned_pages 1"]
+    assert dev.config.physical == 16 * P
+    with pytest.raises(DeviceError):
+        dev.inject_ratio(65)
+    with pytest.raises(DeviceError):
+        dev.inject_poison(t, 99)
+    assert t.slots[0].kind == POISONED
+    check_accounting(dev, [t])
+
+
+def test_peak_reset():
+    dev, t = make()
+    dev.write(t, 0, random_page(1))
+    dev.write(t, 0, bytes(P))
+    assert dev.mem_used_max == P
+    dev.reset_peak()
+    assert dev.mem_used_max == 0
+
+
+def test_ratio_warning():
+    dev, t = make(dram=0)
+    assert dev.overflow_at_ratio() == 0
+    dev.write(t, 0, random_page(1))          # ratio 1, needs 64 (1M / 16K)
+    assert dev.overflow_at_ratio() == (1 << 20) - 16 * P
