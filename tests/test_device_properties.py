@@ -28,10 +28,7 @@ def payload(kind: str, seed: int, length: int) -> bytes:
         return bytes(length)
     if kind == "same":
         return bytes([seed % 251 + 1]) * length
-    if kind == "text":
-        page = text_page(seed)
-    else:
-        page = random_page(seed)
+    page = text_page(seed) if kind == "text" else random_page(seed)
     return (page * (length // P + 1))[:length]
 
 
