@@ -181,9 +181,14 @@ class Namespace:
 
     def write(self, inode: Inode, off: int, data: bytes) -> int:
         end = off + len(data)
-        if end > inode.size:
-            self.resize(inode, end)
+        if end > inode.size and self.total_size + end - inode.size > self.device.config.advertised:
+            raise DeviceError(errno.ENOSPC, "sum of file sizes would pass the advertised "
+                              "capacity")
         n = self.device.write(inode.table, off, data)
+        # The file grows only by what the device accepted, as after a short write to a full disk.
+        if off + n > inode.size:
+            self.total_size += off + n - inode.size
+            inode.size = off + n
         inode.mtime_ns = inode.ctime_ns = time.time_ns()
         return n
 
