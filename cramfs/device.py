@@ -271,13 +271,13 @@ class Device:
             self.counters.faults += 1
             if self.config.dram >= PAGE_SIZE:
                 self._release(table, idx)
-                self._promote(table, idx, data)
+                self._to_dram(table, idx, data)
+                self.counters.promotions += 1
         return data
 
-    def _promote(self, table: SlotTable, idx: int, data: bytes) -> None:
+    def _to_dram(self, table: SlotTable, idx: int, data: bytes) -> None:
         self.tier.put((table, idx), data)
         self._install(table, idx, Slot(PROMOTED))
-        self.counters.promotions += 1
         self._enforce_budget()
         self._refresh()
 
@@ -291,10 +291,11 @@ class Device:
             if slot is not None and slot.kind == PROMOTED:
                 self.tier.put(key, page)
                 return
-            if slot is not None and slot.kind in (DEVICE, FALLBACK):
+            old = self._release(table, idx)
+            self._to_dram(table, idx, page)
+            if old is not None and old.kind in (DEVICE, FALLBACK):
                 self.counters.faults += 1
-            self._release(table, idx)
-            self._promote(table, idx, page)
+                self.counters.promotions += 1
             return
         self._store(table, idx, page, demoting=False)
 
