@@ -15,6 +15,7 @@ import logging
 import os
 import select
 import stat
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -73,6 +74,7 @@ class CramOperations(pyfuse3.Operations):
         self._next_fh = 1
         self._generation = 0
         self._pollers: dict[int, pyfuse3.PollHandle] = {}
+        self._mounted_ns = time.time_ns()
         ns.device.on_level_change(self._level_changed)
 
     # ------------------------------------------------------------ helpers
@@ -93,6 +95,7 @@ class CramOperations(pyfuse3.Operations):
         a.st_ino = ino
         a.st_mode = mode
         a.st_blksize = 4096
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = self._mounted_ns
         a.entry_timeout = timeout
         a.attr_timeout = timeout
 

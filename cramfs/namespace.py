@@ -164,14 +164,17 @@ class Namespace:
         if size < 0:
             raise DeviceError(errno.EINVAL, "negative size")
         grow = size - inode.size
-        if grow > 0 and self.total_size + grow > self.device.config.advertised:
-            raise DeviceError(errno.ENOSPC, "sum of file sizes would pass the advertised "
-                              "capacity")
+        self._check_growth(grow)
         if size < inode.size:
             self.device.truncate(inode.table, size)
         self.total_size += grow
         inode.size = size
         inode.mtime_ns = inode.ctime_ns = time.time_ns()
+
+    def _check_growth(self, grow: int) -> None:
+        if grow > 0 and self.total_size + grow > self.device.config.advertised:
+            raise DeviceError(errno.ENOSPC, "sum of file sizes would pass the advertised "
+                              "capacity")
 
     def read(self, inode: Inode, off: int, size: int) -> bytes:
         size = min(size, inode.size - off)
@@ -180,10 +183,7 @@ class Namespace:
         return self.device.read(inode.table, off, size)
 
     def write(self, inode: Inode, off: int, data: bytes) -> int:
-        end = off + len(data)
-        if end > inode.size and self.total_size + end - inode.size > self.device.config.advertised:
-            raise DeviceError(errno.ENOSPC, "sum of file sizes would pass the advertised "
-                              "capacity")
+        self._check_growth(off + len(data) - inode.size)
         n = self.device.write(inode.table, off, data)
         # The file grows only by what the device accepted, as after a short write to a full disk.
         if off + n > inode.size:
