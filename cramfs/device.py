@@ -233,8 +233,10 @@ class Device:
         blob = pool.get(slot.handle)
         return BY_ID[slot.algo].decompress(blob)
 
-    def _peek(self, table: SlotTable, idx: int) -> bytes:
-        """A page's bytes with no tiering side effects (for read-modify-write)."""
+    def _peek(self, table: SlotTable, idx: int, touch: bool = False) -> bytes:
+        """A page's bytes with no tiering side effects (for read-modify-write).
+
+        `touch` marks a promoted page as recently used, as a real read does."""
         slot = table.slots.get(idx)
         if slot is None:
             return ZERO_PAGE
@@ -242,7 +244,8 @@ class Device:
         if kind == SAME:
             return slot.word * _WORDS
         if kind == PROMOTED:
-            return self.tier.peek((table, idx))
+            key = (table, idx)
+            return self.tier.get(key) if touch else self.tier.peek(key)
         if kind == POISONED:
             self._poisoned_read(table, idx)
         return self._decode(slot)
@@ -255,15 +258,8 @@ class Device:
 
     def _read_page(self, table: SlotTable, idx: int) -> bytes:
         slot = table.slots.get(idx)
-        if slot is None:
-            return ZERO_PAGE
-        kind = slot.kind
-        if kind == SAME:
-            return slot.word * _WORDS
-        if kind == PROMOTED:
-            return self.tier.get((table, idx))
-        if kind == POISONED:
-            self._poisoned_read(table, idx)
+        if slot is None or slot.kind not in (DEVICE, FALLBACK):
+            return self._peek(table, idx, touch=True)
         data = self._decode(slot)
         if self.config.mode == "zswap":
             # Every access faults; the page goes back to DRAM and the compressed
