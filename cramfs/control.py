@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .config import SETTINGS
-from .device import DeviceError
+from .device import Counters, DeviceError
 from .namespace import Inode, Namespace
 from .units import PAGE_SIZE, format_size, parse_int, parse_size
 
@@ -93,6 +93,55 @@ def _stat_json(ns: Namespace) -> str:
     doc["io_stat"] = dev.io_stat()
     doc["mm_stat"] = dev.mm_stat()
     return json.dumps(doc, indent=1) + "\n"
+
+
+_GAUGE_HELP = {
+    "advertised": "Static capacity the device claims, in bytes.",
+    "physical": "Real capacity, in bytes.",
+    "physical_used": "Bytes the device really holds, allocator overhead included.",
+    "logical_stored": "Bytes of page slots held by the device.",
+    "compressed_bytes": "Sum of compressed object sizes, in bytes.",
+    "ratio": "logical_stored / physical_used.",
+    "required_ratio": "advertised / physical: the ratio needed to fill the advertised size.",
+    "effective_capacity": "physical * ratio, in bytes.",
+    "fill": "physical_used / physical.",
+    "overflow_at_ratio": "Bytes by which filling the advertised size at today's ratio "
+                         "would overflow the device.",
+    "mem_used_max": "Peak physical_used, in bytes.",
+}
+
+
+# Byte-valued gauges whose names do not say so; Prometheus wants the unit as a suffix.
+_BYTE_GAUGES = frozenset({"advertised", "physical", "physical_used", "logical_stored",
+                          "effective_capacity", "overflow_at_ratio", "mem_used_max"})
+
+
+def _metrics(ns: Namespace) -> str:
+    """Prometheus text exposition: cramfs_ prefix, base units, counters end in _total."""
+    dev = ns.device
+    stats = dev.stats()
+    counters = set(Counters.__dataclass_fields__)
+    out = []
+
+    def emit(name: str, kind: str, help_: str, value: float, labels: str = "") -> None:
+        out.append(f"# HELP {name} {help_}\n# TYPE {name} {kind}\n")
+        text = "+Inf" if value == float("inf") else repr(value) if isinstance(value, float) \
+            else str(value)
+        out.append(f"{name}{labels} {text}\n")
+
+    for key, value in stats.items():
+        if isinstance(value, str):
+            continue
+        if key in counters:
+            emit(f"cramfs_{key}_total", "counter", f"Pages or events counted as {key}.", value)
+        else:
+            name = f"cramfs_{key}" + ("_bytes" if key in _BYTE_GAUGES else "")
+            emit(name, "gauge", _GAUGE_HELP.get(key, f"Current {key}."), value)
+    emit("cramfs_danger_level", "gauge", "0 ok, 1 warn, 2 critical, 3 full.", dev.levels.level)
+    emit("cramfs_files", "gauge", "Slot files on the mount.", len(ns.by_name))
+    emit("cramfs_info", "gauge", "Device mode and compressor.", 1,
+         f'{{mode="{dev.config.mode}",algorithm="{dev.config.compressor}"}}')
+    return "".join(out)
 
 
 def _knob(name: str) -> Attribute:
@@ -199,6 +248,7 @@ ATTRIBUTES: dict[str, Attribute] = {a.name: a for a in (
     Attribute("stat", _stat),
     Attribute("stat.json", _stat_json),
     Attribute("events", _show_events, stream=True),
+    Attribute("metrics", _metrics),
     Attribute("comp_algorithm", lambda ns: ns.device.comp_algorithm() + "\n"),
     Attribute("advertised", lambda ns: f"{ns.device.config.advertised}\n"),
     Attribute("physical", lambda ns: f"{ns.device.config.physical}\n"),

@@ -201,3 +201,19 @@ def test_attribute_modes():
     assert ATTRIBUTES["status"].mode == 0o444
     assert ATTRIBUTES["warn_at"].mode == 0o644
     assert ATTRIBUTES["reset"].mode == 0o200
+
+
+def test_metrics_exposition(ns):
+    f = ns.create("a", 0o600, 0, 0)
+    ns.write(f, 0, text_page(1))
+    text = show(ns, "metrics")
+    samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
+    assert samples["cramfs_physical_used_bytes"] == str(ns.device.physical_used)
+    assert samples["cramfs_writes_total"] == "1"
+    assert samples["cramfs_danger_level"] == "0"
+    assert samples['cramfs_info{mode="zswap",algorithm="lz4"}'] == "1"
+    for name in samples:
+        base = name.split("{")[0]
+        assert f"# TYPE {base} " in text
+        if base.endswith("_total"):
+            assert f"# TYPE {base} counter" in text
