@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stay attached instead of daemonizing")
     p.add_argument("--allow-other", "--allow_other", dest="allow_other", action="store_true",
                    default=None, help="let other users use the mount")
+    # mount(8) passes -n (no mtab), -s (sloppy), -v (verbose) and -t TYPE to helpers.
+    p.add_argument("-n", "-s", "-v", dest="mount_flags", action="count", help=argparse.SUPPRESS)
+    p.add_argument("-t", dest="mount_type", help=argparse.SUPPRESS)
     p.add_argument("--debug", action="store_true", default=None, help="FUSE debug output")
     p.add_argument("--fsname", help="source name shown in mount tables (default cramfs)")
     p.add_argument("--log", help="daemon log file (default: syslog, else /var/log/cramfs.log)")
@@ -121,7 +124,9 @@ def parse(argv: list[str]) -> MountRequest:
         raise UsageError(str(e)) from None
     return MountRequest(
         mountpoint=os.path.abspath(args.paths[-1]), config=config,
-        fsname=values.get("fsname", "cramfs"), allow_other=bool(values.get("allow_other")),
+        # mount(8)'s SOURCE names the device in mount tables unless fsname= says otherwise
+        fsname=values.get("fsname", args.paths[0] if len(args.paths) == 2 else "cramfs"),
+        allow_other=bool(values.get("allow_other")),
         debug=bool(values.get("debug")), foreground=bool(values.get("foreground")),
         log=values.get("log"), read_only=read_only)
 
