@@ -1,0 +1,332 @@
+"""Run a swap experiment end to end and leave a results folder.
+
+    python -m cramfs.experiment --out results/run1                 # built-in 256M workload
+    python -m cramfs.experiment -o physical=256M --compare zram    # and the same on zram
+    python -m cramfs.experiment --limit 512M -- stress-ng --vm 1 --vm-bytes 1G -t 30
+
+It mounts a fresh cramfs (or uses --mount), swaps on a slot file through a
+direct-I/O loop device, runs the workload in a fresh memory-limited cgroup,
+samples the device several times a second, and tears everything down again,
+also on Ctrl-C or failure. The folder gets timeline.csv, summary.json and
+plot.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any, Protocol
+
+from .cgroup import CgroupUnavailable, MemoryCgroup
+from .swap import active_swaps, run, swap_down, swap_up, top_priority
+from .units import format_size, parse_size
+from .workload import EXIT_MISMATCH
+
+FIELDS = ("target", "time", "physical_used", "logical_stored", "ratio", "danger", "promotions",
+          "demotions", "refusals", "fallback_pages", "pswpin", "pswpout", "rss")
+LEVELS = ("ok", "warn", "critical", "full")
+ZRAM = Path("/sys/block/zram0")
+
+
+def say(msg: str) -> None:
+    print(f"experiment: {msg}", file=sys.stderr, flush=True)
+
+
+def vmstat() -> tuple[int, int]:
+    values = dict(line.split() for line in Path("/proc/vmstat").read_text().splitlines())
+    return int(values["pswpin"]), int(values["pswpout"])
+
+
+class Target(Protocol):
+    name: str
+
+    def setup(self) -> None: ...
+
+    def sample(self) -> dict[str, Any]: ...
+
+    def teardown(self) -> None: ...
+
+
+class CramTarget:
+    """A cramfs mount (ours or the user's) with a loop swap on it."""
+
+    name = "cramfs"
+
+    def __init__(self, options: list[str], mount: Path | None, swap_size: int) -> None:
+        self.options = options
+        self.mount = mount
+        self.swap_size = swap_size
+        self._daemon: subprocess.Popen[bytes] | None = None
+        self._tmp: str | None = None
+
+    def setup(self) -> None:
+        if self.mount is None:
+            self._tmp = tempfile.mkdtemp(prefix="cramfs-exp-")
+            self.mount = Path(self._tmp)
+            cramfs = Path(sys.executable).parent / "cramfs"
+            opts = [a for o in self.options for a in ("-o", o)]
+            say(f"mounting cramfs at {self.mount} {' '.join(opts)}")
+            self._daemon = subprocess.Popen([str(cramfs), "--foreground", *opts,
+                                             str(self.mount)], stderr=subprocess.PIPE)
+            deadline = time.monotonic() + 30
+            while not (self.mount / ".cram").is_dir():
+                if self._daemon.poll() is not None or time.monotonic() > deadline:
+                    err = self._daemon.stderr.read().decode() if self._daemon.stderr else ""
+                    raise RuntimeError(f"cramfs did not mount: {err.strip()}")
+                time.sleep(0.05)
+        swap_up(self.mount, self.swap_size, echo=lambda line: say(f"+ {line}"))
+
+    def sample(self) -> dict[str, Any]:
+        assert self.mount is not None
+        s = json.loads((self.mount / ".cram" / "stat.json").read_text())
+        return {"physical_used": s["physical_used"], "logical_stored": s["logical_stored"],
+                "ratio": s["ratio"] if s["ratio"] is not None else float("inf"),
+                "danger": s["danger"], "promotions": s["promotions"],
+                "demotions": s["demotions"], "refusals": s["reject_write_control"],
+                "fallback_pages": s["fallback_pages"]}
+
+    def teardown(self) -> None:
+        if self.mount is not None and (self.mount / ".cram").is_dir():
+            swap_down(self.mount, echo=lambda line: say(f"+ {line}"))
+        if self._daemon is not None:
+            assert self.mount is not None
+            subprocess.run(["fusermount3", "-u", str(self.mount)], capture_output=True)
+            try:
+                self._daemon.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                subprocess.run(["fusermount3", "-u", "-z", str(self.mount)],
+                               capture_output=True)
+                self._daemon.kill()
+                self._daemon.wait()
+            self._daemon = None
+        if self._tmp is not None:
+            with suppress(OSError):
+                os.rmdir(self._tmp)
+            self._tmp = None
+
+
+class ZramTarget:
+    """The kernel's zram0 as swap, same algorithm and size; reset afterwards."""
+
+    name = "zram"
+
+    def __init__(self, algorithm: str, swap_size: int) -> None:
+        self.algorithm = algorithm
+        self.swap_size = swap_size
+        self._ours = False
+
+    @staticmethod
+    def unavailable(algorithm: str) -> str | None:
+        if not ZRAM.exists():
+            return "/sys/block/zram0 is not present"
+        if algorithm not in (ZRAM / "comp_algorithm").read_text().replace("[", " ") \
+                .replace("]", " ").split():
+            return f"zram0 has no {algorithm} compressor"
+        if int((ZRAM / "disksize").read_text()) != 0 or "/dev/zram0" in active_swaps():
+            return "zram0 is already in use; not touching it"
+        return None
+
+    def setup(self) -> None:
+        echo = lambda line: say(f"+ {line}")  # noqa: E731
+        self._ours = True
+        echo(f"echo {self.algorithm} > {ZRAM}/comp_algorithm")
+        (ZRAM / "comp_algorithm").write_text(self.algorithm)
+        echo(f"echo {self.swap_size} > {ZRAM}/disksize")
+        (ZRAM / "disksize").write_text(str(self.swap_size))
+        run(["mkswap", "/dev/zram0"], echo)
+        run(["swapon", "-p", str(top_priority()), "/dev/zram0"], echo)
+
+    def sample(self) -> dict[str, Any]:
+        mm = [int(v) for v in (ZRAM / "mm_stat").read_text().split()]
+        orig, used = mm[0], mm[2]
+        return {"physical_used": used, "logical_stored": orig,
+                "ratio": round(orig / used, 2) if used else float("inf"), "danger": "",
+                "promotions": 0, "demotions": 0, "refusals": 0, "fallback_pages": 0}
+
+    def teardown(self) -> None:
+        if not self._ours:
+            return
+        if "/dev/zram0" in active_swaps():
+            run(["swapoff", "/dev/zram0"], lambda line: say(f"+ {line}"))
+        say(f"+ echo 1 > {ZRAM}/reset")
+        (ZRAM / "reset").write_text("1")
+        self._ours = False
+
+
+@contextmanager
+def _interrupts_as_exceptions() -> Iterator[None]:
+    """SIGTERM tears down like Ctrl-C does."""
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def run_target(target: Target, command: list[str], limit: int,
+               interval: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    cgroup = None
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        target.setup()
+        cgroup = MemoryCgroup(f"cramfs-exp-{os.getpid()}-{target.name}", limit)
+        say(f"{target.name}: running {' '.join(command)} in {cgroup.path} "
+            f"(limit {format_size(limit)}, cgroup v{cgroup.version})")
+        in0, out0 = vmstat()
+        t0 = time.monotonic()
+        procs_file = str(cgroup.path / "cgroup.procs")
+
+        def enter_cgroup() -> None:
+            with open(procs_file, "w") as f:
+                f.write(str(os.getpid()))
+
+        proc = subprocess.Popen(command, preexec_fn=enter_cgroup)
+        last_report = t0
+        while True:
+            done = proc.poll() is not None
+            now = time.monotonic()
+            pin, pout = vmstat()
+            row = {"target": target.name, "time": round(now - t0, 3), **target.sample(),
+                   "pswpin": pin - in0, "pswpout": pout - out0, "rss": cgroup.rss()}
+            rows.append(row)
+            if now - last_report >= 2 or done:
+                last_report = now
+                say(f"{target.name} {now - t0:6.1f}s  swapped out "
+                    f"{format_size(row['pswpout'] * 4096)}, in "
+                    f"{format_size(row['pswpin'] * 4096)}  ratio {row['ratio']}  "
+                    f"danger {row['danger'] or '-'}")
+            if done:
+                break
+            time.sleep(interval)
+        wall = time.monotonic() - t0
+        status = proc.returncode
+        proc = None
+        return rows, summarize(rows, wall, status)
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if cgroup is not None:
+            cgroup.remove()
+        target.teardown()
+
+
+def summarize(rows: list[dict[str, Any]], wall: float, status: int) -> dict[str, Any]:
+    stored = [r for r in rows if r["physical_used"] > 0]
+    levels = [r["danger"] for r in rows if r["danger"]]
+    return {
+        "wall_time_s": round(wall, 2),
+        "workload_exit_status": status,
+        "data_loss": status == EXIT_MISMATCH,
+        "peak_physical_used": max((r["physical_used"] for r in rows), default=0),
+        "peak_logical_stored": max((r["logical_stored"] for r in rows), default=0),
+        "peak_rss": max((r["rss"] for r in rows), default=0),
+        "final_ratio": stored[-1]["ratio"] if stored else None,
+        # the ratio when the device held the most: comparable across targets
+        "ratio_at_peak": max(stored, key=lambda r: r["logical_stored"])["ratio"]
+        if stored else None,
+        "swapped_out_bytes": rows[-1]["pswpout"] * 4096 if rows else 0,
+        "swapped_in_bytes": rows[-1]["pswpin"] * 4096 if rows else 0,
+        "promotions": rows[-1]["promotions"] if rows else 0,
+        "demotions": rows[-1]["demotions"] if rows else 0,
+        "refusals": rows[-1]["refusals"] if rows else 0,
+        "danger_share": {lv: round(levels.count(lv) / len(levels), 3) for lv in LEVELS}
+        if levels else {},
+    }
+
+
+def write_results(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any],
+                  limit: int) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "timeline.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    from .plot import plot_timeline
+
+    plot_timeline(rows, out / "plot.png", limit)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m cramfs.experiment", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-o", dest="options", action="append", default=[],
+                   help="cramfs mount options for the fresh mount (k=v,...)")
+    p.add_argument("--mount", type=Path, help="use this existing cramfs mount instead")
+    p.add_argument("--size", type=parse_size, default=256 << 20,
+                   help="built-in workload size (256M)")
+    p.add_argument("--limit", type=parse_size, help="cgroup memory limit (a third of --size)")
+    p.add_argument("--swap-size", type=parse_size, default=1 << 30, help="swap file size (1G)")
+    p.add_argument("--compare", choices=["zram"], help="run the same on kernel zram too")
+    p.add_argument("--interval", type=float, default=0.2, help="sampling period in seconds")
+    p.add_argument("--out", type=Path, help="results folder (results/DATE-TIME)")
+    p.add_argument("command", nargs=argparse.REMAINDER,
+                   help="workload command after --; default: the built-in workload")
+    args = p.parse_args(argv)
+    command = [c for c in args.command if c != "--"] or [
+        sys.executable, "-m", "cramfs.workload", "--size", str(args.size)]
+    limit = args.limit or args.size // 3
+    out = args.out or Path("results") / time.strftime("%Y%m%d-%H%M%S")
+    opts = ",".join(args.options)
+    algorithm = "lz4"
+    for item in opts.split(","):
+        if item.startswith("compressor="):
+            algorithm = item.split("=", 1)[1]
+
+    targets: list[Target] = [CramTarget(args.options, args.mount, args.swap_size)]
+    if args.compare == "zram":
+        why = ZramTarget.unavailable(algorithm)
+        if why:
+            say(f"skipping the zram comparison: {why}")
+        else:
+            targets.append(ZramTarget(algorithm, args.swap_size))
+
+    all_rows: list[dict[str, Any]] = []
+    summary: dict[str, Any] = {"command": command, "limit": limit,
+                               "swap_size": args.swap_size, "cramfs_options": opts}
+    try:
+        with _interrupts_as_exceptions():
+            for target in targets:
+                rows, result = run_target(target, command, limit, args.interval)
+                all_rows += rows
+                summary[target.name] = result
+    except KeyboardInterrupt:
+        say("interrupted; everything was torn down")
+        return 130
+    except (RuntimeError, OSError, CgroupUnavailable) as e:
+        say(f"failed: {e}; everything was torn down")
+        return 1
+    if len(targets) > 1:
+        summary["compare"] = {key: {t.name: summary[t.name][key] for t in targets}
+                              for key in ("ratio_at_peak", "wall_time_s", "swapped_out_bytes")}
+    write_results(out, all_rows, summary, limit)
+    loss = [t for t in summary if isinstance(summary[t], dict) and summary[t].get("data_loss")]
+    for name in (t.name for t in targets):
+        r = summary[name]
+        say(f"{name}: {r['wall_time_s']}s, swapped out {format_size(r['swapped_out_bytes'])}, "
+            f"final ratio {r['final_ratio']}, workload exit {r['workload_exit_status']}")
+    say(f"results in {out}/ (timeline.csv, summary.json, plot.png)")
+    if loss:
+        say(f"DATA LOSS: the workload found corrupted memory on {', '.join(loss)}")
+        return EXIT_MISMATCH
+    failed = [t.name for t in targets if summary[t.name]["workload_exit_status"] != 0]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
