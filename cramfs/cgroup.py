@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -67,10 +68,8 @@ class MemoryCgroup:
         deadline = time.monotonic() + 10
         while self.path.exists():
             for pid in self.pids():
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             try:
                 self.path.rmdir()
             except FileNotFoundError:

@@ -8,7 +8,9 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")   # no display on these machines; must precede pyplot
-import matplotlib.pyplot as plt  # noqa: E402
+import itertools
+
+import matplotlib.pyplot as plt
 
 MIB = 1 << 20
 BAND = {"warn": "#fff3b0", "critical": "#ffc9a8", "full": "#ff9b9b"}
@@ -18,7 +20,7 @@ STYLE = {"cramfs": "-", "zram": "--"}
 def _rate(rows: list[dict[str, Any]], key: str) -> list[float]:
     """Pages per sample turned into MiB/s."""
     out = [0.0]
-    for a, b in zip(rows, rows[1:], strict=False):
+    for a, b in itertools.pairwise(rows):
         dt = b["time"] - a["time"] or 1e-9
         out.append((b[key] - a[key]) * 4096 / MIB / dt)
     return out
@@ -47,7 +49,7 @@ def plot_timeline(rows: list[dict[str, Any]], path: Path, limit: int) -> None:
         if name == "cramfs":
             # danger bands: shade each stretch spent above ok
             start = None
-            for i, r in enumerate(rs + [{"danger": "ok", "time": t[-1] if t else 0}]):
+            for i, r in enumerate([*rs, {"danger": "ok", "time": t[-1] if t else 0}]):
                 level = r["danger"]
                 if start is not None and level != rs[start]["danger"]:
                     for ax in axes:
