@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")   # no display on these machines; must precede pyplot
-import itertools
-
 import matplotlib.pyplot as plt
 
 MIB = 1 << 20
