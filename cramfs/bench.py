@@ -1,0 +1,303 @@
+"""The benchmark: cramfs side by side with a do-nothing pyfuse3 filesystem and zram.
+
+    scripts/bench                 # full run, about 5 minutes; table on stdout, JSON file
+    scripts/bench --quick         # a few seconds: proves the benchmark works, no thresholds
+
+Every figure is a ratio measured in the same invocation on the same data: the
+baseline (cramfs.nullfs) bounds what any pyfuse3 filesystem can do here, and
+single-threaded lz4 on the same pages bounds what a single-threaded compressor
+can do. fio runs with direct I/O on a file on each mount (and on /dev/zram0
+directly); data is fio's half-compressible buffers, then real files of this
+machine written with dd.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lz4.block
+
+from .units import PAGE_SIZE, format_size
+
+ZRAM = Path("/sys/block/zram0")
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    rw: str
+    bs: str
+    depth: int = 1
+    loop: bool = False
+
+    @property
+    def engine(self) -> str:
+        return "libaio" if self.depth > 1 else "psync"
+
+    @property
+    def reads(self) -> bool:
+        return "read" in self.rw
+
+
+JOBS = (
+    Job("4k randwrite QD1", "randwrite", "4k"),
+    Job("4k randread QD1", "randread", "4k"),
+    Job("4k randwrite QD16", "randwrite", "4k", 16),
+    Job("128k write", "write", "128k"),
+    Job("128k read", "read", "128k"),
+    Job("1m write", "write", "1m"),
+    Job("1m read", "read", "1m"),
+    Job("loop 4k randwrite QD1", "randwrite", "4k", loop=True),
+    Job("loop 4k randread QD1", "randread", "4k", loop=True),
+)
+QUICK = ("4k randwrite QD1", "4k randread QD1", "128k write", "loop 4k randwrite QD1")
+
+
+def say(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def fio(filename: str, job: Job, size: int, runtime: float) -> dict[str, float]:
+    cmd = ["fio", "--name=bench", f"--filename={filename}", f"--rw={job.rw}", f"--bs={job.bs}",
+           f"--iodepth={job.depth}", f"--ioengine={job.engine}", "--direct=1",
+           f"--size={size}", f"--runtime={runtime}", "--time_based", "--randrepeat=1",
+           "--buffer_compress_percentage=50", "--refill_buffers", "--output-format=json"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"{shlex.join(cmd)}: {r.stderr.strip()[-500:]}")
+    side = json.loads(r.stdout)["jobs"][0]["read" if job.reads else "write"]
+    return {"iops": round(side["iops"]), "mbps": round(side["bw_bytes"] / 1e6, 1)}
+
+
+class Mounted:
+    """A filesystem daemon on a temp dir, reaped and unmounted on exit."""
+
+    def __init__(self, name: str, argv: list[str]) -> None:
+        self.name = name
+        self.dir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+        self.proc = subprocess.Popen([*argv, str(self.dir)], stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(self.dir):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                raise RuntimeError(f"{name} did not mount")
+            time.sleep(0.05)
+
+    def peak_rss(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def stats(self) -> dict[str, Any]:
+        path = self.dir / ".cram" / "stat.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def close(self) -> None:
+        if os.path.ismount(self.dir):
+            subprocess.run(["fusermount3", "-u", str(self.dir)], capture_output=True)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            subprocess.run(["fusermount3", "-u", "-z", str(self.dir)], capture_output=True)
+            self.proc.kill()
+            self.proc.wait()
+        with suppress(OSError):
+            self.dir.rmdir()
+
+
+@contextmanager
+def loop_device(path: Path) -> Iterator[str]:
+    dev = subprocess.run(["losetup", "--direct-io=on", "--show", "-f", str(path)],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        yield dev
+    finally:
+        subprocess.run(["losetup", "-d", dev], capture_output=True)
+
+
+@contextmanager
+def zram_device(size: int) -> Iterator[str | None]:
+    why = None
+    if not ZRAM.exists():
+        why = "/sys/block/zram0 is not present"
+    elif int((ZRAM / "disksize").read_text()) != 0:
+        why = "zram0 is in use"
+    if why:
+        say(f"no zram column: {why}")
+        yield None
+        return
+    try:
+        (ZRAM / "comp_algorithm").write_text("lz4")
+        (ZRAM / "disksize").write_text(str(size))
+        yield "/dev/zram0"
+    finally:
+        (ZRAM / "reset").write_text("1")
+
+
+def gather_real_pages(limit: int) -> bytes:
+    """Real page data from this machine: binaries, libraries and text, page-aligned."""
+    chunks, total = [], 0
+    roots = ["/usr/bin", "/usr/lib/x86_64-linux-gnu", "/usr/lib", "/usr/share/doc",
+             "/usr/share/man", "/usr/include"]
+    for root in roots:
+        for dirpath, _, files in os.walk(root):
+            for name in sorted(files):
+                path = os.path.join(dirpath, name)
+                if os.path.islink(path) or not os.path.isfile(path):
+                    continue
+                with suppress(OSError), open(path, "rb") as f:
+                    data = f.read(limit - total)
+                    data = data[: len(data) // PAGE_SIZE * PAGE_SIZE]
+                    chunks.append(data)
+                    total += len(data)
+                if total >= limit:
+                    return b"".join(chunks)
+    return b"".join(chunks)
+
+
+def lz4_rates(data: bytes) -> dict[str, float]:
+    """Single-threaded lz4.block on 4 KiB pages of `data`, in MB/s."""
+    pages = [data[i:i + PAGE_SIZE] for i in range(0, len(data), PAGE_SIZE)]
+    t0 = time.perf_counter()
+    blobs = [lz4.block.compress(p, store_size=False) for p in pages]
+    t1 = time.perf_counter()
+    for b in blobs:
+        lz4.block.decompress(b, uncompressed_size=PAGE_SIZE)
+    t2 = time.perf_counter()
+    n = len(pages) * PAGE_SIZE / 1e6
+    return {"compress_mbps": round(n / (t1 - t0), 1), "decompress_mbps": round(n / (t2 - t1), 1),
+            "ratio": round(len(pages) * PAGE_SIZE / sum(len(b) for b in blobs), 2)}
+
+
+def dd_pass(target: Path, data_file: Path) -> dict[str, float]:
+    """Write then read the real data with dd, 1 MiB direct I/O, timed here."""
+    size = data_file.stat().st_size
+    t0 = time.perf_counter()
+    subprocess.run(["dd", f"if={data_file}", f"of={target}", "bs=1M", "oflag=direct",
+                    "status=none"], check=True)
+    t1 = time.perf_counter()
+    subprocess.run(["dd", f"if={target}", "of=/dev/null", "bs=1M", "iflag=direct",
+                    "status=none"], check=True)
+    t2 = time.perf_counter()
+    return {"write_mbps": round(size / 1e6 / (t1 - t0), 1),
+            "read_mbps": round(size / 1e6 / (t2 - t1), 1)}
+
+
+def run(quick: bool, out: Path) -> dict[str, Any]:
+    size = (32 << 20) if quick else (256 << 20)
+    runtime = 1.0 if quick else 8.0
+    jobs = [j for j in JOBS if not quick or j.name in QUICK]
+    py = sys.executable
+    cramfs = str(Path(py).parent / "cramfs")
+    # dram=0: reads are served in place, so the read figures measure the store itself
+    cram_opts = ["--foreground", "-o", "advertised=64G,physical=16G,dram=0"]
+    results: dict[str, Any] = {"quick": quick, "size": size, "runtime_s": runtime,
+                               "cramfs_options": "advertised=64G,physical=16G,dram=0",
+                               "jobs": {}, "real_data": {}}
+    mounts = []
+    try:
+        mounts = [Mounted("baseline", [py, "-m", "cramfs.nullfs"]),
+                  Mounted("cramfs", [cramfs, *cram_opts])]
+        with zram_device(4 * size) as zram:
+            for job in jobs:
+                row: dict[str, Any] = {}
+                for m in mounts:
+                    path = m.dir / "fio.dat"
+                    if job.loop:
+                        with loop_device(path) as dev:
+                            row[m.name] = fio(dev, job, size, runtime)
+                    else:
+                        row[m.name] = fio(str(path), job, size, runtime)
+                if zram and not job.loop and not quick:
+                    row["zram"] = fio(zram, job, size, runtime)
+                row["vs_baseline"] = round(row["cramfs"]["iops"] / row["baseline"]["iops"], 2)
+                results["jobs"][job.name] = row
+                say(f"{job.name}: cramfs {row['cramfs']['iops']} IOPS, baseline "
+                    f"{row['baseline']['iops']} ({row['vs_baseline']}x)")
+        stats = mounts[1].stats()
+        results["fio_data"] = {"ratio": stats.get("ratio"),
+                               "physical_used": stats.get("physical_used")}
+        sample = (mounts[0].dir / "fio.dat").read_bytes()[: 64 << 20]
+        results["lz4_fio_data"] = lz4_rates(sample)
+
+        real = gather_real_pages(size // 2 if quick else 128 << 20)
+        with tempfile.NamedTemporaryFile(prefix="bench-real-") as f:
+            f.write(real)
+            f.flush()
+            for m in mounts:
+                results["real_data"][m.name] = dd_pass(m.dir / "real.dat", Path(f.name))
+                with suppress(OSError):
+                    (m.dir / "fio.dat").unlink()
+        stats = mounts[1].stats()
+        results["real_data"]["bytes"] = len(real)
+        results["real_data"]["ratio"] = stats.get("ratio")
+        results["real_data"]["physical_used"] = stats.get("physical_used")
+        results["real_data"]["pool_overhead"] = round(
+            stats["physical_used"] / stats["compressed_bytes"], 3) \
+            if stats.get("compressed_bytes") else None
+        results["lz4_real_data"] = lz4_rates(real)
+        results["cramfs_peak_rss"] = mounts[1].peak_rss()
+        results["baseline_peak_rss"] = mounts[0].peak_rss()
+    finally:
+        for m in mounts:
+            m.close()
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
+def table(r: dict[str, Any]) -> str:
+    lines = ["| workload | cramfs IOPS | cramfs MB/s | baseline IOPS | vs baseline |"
+             " zram IOPS |", "|---|---|---|---|---|---|"]
+    for name, row in r["jobs"].items():
+        z = row.get("zram", {}).get("iops", "-")
+        lines.append(f"| {name} | {row['cramfs']['iops']} | {row['cramfs']['mbps']} | "
+                     f"{row['baseline']['iops']} | {row['vs_baseline']} | {z} |")
+    rd = r["real_data"]
+    lines.append("")
+    lines.append(f"real data ({format_size(rd['bytes'])} of this machine's files, dd 1 MiB "
+                 f"direct): cramfs write {rd['cramfs']['write_mbps']} MB/s, read "
+                 f"{rd['cramfs']['read_mbps']} MB/s; baseline write "
+                 f"{rd['baseline']['write_mbps']}, read {rd['baseline']['read_mbps']}")
+    lines.append(f"ratio reached: fio data {r['fio_data']['ratio']}, real data {rd['ratio']}; "
+                 f"pool overhead (mem_used_total / compr_data_size) {rd['pool_overhead']}")
+    for key in ("lz4_fio_data", "lz4_real_data"):
+        z = r[key]
+        lines.append(f"single-threaded lz4 on {key[4:].replace('_', ' ')}: compress "
+                     f"{z['compress_mbps']} MB/s, decompress {z['decompress_mbps']} MB/s, "
+                     f"ratio {z['ratio']}")
+    lines.append(f"peak RSS: cramfs {format_size(r['cramfs_peak_rss'])}, baseline "
+                 f"{format_size(r['baseline_peak_rss'])}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="scripts/bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="a few seconds, for the test suite")
+    p.add_argument("--out", type=Path, default=Path("bench-results.json"), help="JSON file")
+    args = p.parse_args(argv)
+    try:
+        results = run(args.quick, args.out)
+    except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 1
+    sys.stdout.write(table(results))
+    say(f"JSON in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
