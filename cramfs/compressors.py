@@ -7,6 +7,7 @@ zram's recompress does per page.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,13 +34,25 @@ def _lz4_decompress(blob: bytes) -> bytes:
     return lz4.block.decompress(blob, uncompressed_size=PAGE_SIZE)
 
 
-# Level 1 is what zram's zstd uses by default and what ANCHORS measured.
-_zstd_c = zstandard.ZstdCompressor(level=1, write_content_size=False, write_checksum=False)
-_zstd_d = zstandard.ZstdDecompressor()
+# zstandard's (de)compressor objects must not be shared between threads, and
+# large requests are compressed in worker threads (parallel.py): one per thread.
+_zstd = threading.local()
+
+
+def _zstd_compress(data: bytes) -> bytes:
+    c = getattr(_zstd, "c", None)
+    if c is None:
+        # level 1: zram's zstd default, and what ANCHORS measured
+        c = _zstd.c = zstandard.ZstdCompressor(level=1, write_content_size=False,
+                                               write_checksum=False)
+    return c.compress(data)
 
 
 def _zstd_decompress(blob: bytes) -> bytes:
-    return _zstd_d.decompress(blob, max_output_size=PAGE_SIZE)
+    d = getattr(_zstd, "d", None)
+    if d is None:
+        d = _zstd.d = zstandard.ZstdDecompressor()
+    return d.decompress(blob, max_output_size=PAGE_SIZE)
 
 
 def _identity(data: bytes) -> bytes:
@@ -48,7 +61,7 @@ def _identity(data: bytes) -> bytes:
 
 _ALL = (
     Compressor("lz4", 0, _lz4_compress, _lz4_decompress),
-    Compressor("zstd", 1, _zstd_c.compress, _zstd_decompress),
+    Compressor("zstd", 1, _zstd_compress, _zstd_decompress),
     Compressor("none", 2, _identity, _identity),
 )
 

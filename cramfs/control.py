@@ -221,6 +221,25 @@ def _inject_one(ns: Namespace, line: str) -> None:
         raise
 
 
+def _store_compact(ns: Namespace, text: str) -> None:
+    if text.strip() != "1":
+        ns.device.reject("compact", f"write 1 to compact, got {text.strip()!r}")
+    ns.device.compact()
+
+
+def _show_pool(ns: Namespace) -> str:
+    """zsmalloc's debugfs `classes` table, one line per size class in use."""
+    stats = getattr(ns.device.pool, "class_stats", lambda: [])()
+    head = (f"{'class':>5} {'size':>5} {'obj_allocated':>13} {'obj_used':>9} "
+            f"{'pages_used':>10} {'pages_per_zspage':>16} {'freeable':>8}\n")
+    rows = [f"{i:>5} {c.size:>5} {c.objs_allocated:>13} {c.objs_used:>9} {c.pages_used:>10} "
+            f"{c.pages_per_zspage:>16} {c.freeable_pages:>8}\n" for i, c in enumerate(stats)]
+    total = (f"{'Total':>5} {'':>5} {sum(c.objs_allocated for c in stats):>13} "
+             f"{sum(c.objs_used for c in stats):>9} {sum(c.pages_used for c in stats):>10} "
+             f"{'':>16} {sum(c.freeable_pages for c in stats):>8}\n")
+    return head + "".join(rows) + total
+
+
 def _store_inject(ns: Namespace, text: str) -> None:
     for line in text.splitlines():
         if line.strip():
@@ -258,6 +277,8 @@ ATTRIBUTES: dict[str, Attribute] = {a.name: a for a in (
     Attribute("reset", store=_store_reset),
     Attribute("discard", store=_store_discard),
     Attribute("demote", store=_store_demote),
+    Attribute("compact", store=_store_compact),
+    Attribute("pool", _show_pool),
     Attribute("inject", _show_inject, _store_inject),
 )}
 

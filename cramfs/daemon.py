@@ -25,7 +25,7 @@ from .namespace import Namespace
 
 log = logging.getLogger("cramfs")
 
-MCL_CURRENT, MCL_FUTURE = 1, 2
+MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4
 PR_SET_IO_FLUSHER = 57
 
 
@@ -37,7 +37,10 @@ def harden() -> None:
     Each step that fails is logged and the daemon carries on.
     """
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.mlockall(MCL_CURRENT | MCL_FUTURE) != 0:
+    # ONFAULT: lock pages as they are touched, so reserved but unused address space
+    # (the pool's sparse windows, thread stacks) does not become resident.
+    if (libc.mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) != 0
+            and libc.mlockall(MCL_CURRENT | MCL_FUTURE) != 0):
         log.warning("mlockall failed: %s", os.strerror(ctypes.get_errno()))
     # IO_FLUSHER: allocations made while serving I/O do not recurse into reclaim.
     if libc.prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) != 0:

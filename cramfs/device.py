@@ -10,7 +10,7 @@ Every page slot of every file changes state here and nowhere else:
     promoted ──LRU over budget, or .cram/demote──▶ through write control again
     any ──discard / truncate──▶ hole
 
-The device knows nothing of FUSE. It takes a `SlotTable` (one per file) and
+The device knows nothing of FUSE. It takes a `PageTable` (one per file) and
 byte ranges, and raises `DeviceError` with an errno for the adapter to pass on.
 All counters and gauges are kept incrementally by `_install` and `_release`,
 the only two functions that add or remove a slot, so the accounting cannot
@@ -21,24 +21,38 @@ from __future__ import annotations
 
 import errno
 import time
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import NoReturn
+from typing import NamedTuple, NoReturn
 
+from . import parallel
 from .compressors import BY_ID, COMPRESSORS, describe
 from .config import SETTINGS, DeviceConfig
 from .events import EventLog
 from .levels import CRITICAL, FULL, LEVELS, LevelTracker
-from .pool import ClassPool, Pool
+from .pagetable import (
+    DEVICE,
+    FALLBACK,
+    HANDLE_SHIFT,
+    HUGE_BIT,
+    KIND_MASK,
+    POISONED,
+    PROMOTED,
+    SAME,
+    PageTable,
+    algo_of,
+    pack,
+)
+from .pool import ArenaPool, ClassPool, Pool, rebase
 from .tier import DramTier
 from .units import PAGE_SIZE, format_size
 
-SAME, DEVICE, FALLBACK, PROMOTED, POISONED = range(5)
-KIND_NAMES = ("same", "compressed", "fallback", "promoted", "poisoned")
 ZERO_PAGE = bytes(PAGE_SIZE)
 ZERO_WORD = bytes(8)
 _NONE_ID = COMPRESSORS["none"].ident
 _WORDS = PAGE_SIZE // 8
+_LOW_BITS = (1 << HANDLE_SHIFT) - 1
 
 
 class DeviceError(Exception):
@@ -49,34 +63,13 @@ class DeviceError(Exception):
         self.errno = err
 
 
-class Slot:
-    """One non-hole page slot. Holes have no Slot at all."""
+class Encoded(NamedTuple):
+    """A page made ready for the device: a same-filled word, or a blob to store."""
 
-    __slots__ = ("algo", "charge", "extra", "handle", "huge", "kind", "word")
-
-    def __init__(self, kind: int, handle: int = 0, algo: int = 0, huge: bool = False,
-                 charge: int = 0, extra: int = 0, word: bytes = b"") -> None:
-        self.kind = kind
-        self.handle = handle      # pool handle (DEVICE, FALLBACK)
-        self.algo = algo          # compressor id that wrote it
-        self.huge = huge          # stored uncompressed
-        self.charge = charge      # physical bytes this slot costs the device
-        self.extra = extra        # the part of charge added by an injected ratio
-        self.word = word          # the repeated 8-byte word (SAME)
-
-
-class SlotTable:
-    """One file's sparse page slots, and that file's share of the device."""
-
-    __slots__ = ("__weakref__", "name", "physical_bytes", "promoted_pages", "slots",
-                 "stored_pages")
-
-    def __init__(self, name: str = "") -> None:
-        self.name = name                  # for event lines; the namespace keeps it current
-        self.slots: dict[int, Slot] = {}
-        self.stored_pages = 0             # same + compressed + huge
-        self.physical_bytes = 0
-        self.promoted_pages = 0
+    word: bytes | None
+    blob: bytes
+    algo: int
+    huge: bool
 
 
 @dataclass
@@ -104,20 +97,27 @@ class Counters:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-def page_spans(off: int, size: int) -> Iterator[tuple[int, int, int]]:
-    """Split a byte range into (page index, start, end) pieces within each page."""
-    end = off + size
-    while off < end:
-        idx, start = divmod(off, PAGE_SIZE)
-        stop = min(PAGE_SIZE, start + end - off)
-        yield idx, start, stop
-        off += stop - start
-
-
 def same_word(page: bytes) -> bytes | None:
     """The 8-byte word a page repeats, as zram's page_same_filled checks, or None."""
     word = page[:8]
     return word if page == word * _WORDS else None
+
+
+def encoder(compressor: str, huge_threshold: int) -> Callable[[bytes], Encoded]:
+    """A pure function from page to Encoded, safe to run in worker threads."""
+    comp = COMPRESSORS[compressor]
+    compress, ident = comp.compress, comp.ident
+
+    def encode(page: bytes) -> Encoded:
+        word = page[:8]
+        if page == word * _WORDS:
+            return Encoded(word, b"", 0, False)
+        blob = compress(page)
+        if len(blob) >= huge_threshold:
+            return Encoded(None, page, _NONE_ID, True)
+        return Encoded(None, blob, ident, False)
+
+    return encode
 
 
 class Device:
@@ -127,18 +127,34 @@ class Device:
         self.config = config or DeviceConfig()
         self.config.check()
         self.mount_physical = self.config.physical
-        self.pool: Pool = pool or ClassPool()
+        self.pool: Pool = pool or ArenaPool(self.config.huge_threshold)
         self.fallback: Pool = fallback_pool or ClassPool()
         self.tier = DramTier()
         self.levels = LevelTracker()
         self.events = EventLog(clock=clock)
         self.counters = Counters()
-        self.pages = [0] * len(KIND_NAMES)   # live slots by kind
+        self.pages = [0] * 6                 # live slots by kind (index 0 unused)
         self.huge_pages = 0
         self.inflate = 1.0                   # injected cost factor for new pages
         self.mem_used_max = 0
-        self._extra = 0                      # sum of Slot.extra over device slots
+        self._extra = 0                      # sum of injected extra charges
         self._level_listeners: list[Callable[[str], None]] = []
+        # every table that may hold device pages, for compaction to rewrite
+        self._tables: weakref.WeakSet[PageTable] = weakref.WeakSet()
+        self._configured()
+
+    def _configured(self) -> None:
+        """Recompute what is derived from the settings (after any change)."""
+        c = self.config
+        self._encode = encoder(c.compressor, c.huge_threshold)
+        self._direct_dram = c.mode == "direct" and c.dram >= PAGE_SIZE
+        self._band()
+
+    def _band(self) -> None:
+        c = self.config
+        low, high = self.levels.quiet_band(c.warn_at, c.critical_at, c.hysteresis)
+        self._quiet_low = low * c.physical
+        self._quiet_high = high * c.physical
 
     # ------------------------------------------------------------ accounting
 
@@ -176,26 +192,32 @@ class Device:
         self._level_listeners.append(listener)
 
     def _refresh(self, overflowed: bool = False) -> None:
-        used = self.physical_used
+        used = self.pool.used_bytes + self._extra
         if used > self.mem_used_max:
             self.mem_used_max = used
+        if not overflowed and self._quiet_low <= used < self._quiet_high:
+            return
         c = self.config
         old = self.levels.name
         if self.levels.update(used / c.physical, c.warn_at, c.critical_at, c.hysteresis,
                               overflowed):
+            self._band()
             self.events.add("level", f"{old} -> {self.levels.name} fill={self.fill:.1%}")
             for listener in self._level_listeners:
                 listener(self.levels.name)
 
-    def _install(self, table: SlotTable, idx: int, slot: Slot) -> None:
-        table.slots[idx] = slot
-        kind = slot.kind
+    def _install(self, table: PageTable, idx: int, word: int, charge: int = 0,
+                 extra: int = 0) -> None:
+        table.set(idx, word)
+        kind = word & KIND_MASK
         self.pages[kind] += 1
         if kind == DEVICE:
             table.stored_pages += 1
-            table.physical_bytes += slot.charge
-            self._extra += slot.extra
-            if slot.huge:
+            table.physical_bytes += charge + extra
+            if extra:
+                table.extra[idx] = extra
+                self._extra += extra
+            if word & HUGE_BIT:
                 self.huge_pages += 1
                 self.counters.huge_pages_since += 1
         elif kind == SAME:
@@ -203,64 +225,69 @@ class Device:
         elif kind == PROMOTED:
             table.promoted_pages += 1
 
-    def _release(self, table: SlotTable, idx: int) -> Slot | None:
-        """Remove a slot and free whatever memory it held; return the old slot."""
-        slot = table.slots.pop(idx, None)
-        if slot is None:
-            return None
-        kind = slot.kind
+    def _release(self, table: PageTable, idx: int) -> int:
+        """Make a slot a hole and free whatever it held; return the old word."""
+        word = table.clear(idx)
+        if not word:
+            return 0
+        kind = word & KIND_MASK
         self.pages[kind] -= 1
         if kind == DEVICE:
-            self.pool.free(slot.handle)
+            charge = self.pool.free(word >> HANDLE_SHIFT)
+            extra = table.extra.pop(idx, 0) if table.extra else 0
             table.stored_pages -= 1
-            table.physical_bytes -= slot.charge
-            self._extra -= slot.extra
-            if slot.huge:
+            table.physical_bytes -= charge + extra
+            self._extra -= extra
+            if word & HUGE_BIT:
                 self.huge_pages -= 1
         elif kind == SAME:
             table.stored_pages -= 1
+            if table.same_words:
+                table.same_words.pop(idx, None)
         elif kind == FALLBACK:
-            self.fallback.free(slot.handle)
+            self.fallback.free(word >> HANDLE_SHIFT)
         elif kind == PROMOTED:
             self.tier.pop((table, idx))
             table.promoted_pages -= 1
-        return slot
+        return word
 
     # ------------------------------------------------------------ page paths
 
-    def _decode(self, slot: Slot) -> bytes:
-        pool = self.pool if slot.kind == DEVICE else self.fallback
-        blob = pool.get(slot.handle)
-        return BY_ID[slot.algo].decompress(blob)
+    def _decode(self, word: int) -> bytes:
+        pool = self.pool if word & KIND_MASK == DEVICE else self.fallback
+        return BY_ID[algo_of(word)].decompress(pool.get(word >> HANDLE_SHIFT))
 
-    def _peek(self, table: SlotTable, idx: int, touch: bool = False) -> bytes:
+    def _peek(self, table: PageTable, idx: int, touch: bool = False) -> bytes:
         """A page's bytes with no tiering side effects (for read-modify-write).
 
         `touch` marks a promoted page as recently used, as a real read does."""
-        slot = table.slots.get(idx)
-        if slot is None:
+        word = table.get(idx)
+        if not word:
             return ZERO_PAGE
-        kind = slot.kind
+        kind = word & KIND_MASK
         if kind == SAME:
-            return slot.word * _WORDS
+            return table.same_words.get(idx, ZERO_WORD) * _WORDS
         if kind == PROMOTED:
             key = (table, idx)
             return self.tier.get(key) if touch else self.tier.peek(key)
         if kind == POISONED:
             self._poisoned_read(table, idx)
-        return self._decode(slot)
+        return self._decode(word)
 
-    def _poisoned_read(self, table: SlotTable, idx: int) -> None:
+    def _poisoned_read(self, table: PageTable, idx: int) -> NoReturn:
         self.counters.failed_reads += 1
         self.events.add("poison_read", f"{table.name} page {idx}: machine check, EIO",
                         ratelimit=True)
         raise DeviceError(errno.EIO, f"page {idx} of {table.name} is poisoned")
 
-    def _read_page(self, table: SlotTable, idx: int) -> bytes:
-        slot = table.slots.get(idx)
-        if slot is None or slot.kind not in (DEVICE, FALLBACK):
+    def _read_page(self, table: PageTable, idx: int, data: bytes | None = None) -> bytes:
+        """Serve one page; `data` is its decompressed content if already known."""
+        word = table.get(idx)
+        kind = word & KIND_MASK
+        if kind not in (DEVICE, FALLBACK):
             return self._peek(table, idx, touch=True)
-        data = self._decode(slot)
+        if data is None:
+            data = self._decode(word)
         if self.config.mode == "zswap":
             # Every access faults; the page goes back to DRAM and the compressed
             # copy is released (zswap loads are exclusive).
@@ -271,58 +298,58 @@ class Device:
                 self.counters.promotions += 1
         return data
 
-    def _to_dram(self, table: SlotTable, idx: int, data: bytes) -> None:
+    def _to_dram(self, table: PageTable, idx: int, data: bytes) -> None:
         self.tier.put((table, idx), data)
-        self._install(table, idx, Slot(PROMOTED))
+        self._install(table, idx, PROMOTED)
         self._enforce_budget()
         self._refresh()
 
-    def _write_page(self, table: SlotTable, idx: int, page: bytes) -> None:
-        c = self.config
-        if c.mode == "direct" and c.dram >= PAGE_SIZE and same_word(page) is None:
+    def _write_page(self, table: PageTable, idx: int, page: bytes,
+                    enc: Encoded | None = None) -> None:
+        if self._direct_dram and (enc.word is None if enc else same_word(page) is None):
             # A write fault on a read-only mapped page: it moves to DRAM, and its
             # compressed copy is freed.
-            key = (table, idx)
-            slot = table.slots.get(idx)
-            if slot is not None and slot.kind == PROMOTED:
-                self.tier.put(key, page)
+            kind = table.get(idx) & KIND_MASK
+            if kind == PROMOTED:
+                self.tier.put((table, idx), page)
                 return
-            old = self._release(table, idx)
+            self._release(table, idx)
             self._to_dram(table, idx, page)
-            if old is not None and old.kind in (DEVICE, FALLBACK):
+            if kind in (DEVICE, FALLBACK):
                 self.counters.faults += 1
                 self.counters.promotions += 1
             return
-        self._store(table, idx, page, demoting=False)
+        self._store(table, idx, enc or self._encode(page), demoting=False)
 
-    def _store(self, table: SlotTable, idx: int, page: bytes, demoting: bool) -> bool:
+    def _store(self, table: PageTable, idx: int, enc: Encoded, demoting: bool) -> bool:
         """Move a page onto the device: the "ask the driver if it's safe" path.
 
         Returns False only when `demoting` and the page must stay where it is;
         a refused user write raises ENOSPC instead. Either way the old copy is
         untouched unless the page was placed somewhere.
         """
-        c = self.config
-        word = same_word(page)
+        word = enc.word
         if word is not None:
             old = self._release(table, idx)
-            if old is not None and old.kind in (DEVICE, FALLBACK, PROMOTED) and word == ZERO_WORD:
-                self.counters.zero_released_pages += 1
-            self._install(table, idx, Slot(SAME, word=word))
+            if word == ZERO_WORD:
+                if old & KIND_MASK in (DEVICE, FALLBACK, PROMOTED):
+                    self.counters.zero_released_pages += 1
+            else:
+                table.same_words[idx] = word
+            self._install(table, idx, SAME)
             self._refresh()
             return True
 
-        comp = COMPRESSORS[c.compressor]
-        blob = comp.compress(page)
-        algo = comp.ident
-        huge = len(blob) >= c.huge_threshold
-        if huge:
-            blob, algo = page, _NONE_ID
-        cost = self.pool.cost(len(blob))
-        extra = int(cost * (self.inflate - 1))
-        old = table.slots.get(idx)
-        freed = old.charge if old is not None and old.kind == DEVICE else 0
-        fits = self.physical_used - freed + cost + extra <= c.physical
+        c = self.config
+        pool = self.pool
+        size = len(enc.blob)
+        grow = pool.cost(size)
+        extra = 0 if self.inflate == 1 else int(pool.charge(size) * (self.inflate - 1))
+        old = table.get(idx)
+        # a huge page owns its page, so overwriting one frees that page for sure
+        freed = (PAGE_SIZE if old & HUGE_BIT else 0) + table.extra.get(idx, 0) \
+            if old & KIND_MASK == DEVICE else 0
+        fits = self.pool.used_bytes + self._extra - freed + grow + extra <= c.physical
 
         if c.write_control and (self.levels.level >= CRITICAL or not fits):
             self.counters.reject_write_control += 1
@@ -331,7 +358,8 @@ class Device:
                 self.events.add("refused", f"{table.name} page {idx}: {why}, kept in host "
                                 "memory (fallback)", ratelimit=True)
                 self._release(table, idx)
-                self._install(table, idx, Slot(FALLBACK, self.fallback.put(blob), algo, huge))
+                self._install(table, idx, pack(FALLBACK, self.fallback.put(enc.blob),
+                                               enc.algo, enc.huge))
                 self._refresh()
                 return True
             return self._refuse(table, idx, why, demoting)
@@ -345,7 +373,7 @@ class Device:
                 self.counters.poisoned_pages += 1
                 self.events.add("poisoned", f"{table.name} page {idx}: device full, page "
                                 "poisoned", ratelimit=True)
-                self._install(table, idx, Slot(POISONED))
+                self._install(table, idx, POISONED)
             else:
                 self.counters.dropped_writes += 1
                 self.events.add("dropped", f"{table.name} page {idx}: device full, write "
@@ -353,13 +381,15 @@ class Device:
             self._refresh()
             return True
 
-        self._release(table, idx)
-        handle = self.pool.put(blob)
-        self._install(table, idx, Slot(DEVICE, handle, algo, huge, cost + extra, extra))
+        if old:
+            self._release(table, idx)
+        handle = pool.put(enc.blob)
+        self._install(table, idx, pack(DEVICE, handle, enc.algo, enc.huge),
+                      pool.charge(size), extra)
         self._refresh()
         return True
 
-    def _refuse(self, table: SlotTable, idx: int, why: str, demoting: bool) -> bool:
+    def _refuse(self, table: PageTable, idx: int, why: str, demoting: bool) -> bool:
         if demoting:
             self.events.add("demote_failed", f"{table.name} page {idx}: {why}, stays in DRAM",
                             ratelimit=True)
@@ -378,76 +408,98 @@ class Device:
         if key is None:
             return False
         table, idx = key  # type: ignore[misc]
-        if not self._store(table, idx, self.tier.peek(key), demoting=True):
+        if not self._store(table, idx, self._encode(self.tier.peek(key)), demoting=True):
             return False
         self.counters.demotions += 1
         return True
 
     # ------------------------------------------------------------ requests
 
-    def read(self, table: SlotTable, off: int, size: int) -> bytes:
+    def read(self, table: PageTable, off: int, size: int) -> bytes:
         """Bytes [off, off+size) of a file's slots; holes read as zeros."""
-        parts = []
-        for idx, start, stop in page_spans(off, size):
-            self.counters.reads += 1
-            page = self._read_page(table, idx)
-            parts.append(page if stop - start == PAGE_SIZE else page[start:stop])
-        return b"".join(parts)
+        first, start = divmod(off, PAGE_SIZE)
+        last = (off + size - 1) // PAGE_SIZE
+        count = last - first + 1
+        self.counters.reads += count
+        if count == 1:
+            page = self._read_page(table, first)
+            return page if size == PAGE_SIZE else page[start:start + size]
+        decoded: list[bytes | None] = [None] * count
+        if count >= parallel.MIN_BATCH:
+            # decompress the compressed pages of a large read on all cores first
+            todo = [(k, w) for k in range(count)
+                    if (w := table.get(first + k)) & KIND_MASK in (DEVICE, FALLBACK)]
+            for (k, _), data in zip(todo, parallel.map_pages(self._decode,
+                                                             [w for _, w in todo]),
+                                    strict=True):
+                decoded[k] = data
+        data = b"".join([self._read_page(table, first + k, decoded[k]) for k in range(count)])
+        return data[start:start + size]
 
-    def write(self, table: SlotTable, off: int, data: bytes) -> int:
+    def write(self, table: PageTable, off: int, data: bytes) -> int:
         """Write data at off. A refusal after some pages gives a short count, as
         a full disk does; a refusal of the first page raises."""
+        self._tables.add(table)
+        first, start = divmod(off, PAGE_SIZE)
+        n = len(data)
+        if not start and n == PAGE_SIZE:          # the swap path: one whole page
+            self.counters.writes += 1
+            self._write_page(table, first, data)
+            return n
+        count = (start + n + PAGE_SIZE - 1) // PAGE_SIZE
+        encoded: list[Encoded] | None = None
+        if not start and not n % PAGE_SIZE and count >= parallel.MIN_BATCH \
+                and not self._direct_dram:
+            encoded = parallel.map_pages(
+                self._encode, [data[k * PAGE_SIZE:(k + 1) * PAGE_SIZE] for k in range(count)])
         done = 0
         view = memoryview(data)
-        for idx, start, stop in page_spans(off, len(data)):
-            n = stop - start
-            chunk = view[done:done + n]
-            if n == PAGE_SIZE:
+        for k in range(count):
+            idx = first + k
+            lo = start if k == 0 else 0
+            hi = min(PAGE_SIZE, start + n - k * PAGE_SIZE)
+            chunk = view[done:done + hi - lo]
+            if hi - lo == PAGE_SIZE:
                 page = bytes(chunk)
             else:
                 old = self._peek(table, idx)
-                page = b"".join((old[:start], chunk, old[stop:]))
+                page = b"".join((old[:lo], chunk, old[hi:]))
             self.counters.writes += 1
             try:
-                self._write_page(table, idx, page)
+                self._write_page(table, idx, page, encoded[k] if encoded else None)
             except DeviceError:
                 if done:
                     return done
                 raise
-            done += n
+            done += hi - lo
         return done
 
-    def discard(self, table: SlotTable, first: int, count: int) -> int:
+    def discard(self, table: PageTable, first: int, count: int) -> int:
         """Release `count` whole pages from `first`; return how many held data."""
-        released = 0
-        if count > len(table.slots):
-            targets = [i for i in table.slots if first <= i < first + count]
-        else:
-            targets = [i for i in range(first, first + count) if i in table.slots]
+        targets = table.indices_in(first, first + count)
         for idx in targets:
             self._release(table, idx)
-            released += 1
-        self.counters.discarded_pages += released
-        self.counters.notify_free += released
+        self.counters.discarded_pages += len(targets)
+        self.counters.notify_free += len(targets)
         self._refresh()
-        return released
+        return len(targets)
 
-    def truncate(self, table: SlotTable, size: int) -> None:
+    def truncate(self, table: PageTable, size: int) -> None:
         """Drop slots past `size` and zero the tail of a partial last page."""
-        first_gone = -(-size // PAGE_SIZE)
-        for idx in [i for i in table.slots if i >= first_gone]:
+        for idx in table.indices_in(-(-size // PAGE_SIZE), 1 << 62):
             self._release(table, idx)
         tail = size % PAGE_SIZE
-        slot = table.slots.get(size // PAGE_SIZE) if tail else None
-        if slot is not None and slot.kind != POISONED:
-            page = self._peek(table, size // PAGE_SIZE)
+        last = size // PAGE_SIZE
+        word = table.get(last) if tail else 0
+        if word and word & KIND_MASK != POISONED:
+            page = self._peek(table, last)
             if any(page[tail:]):
-                self._write_page(table, size // PAGE_SIZE, page[:tail] + bytes(PAGE_SIZE - tail))
+                self._write_page(table, last, page[:tail] + bytes(PAGE_SIZE - tail))
         self._refresh()
 
-    def drop(self, table: SlotTable) -> None:
+    def drop(self, table: PageTable) -> None:
         """Free every slot of a file that is gone."""
-        for idx in list(table.slots):
+        for idx, _ in table.items():
             self._release(table, idx)
         self._refresh()
 
@@ -457,6 +509,27 @@ class Device:
         while (count is None or done < count) and self._demote_one():
             done += 1
         return done
+
+    def compact(self) -> int:
+        """Move objects out of sparse zspages; return the pages given back.
+
+        The pool moves objects and reports their new handles; the words that
+        name them are rewritten here, in every file's table."""
+        before = self.pool.used_bytes
+        moves = self.pool.compact()
+        if moves:
+            for table in list(self._tables):
+                for idx, word in table.items():
+                    if word & KIND_MASK == DEVICE:
+                        handle = word >> HANDLE_SHIFT
+                        new = rebase(handle, moves)
+                        if new != handle:
+                            table.set(idx, new << HANDLE_SHIFT | word & _LOW_BITS)
+        freed = (before - self.pool.used_bytes) // PAGE_SIZE
+        self.counters.pages_compacted += freed
+        self.events.add("compact", f"{len(moves)} objects moved, {freed} pages freed")
+        self._refresh()
+        return freed
 
     # ------------------------------------------------------------ knobs and faults
 
@@ -468,6 +541,7 @@ class Device:
             self.config = self.config.with_value(name, text)
         except ValueError as e:
             self.reject(name, str(e))
+        self._configured()
         self.events.add("knob", f"{name}={self.config.show(name)}")
         self._enforce_budget()
         self._refresh()
@@ -483,28 +557,31 @@ class Device:
         self.inflate = factor
         self.events.add("inject", f"ratio {factor:g}: new pages cost {factor:g}x")
 
+    def _set_physical(self, size: int) -> None:
+        self.config = self.config.with_value("physical", str(size))
+        self._configured()
+        self._refresh()
+
     def inject_physical(self, size: int) -> None:
         try:
-            self.config = self.config.with_value("physical", str(size))
+            self._set_physical(size)
         except ValueError as e:
             self.reject("inject", str(e))
         self.events.add("inject", f"physical {format_size(size)}")
-        self._refresh()
 
-    def inject_poison(self, table: SlotTable, idx: int) -> None:
-        if idx not in table.slots:
+    def inject_poison(self, table: PageTable, idx: int) -> None:
+        if not table.get(idx):
             self.reject("inject", f"page {idx} of {table.name} holds no data")
         self._release(table, idx)
-        self._install(table, idx, Slot(POISONED))
+        self._install(table, idx, POISONED)
         self.counters.poisoned_pages += 1
         self.events.add("inject", f"poison {table.name} page {idx}")
         self._refresh()
 
     def clear_faults(self) -> None:
         self.inflate = 1.0
-        self.config = self.config.with_value("physical", str(self.mount_physical))
+        self._set_physical(self.mount_physical)
         self.events.add("inject", "clear")
-        self._refresh()
 
     def active_faults(self) -> list[str]:
         faults = []
@@ -524,10 +601,9 @@ class Device:
         assert not any(self.pages), "reset with live slots"
         self.counters = Counters()
         self.inflate = 1.0
-        self.config = self.config.with_value("physical", str(self.mount_physical))
+        self._set_physical(self.mount_physical)
         self.mem_used_max = 0
         self.events.add("reset", "all data dropped")
-        self._refresh()
 
     # ------------------------------------------------------------ reporting
 
@@ -588,4 +664,4 @@ class Device:
         return describe(self.config.compressor)
 
 
-__all__ = ["FULL", "LEVELS", "Device", "DeviceError", "SlotTable"]
+__all__ = ["FULL", "LEVELS", "Device", "DeviceError", "PageTable"]

@@ -38,3 +38,14 @@ class LevelTracker:
             while self.level > raw and fill < thresholds[self.level] - hysteresis:
                 self.level -= 1
         return self.level != old
+
+    def quiet_band(self, warn_at: float, critical_at: float,
+                   hysteresis: float) -> tuple[float, float]:
+        """The fill range [low, high) in which update() cannot change the level.
+
+        The device checks this range on every page instead of calling update(),
+        which keeps the per-page cost to two comparisons."""
+        thresholds = (0.0, warn_at, critical_at, 1.0)
+        high = thresholds[self.level + 1] if self.level < FULL else float("inf")
+        low = thresholds[self.level] - hysteresis if self.level > OK else float("-inf")
+        return low, high

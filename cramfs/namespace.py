@@ -14,7 +14,8 @@ import stat
 import time
 from dataclasses import dataclass, field
 
-from .device import Device, DeviceError, SlotTable
+from .device import Device, DeviceError
+from .pagetable import PageTable
 from .units import PAGE_SIZE
 
 NAME_MAX = 255
@@ -30,7 +31,7 @@ class Inode:
     mode: int
     uid: int
     gid: int
-    table: SlotTable
+    table: PageTable
     size: int = 0
     nlink: int = 1
     nlookup: int = 0
@@ -79,7 +80,7 @@ class Namespace:
         if len(self.by_ino) >= MAX_FILES:
             raise DeviceError(errno.ENOSPC, "too many files")
         inode = Inode(self._next_ino, name, stat.S_IFREG | (mode & 0o7777), uid, gid,
-                      SlotTable(name))
+                      PageTable(name))
         self._next_ino += 1
         self.by_name[name] = inode
         self.by_ino[inode.ino] = inode
@@ -137,7 +138,7 @@ class Namespace:
     def _maybe_free(self, inode: Inode) -> None:
         if inode.nlink or inode.opens:
             return
-        if inode.size or inode.table.slots:
+        if inode.size or inode.table.count:
             # Space comes back as soon as the last user is gone, even if the
             # kernel still remembers the inode number for a while.
             self.device.drop(inode.table)

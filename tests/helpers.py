@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import random
 
-from cramfs.device import DEVICE, Device, SlotTable
+from cramfs.device import Device
+from cramfs.pagetable import DEVICE, KIND_MASK, PROMOTED, PageTable, handle_of
 from cramfs.units import PAGE_SIZE
 
 
@@ -21,17 +22,29 @@ def text_page(seed: int) -> bytes:
     return out[:PAGE_SIZE].ljust(PAGE_SIZE, b".")
 
 
-def check_accounting(dev: Device, tables: list[SlotTable]) -> None:
-    """The invariants the issue names, checked from the slots up."""
-    device_slots = [s for t in tables for s in t.slots.values() if s.kind == DEVICE]
-    assert dev.physical_used == sum(s.charge for s in device_slots)
-    assert dev.pool.used_bytes == sum(s.charge - s.extra for s in device_slots)
-    for t in tables:
-        assert t.physical_bytes == sum(s.charge for s in t.slots.values() if s.kind == DEVICE)
+def kinds(table: PageTable) -> dict[int, int]:
+    return {i: w & KIND_MASK for i, w in table.items()}
+
+
+def check_accounting(dev: Device, tables: list[PageTable]) -> None:
+    """The invariants the issues name, checked from the slots up.
+
+    Each stored page is charged its size class (plus any injected extra);
+    physical_used is the pages the pool holds, which covers those charges and
+    at most the unused tail of each class's zspages."""
+    charges = 0
     counts = [0] * len(dev.pages)
     for t in tables:
-        for s in t.slots.values():
-            counts[s.kind] += 1
+        mine = 0
+        for idx, w in t.items():
+            counts[w & KIND_MASK] += 1
+            if w & KIND_MASK == DEVICE:
+                blob = dev.pool.get(handle_of(w))
+                mine += dev.pool.charge(len(blob)) + t.extra.get(idx, 0)
+        assert t.physical_bytes == mine
+        charges += mine
     assert counts == dev.pages
-    assert len(dev.tier) == dev.pages[3]
+    assert len(dev.tier) == dev.pages[PROMOTED]
+    assert dev.physical_used == dev.pool.used_bytes + sum(sum(t.extra.values()) for t in tables)
+    assert charges <= dev.physical_used
     assert dev.mem_used_max >= dev.physical_used

@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cramfs.config import DeviceConfig
-from cramfs.device import Device, DeviceError, SlotTable
+from cramfs.device import Device, DeviceError
+from cramfs.pagetable import PageTable
 from cramfs.units import PAGE_SIZE
 
 from .helpers import check_accounting, random_page, text_page
@@ -42,6 +43,7 @@ op = st.one_of(
     st.tuples(st.just("truncate"), st.integers(0, FILE_PAGES * P)),
     st.tuples(st.just("discard"), st.integers(0, FILE_PAGES), st.integers(0, 6)),
     st.tuples(st.just("demote"), st.integers(0, 4)),
+    st.tuples(st.just("compact")),
     st.tuples(st.just("set"), st.sampled_from([
         ("mode", "zswap"), ("mode", "direct"), ("dram", "0"), ("dram", "8K"), ("dram", "64K"),
         ("compressor", "zstd"), ("compressor", "lz4"), ("compressor", "none"),
@@ -62,7 +64,7 @@ configs = st.builds(
 
 def run(cfg: dict, ops: list) -> None:
     dev = Device(DeviceConfig(advertised=1 << 20, **cfg))
-    table = SlotTable("f")
+    table = PageTable("f")
     model = bytearray()
     poisoned_possible = cfg["overflow"] == "poison"
     for o in ops:
@@ -107,6 +109,8 @@ def run(cfg: dict, ops: list) -> None:
                 model[lo:min(hi, len(model))] = bytes(min(hi, len(model)) - lo)
         elif name == "demote":
             dev.demote(o[1])
+        elif name == "compact":
+            dev.compact()
         elif name == "set":
             dev.set(*o[1])
         check_accounting(dev, [table])

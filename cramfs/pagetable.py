@@ -1,0 +1,132 @@
+"""One file's page slots: a sparse two-level table of packed 64-bit words.
+
+A dict of Python objects costs about 150 bytes a page; a swap file on an 8 GB
+device has two million of them. Here the first level maps a chunk number to
+an `array('Q')` of 512 words, allocated when the chunk gets its first page and
+dropped with its last, so holes cost nothing and a stored page costs 8 bytes.
+
+A word packs the slot's state, the compressor that wrote it, the huge flag and
+the pool handle (0 = hole):
+
+    bits 0-2  kind (SAME, DEVICE, FALLBACK, PROMOTED, POISONED)
+    bits 3-4  compressor id
+    bit  5    huge (stored uncompressed)
+    bits 6-63 handle into the device pool or the fallback pool
+
+The rare extras live in side dicts: the repeated word of a same-filled page
+that is not zero, and the cost an injected ratio added to a page.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Iterator
+
+SAME, DEVICE, FALLBACK, PROMOTED, POISONED = 1, 2, 3, 4, 5
+KIND_NAMES = {SAME: "same", DEVICE: "compressed", FALLBACK: "fallback", PROMOTED: "promoted",
+              POISONED: "poisoned"}
+KIND_MASK = 7
+ALGO_SHIFT = 3
+HUGE_BIT = 1 << 5
+HANDLE_SHIFT = 6
+
+CHUNK_BITS = 9
+CHUNK = 1 << CHUNK_BITS
+_LOW = CHUNK - 1
+_EMPTY = bytes(8 * CHUNK)
+
+
+def pack(kind: int, handle: int = 0, algo: int = 0, huge: bool = False) -> int:
+    return handle << HANDLE_SHIFT | (HUGE_BIT if huge else 0) | algo << ALGO_SHIFT | kind
+
+
+def kind_of(word: int) -> int:
+    return word & KIND_MASK
+
+
+def handle_of(word: int) -> int:
+    return word >> HANDLE_SHIFT
+
+
+def algo_of(word: int) -> int:
+    return word >> ALGO_SHIFT & 3
+
+
+def is_huge(word: int) -> bool:
+    return bool(word & HUGE_BIT)
+
+
+class PageTable:
+    """A file's slots and its share of the device (kept by device.py)."""
+
+    __slots__ = ("__weakref__", "_chunks", "_used", "count", "extra", "name",
+                 "physical_bytes", "promoted_pages", "same_words", "stored_pages")
+
+    def __init__(self, name: str = "") -> None:
+        self.name = name                   # for event lines; the namespace keeps it current
+        self._chunks: dict[int, array[int]] = {}
+        self._used: dict[int, int] = {}    # non-hole words per chunk
+        self.count = 0                     # non-hole slots
+        self.same_words: dict[int, bytes] = {}
+        self.extra: dict[int, int] = {}
+        self.stored_pages = 0              # same + compressed + huge
+        self.physical_bytes = 0            # class-size charges (+ injected extra)
+        self.promoted_pages = 0
+
+    def get(self, idx: int) -> int:
+        chunk = self._chunks.get(idx >> CHUNK_BITS)
+        return chunk[idx & _LOW] if chunk is not None else 0
+
+    def set(self, idx: int, word: int) -> None:
+        key = idx >> CHUNK_BITS
+        chunk = self._chunks.get(key)
+        if chunk is None:
+            chunk = self._chunks[key] = array("Q", _EMPTY)
+            self._used[key] = 0
+        i = idx & _LOW
+        if not chunk[i]:
+            self._used[key] += 1
+            self.count += 1
+        chunk[i] = word
+
+    def clear(self, idx: int) -> int:
+        """Make the slot a hole; return the word it held (0 if it was one)."""
+        key = idx >> CHUNK_BITS
+        chunk = self._chunks.get(key)
+        if chunk is None:
+            return 0
+        i = idx & _LOW
+        word = chunk[i]
+        if word:
+            chunk[i] = 0
+            self.count -= 1
+            left = self._used[key] - 1
+            if left:
+                self._used[key] = left
+            else:
+                del self._chunks[key], self._used[key]
+        return word
+
+    def items(self) -> Iterator[tuple[int, int]]:
+        """(index, word) of every non-hole slot, a snapshot safe to mutate under."""
+        out = []
+        for key in sorted(self._chunks):
+            base = key << CHUNK_BITS
+            out += [(base + i, w) for i, w in enumerate(self._chunks[key]) if w]
+        return iter(out)
+
+    def indices_in(self, first: int, stop: int) -> list[int]:
+        """Non-hole indices in [first, stop), visiting only allocated chunks."""
+        out = []
+        for key in sorted(self._chunks):
+            base = key << CHUNK_BITS
+            if base + CHUNK <= first or base >= stop:
+                continue
+            chunk = self._chunks[key]
+            lo, hi = max(first - base, 0), min(stop - base, CHUNK)
+            out += [base + i for i in range(lo, hi) if chunk[i]]
+        return out
+
+    @property
+    def metadata_bytes(self) -> int:
+        return len(self._chunks) * 8 * CHUNK

@@ -1,0 +1,113 @@
+"""The zsmalloc-like arena pool against a dict model."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cramfs.pool import PAGE_SIZE, ArenaPool, class_size, pages_per_zspage, rebase
+
+sizes = st.one_of(st.integers(1, 64), st.integers(64, 3071), st.integers(3072, PAGE_SIZE))
+ops = st.lists(st.one_of(
+    st.tuples(st.just("put"), sizes, st.integers(0, 255)),
+    st.tuples(st.just("free"), st.integers(0, 10**6)),
+    st.tuples(st.just("compact")),
+), max_size=120)
+
+
+def check(pool: ArenaPool, model: dict[int, bytes]) -> None:
+    assert len(pool) == len(model)
+    for h, blob in model.items():
+        assert pool.get(h) == blob
+    assert pool.stored_bytes == sum(map(len, model.values()))
+    ext = sorted((*pool.extent(h), h) for h in model)
+    for a, b in itertools.pairwise(ext):
+        if a[0] == b[0]:
+            assert a[2] <= b[1], f"objects {a[3]} and {b[3]} overlap"
+    held = sum(s.pages_used for s in pool.class_stats()) * PAGE_SIZE
+    assert pool.used_bytes == held
+    charges = sum(pool.charge(len(b)) for b in model.values())
+    assert charges <= pool.used_bytes
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops)
+def test_pool_matches_model(seq):
+    pool = ArenaPool()
+    model: dict[int, bytes] = {}
+    compacted = 0
+    for op in seq:
+        if op[0] == "put":
+            half = op[1] // 2
+            blob = bytes([op[2]]) * half + random.Random(op[1]).randbytes(op[1] - half)
+            h = pool.put(blob)
+            assert h not in model
+            model[h] = blob
+        elif op[0] == "free" and model:
+            h = sorted(model)[op[1] % len(model)]
+            assert pool.free(h) == pool.charge(len(model.pop(h)))
+        elif op[0] == "compact":
+            before, pages_before = pool.used_bytes, pool.pages_compacted
+            moves = pool.compact()
+            freed = pool.pages_compacted - pages_before
+            compacted += freed
+            assert pool.used_bytes == before - freed * PAGE_SIZE
+            model = {rebase(h, moves): b for h, b in model.items()}
+            for s in pool.class_stats():
+                assert s.freeable_pages < s.pages_per_zspage or s.size == PAGE_SIZE
+        check(pool, model)
+    for h in list(model):
+        pool.free(h)
+    assert pool.used_bytes == 0 and pool.stored_bytes == 0
+    assert pool.pages_compacted == compacted
+    pool.close()
+
+
+def test_compact_frees_sparse_zspages():
+    pool = ArenaPool()
+    hs = [pool.put(bytes([i % 250 + 1]) * 1000) for i in range(400)]
+    full = pool.used_bytes
+    for h in hs[::2]:
+        pool.free(h)
+    assert pool.used_bytes == full, "half-empty zspages are still held"
+    moves = pool.compact()
+    freed = pool.pages_compacted
+    assert moves and freed > 0 and pool.used_bytes == full - freed * PAGE_SIZE
+    assert pool.used_bytes <= full // 2 + 4 * PAGE_SIZE
+    for i, h in enumerate(hs):
+        if i % 2:
+            assert pool.get(rebase(h, moves)) == bytes([i % 250 + 1]) * 1000
+    pool.close()
+
+
+def test_freed_zspages_go_back_to_the_kernel():
+    pool = ArenaPool()
+    hs = [pool.put(random.Random(i).randbytes(PAGE_SIZE)) for i in range(2048)]  # 8 MiB huge
+    assert pool.used_bytes == 2048 * PAGE_SIZE
+    rss_full = _shmem_kib()
+    for h in hs:
+        pool.free(h)
+    assert pool.used_bytes == 0
+    # all but the small reuse cache is punched out of the memfd
+    assert _shmem_kib() <= rss_full - 6 * 1024
+    pool.close()
+
+
+def _shmem_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssShmem:"):
+            return int(line.split()[1])
+    pytest.skip("no RssShmem in /proc/self/status")
+
+
+@pytest.mark.parametrize("size", [32, 48, 100, 1000, 2000, 3000, 3056, 3072])
+def test_zspage_geometry_wastes_little(size):
+    k = pages_per_zspage(class_size(size))
+    span = k * PAGE_SIZE
+    per = span // class_size(size)
+    assert per >= 1 and (span - per * class_size(size)) / span < 0.1
