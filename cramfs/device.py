@@ -446,27 +446,29 @@ class Device:
             self.counters.writes += 1
             self._write_page(table, first, data)
             return n
-        count = (start + n + PAGE_SIZE - 1) // PAGE_SIZE
-        encoded: list[Encoded] | None = None
-        if not start and not n % PAGE_SIZE and count >= parallel.MIN_BATCH \
-                and not self._direct_dram:
-            encoded = parallel.map_pages(
-                self._encode, [data[k * PAGE_SIZE:(k + 1) * PAGE_SIZE] for k in range(count)])
+        if not start and not n % PAGE_SIZE:       # whole pages: split once, encode in bulk
+            pages = [data[i:i + PAGE_SIZE] for i in range(0, n, PAGE_SIZE)]
+            encoded = None if self._direct_dram else parallel.map_pages(self._encode, pages)
+            for k, page in enumerate(pages):
+                self.counters.writes += 1
+                try:
+                    self._write_page(table, first + k, page, encoded[k] if encoded else None)
+                except DeviceError:
+                    if k:
+                        return k * PAGE_SIZE
+                    raise
+            return n
         done = 0
         view = memoryview(data)
-        for k in range(count):
+        for k in range((start + n + PAGE_SIZE - 1) // PAGE_SIZE):
             idx = first + k
             lo = start if k == 0 else 0
             hi = min(PAGE_SIZE, start + n - k * PAGE_SIZE)
-            chunk = view[done:done + hi - lo]
-            if hi - lo == PAGE_SIZE:
-                page = bytes(chunk)
-            else:
-                old = self._peek(table, idx)
-                page = b"".join((old[:lo], chunk, old[hi:]))
+            old = self._peek(table, idx)
+            page = b"".join((old[:lo], view[done:done + hi - lo], old[hi:]))
             self.counters.writes += 1
             try:
-                self._write_page(table, idx, page, encoded[k] if encoded else None)
+                self._write_page(table, idx, page)
             except DeviceError:
                 if done:
                     return done
