@@ -24,7 +24,7 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import NamedTuple, NoReturn
+from typing import NoReturn
 
 from . import parallel
 from .compressors import BY_ID, COMPRESSORS, describe
@@ -63,13 +63,9 @@ class DeviceError(Exception):
         self.errno = err
 
 
-class Encoded(NamedTuple):
-    """A page made ready for the device: a same-filled word, or a blob to store."""
-
-    word: bytes | None
-    blob: bytes
-    algo: int
-    huge: bool
+# A page made ready for the device: (same-filled word or None, blob to store,
+# compressor id, huge). A plain tuple: it is built for every page written.
+Encoded = tuple[bytes | None, bytes, int, bool]
 
 
 @dataclass
@@ -111,11 +107,11 @@ def encoder(compressor: str, huge_threshold: int) -> Callable[[bytes], Encoded]:
     def encode(page: bytes) -> Encoded:
         word = page[:8]
         if page == word * _WORDS:
-            return Encoded(word, b"", 0, False)
+            return word, b"", 0, False
         blob = compress(page)
         if len(blob) >= huge_threshold:
-            return Encoded(None, page, _NONE_ID, True)
-        return Encoded(None, blob, ident, False)
+            return None, page, _NONE_ID, True
+        return None, blob, ident, False
 
     return encode
 
@@ -187,6 +183,12 @@ class Device:
     def refusing(self) -> bool:
         """Would write control refuse a new page right now?"""
         return self.config.write_control and self.levels.level >= CRITICAL
+
+    def table(self, name: str = "") -> PageTable:
+        """A new file's page table, known to the device so compaction can rewrite it."""
+        table = PageTable(name)
+        self._tables.add(table)
+        return table
 
     def on_level_change(self, listener: Callable[[str], None]) -> None:
         self._level_listeners.append(listener)
@@ -306,7 +308,7 @@ class Device:
 
     def _write_page(self, table: PageTable, idx: int, page: bytes,
                     enc: Encoded | None = None) -> None:
-        if self._direct_dram and (enc.word is None if enc else same_word(page) is None):
+        if self._direct_dram and (enc[0] is None if enc else same_word(page) is None):
             # A write fault on a read-only mapped page: it moves to DRAM, and its
             # compressed copy is freed.
             kind = table.get(idx) & KIND_MASK
@@ -328,7 +330,7 @@ class Device:
         a refused user write raises ENOSPC instead. Either way the old copy is
         untouched unless the page was placed somewhere.
         """
-        word = enc.word
+        word, blob, algo, huge = enc
         if word is not None:
             old = self._release(table, idx)
             if word == ZERO_WORD:
@@ -342,7 +344,7 @@ class Device:
 
         c = self.config
         pool = self.pool
-        size = len(enc.blob)
+        size = len(blob)
         grow = pool.cost(size)
         extra = 0 if self.inflate == 1 else int(pool.charge(size) * (self.inflate - 1))
         old = table.get(idx)
@@ -358,8 +360,7 @@ class Device:
                 self.events.add("refused", f"{table.name} page {idx}: {why}, kept in host "
                                 "memory (fallback)", ratelimit=True)
                 self._release(table, idx)
-                self._install(table, idx, pack(FALLBACK, self.fallback.put(enc.blob),
-                                               enc.algo, enc.huge))
+                self._install(table, idx, pack(FALLBACK, self.fallback.put(blob), algo, huge))
                 self._refresh()
                 return True
             return self._refuse(table, idx, why, demoting)
@@ -383,9 +384,8 @@ class Device:
 
         if old:
             self._release(table, idx)
-        handle = pool.put(enc.blob)
-        self._install(table, idx, pack(DEVICE, handle, enc.algo, enc.huge),
-                      pool.charge(size), extra)
+        handle = pool.put(blob)
+        self._install(table, idx, pack(DEVICE, handle, algo, huge), pool.charge(size), extra)
         self._refresh()
         return True
 
@@ -439,7 +439,6 @@ class Device:
     def write(self, table: PageTable, off: int, data: bytes) -> int:
         """Write data at off. A refusal after some pages gives a short count, as
         a full disk does; a refusal of the first page raises."""
-        self._tables.add(table)
         first, start = divmod(off, PAGE_SIZE)
         n = len(data)
         if not start and n == PAGE_SIZE:          # the swap path: one whole page

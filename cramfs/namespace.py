@@ -80,7 +80,7 @@ class Namespace:
         if len(self.by_ino) >= MAX_FILES:
             raise DeviceError(errno.ENOSPC, "too many files")
         inode = Inode(self._next_ino, name, stat.S_IFREG | (mode & 0o7777), uid, gid,
-                      PageTable(name))
+                      self.device.table(name))
         self._next_ino += 1
         self.by_name[name] = inode
         self.by_ino[inode.ino] = inode

@@ -30,7 +30,7 @@ def make(**kw) -> tuple[Device, PageTable]:
     base = {"advertised": 1 << 20, "physical": 16 * P}
     base.update(kw)
     dev = Device(DeviceConfig(**base))
-    return dev, PageTable("f")
+    return dev, dev.table("f")
 
 
 def test_hole_reads_zero_and_stores_nothing():
@@ -358,7 +358,7 @@ def test_ratio_warning():
 
 def test_compact_moves_objects_and_keeps_data():
     dev, t = make(physical=1 << 20, dram=0)
-    other = PageTable("g")
+    other = dev.table("g")
     for i in range(200):
         dev.write(t if i % 2 else other, i * P, text_page(i))
     used = dev.physical_used

@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 
 from cramfs.config import DeviceConfig
 from cramfs.device import Device, DeviceError
-from cramfs.pagetable import PageTable
 from cramfs.units import PAGE_SIZE
 
 from .helpers import check_accounting, random_page, text_page
@@ -64,7 +63,7 @@ configs = st.builds(
 
 def run(cfg: dict, ops: list) -> None:
     dev = Device(DeviceConfig(advertised=1 << 20, **cfg))
-    table = PageTable("f")
+    table = dev.table("f")
     model = bytearray()
     poisoned_possible = cfg["overflow"] == "poison"
     for o in ops:

@@ -225,3 +225,28 @@ def test_events_can_be_followed(mnt):
         assert new.decode().strip().endswith("knob warn_at=70%")
     finally:
         os.close(fd)
+
+
+def test_pool_table_and_compaction(mounter):
+    m = mounter("-o", "dram=0")
+    pages = [text_page(i) for i in range(512)]
+    write_pages(m.path / "f", pages)
+    write_pages(m.path / "f", [bytes(P)] * 256, start=0)       # free half: sparse zspages
+    for i in range(256, 512, 2):
+        write_pages(m.path / "f", [bytes(P)], start=i)
+    table = m.ctl("pool").splitlines()
+    assert table[0].split() == ["class", "size", "obj_allocated", "obj_used", "pages_used",
+                                "pages_per_zspage", "freeable"]
+    total = table[-1].split()
+    assert total[0] == "Total" and int(total[-1]) > 0, "fragmented zspages are freeable"
+    used = int(m.ctl("mm_stat").split()[2])
+    m.set("compact", "1")
+    mm = m.ctl("mm_stat").split()
+    assert int(mm[6]) > 0 and int(mm[2]) == used - int(mm[6]) * P
+    assert int(m.ctl("pool").splitlines()[-1].split()[-1]) < int(total[-1])
+    data = (m.path / "f").read_bytes()
+    for i in range(257, 512, 2):
+        assert data[i * P:(i + 1) * P] == pages[i]
+    with pytest.raises(OSError) as e:
+        m.set("compact", "2")
+    assert e.value.errno == errno.EINVAL

@@ -1,0 +1,36 @@
+"""The benchmark's quick mode: proves the benchmark works. No speed thresholds here;
+speed goals live in the benchmark's own report, since these machines are shared."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import mount_unavailable
+
+
+@pytest.mark.skipif(mount_unavailable() is not None or shutil.which("fio") is None,
+                    reason=mount_unavailable() or "fio is not installed")
+def test_quick_benchmark_runs_and_reports(tmp_path):
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, "-m", "cramfs.bench", "--quick", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert doc["quick"] is True
+    for name in ("4k randwrite QD1", "4k randread QD1", "128k write", "loop 4k randwrite QD1"):
+        row = doc["jobs"][name]
+        assert row["cramfs"]["iops"] > 0 and row["baseline"]["iops"] > 0
+        assert row["vs_baseline"] == round(row["cramfs"]["iops"] / row["baseline"]["iops"], 2)
+    rd = doc["real_data"]
+    assert rd["ratio"] > 1 and rd["physical_used"] > 0 and rd["pool_overhead"] >= 1
+    assert doc["lz4_real_data"]["compress_mbps"] > 0
+    assert "| 4k randwrite QD1 |" in r.stdout
+    # nothing left behind: the temp mounts are gone
+    mounts = Path("/proc/self/mountinfo").read_text()
+    assert "bench-cramfs-" not in mounts and "bench-baseline-" not in mounts
