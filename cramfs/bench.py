@@ -188,6 +188,35 @@ def lz4_rates(data: bytes) -> dict[str, float]:
             "ratio": round(len(pages) * PAGE_SIZE / sum(len(b) for b in blobs), 2)}
 
 
+def metadata_per_page(pages: int) -> dict[str, float]:
+    """Bytes of daemon bookkeeping per stored page, with `pages` pages stored.
+
+    Counted two ways in a fresh device: the tables' own size (page-table chunks
+    and per-zspage arrays), and the growth of this process's anonymous RSS."""
+    from .config import DeviceConfig
+    from .device import Device
+    from .namespace import Namespace
+
+    def rss_anon() -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    chunk = gather_real_pages(1 << 20)
+    ns = Namespace(Device(DeviceConfig(advertised=1 << 42, physical=1 << 40, dram=0)))
+    f = ns.create("meta", 0o600, 0, 0)
+    before = rss_anon()
+    for i in range(pages // (len(chunk) // PAGE_SIZE)):
+        ns.write(f, i * len(chunk), chunk)
+    stored = f.table.stored_pages
+    grown = rss_anon() - before
+    counted = f.table.metadata_bytes + getattr(ns.device.pool, "metadata_bytes", 0)
+    ns.unlink("meta")
+    return {"pages": stored, "counted_bytes_per_page": round(counted / stored, 2),
+            "rss_bytes_per_page": round(grown / stored, 2)}
+
+
 def dd_pass(target: Path, data_file: Path) -> dict[str, float]:
     """Write then read the real data with dd, 1 MiB direct I/O, timed here."""
     size = data_file.stat().st_size
@@ -262,6 +291,7 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
             if stats.get("compressed_bytes") else None
         rd["daemon_rss"] = mounts[1].rss()
         results["lz4_real_data"] = lz4_rates(real)
+        results["metadata"] = metadata_per_page(1 << 16 if quick else 1 << 20)
     finally:
         for m in mounts:
             m.close()
@@ -289,6 +319,9 @@ def table(r: dict[str, Any]) -> str:
         lines.append(f"single-threaded lz4 on {key[4:].replace('_', ' ')}: compress "
                      f"{z['compress_mbps']} MB/s, decompress {z['decompress_mbps']} MB/s, "
                      f"ratio {z['ratio']}")
+    md = r["metadata"]
+    lines.append(f"metadata with {md['pages']} pages stored: {md['counted_bytes_per_page']} "
+                 f"bytes/page counted, {md['rss_bytes_per_page']} bytes/page of RSS growth")
     lines.append(f"peak RSS during fio: cramfs {format_size(r['cramfs_peak_rss'])}, baseline "
                  f"{format_size(r['baseline_peak_rss'])}; cramfs RSS holding the real data "
                  f"{format_size(rd['daemon_rss'])} for {format_size(rd['physical_used'])} "
