@@ -30,7 +30,7 @@ from . import parallel
 from .compressors import BY_ID, COMPRESSORS, describe
 from .config import SETTINGS, DeviceConfig
 from .events import EventLog
-from .levels import CRITICAL, FULL, LEVELS, LevelTracker
+from .levels import CRITICAL, LevelTracker
 from .pagetable import (
     DEVICE,
     FALLBACK,
@@ -664,5 +664,3 @@ class Device:
     def comp_algorithm(self) -> str:
         return describe(self.config.compressor)
 
-
-__all__ = ["FULL", "LEVELS", "Device", "DeviceError", "PageTable"]

@@ -56,7 +56,3 @@ class EventLog:
     @property
     def size(self) -> int:
         return self._size
-
-    def clear(self) -> None:
-        self._lines.clear()
-        self._size = 0

@@ -23,8 +23,6 @@ from array import array
 from collections.abc import Iterator
 
 SAME, DEVICE, FALLBACK, PROMOTED, POISONED = 1, 2, 3, 4, 5
-KIND_NAMES = {SAME: "same", DEVICE: "compressed", FALLBACK: "fallback", PROMOTED: "promoted",
-              POISONED: "poisoned"}
 KIND_MASK = 7
 ALGO_SHIFT = 3
 HUGE_BIT = 1 << 5

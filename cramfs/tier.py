@@ -36,6 +36,3 @@ class DramTier:
     def oldest(self) -> Hashable | None:
         """The least recently used key, or None when empty."""
         return next(iter(self._pages), None)
-
-    def clear(self) -> None:
-        self._pages.clear()
