@@ -32,6 +32,7 @@ from .config import SETTINGS, DeviceConfig
 from .events import EventLog
 from .levels import CRITICAL, LevelTracker
 from .pagetable import (
+    ALGO_SHIFT,
     DEVICE,
     FALLBACK,
     HANDLE_SHIFT,
@@ -44,7 +45,7 @@ from .pagetable import (
     algo_of,
     pack,
 )
-from .pool import ArenaPool, ClassPool, Pool, rebase
+from .pool import MAX_ZSPAGE_PAGES, ArenaPool, ClassPool, Pool, rebase
 from .tier import DramTier
 from .units import PAGE_SIZE, format_size
 
@@ -53,6 +54,7 @@ ZERO_WORD = bytes(8)
 _NONE_ID = COMPRESSORS["none"].ident
 _WORDS = PAGE_SIZE // 8
 _LOW_BITS = (1 << HANDLE_SHIFT) - 1
+_MAX_GROWTH = MAX_ZSPAGE_PAGES * PAGE_SIZE      # the most one store can add to a pool
 
 
 class DeviceError(Exception):
@@ -345,13 +347,16 @@ class Device:
         c = self.config
         pool = self.pool
         size = len(blob)
-        grow = pool.cost(size)
         extra = 0 if self.inflate == 1 else int(pool.charge(size) * (self.inflate - 1))
         old = table.get(idx)
-        # a huge page owns its page, so overwriting one frees that page for sure
-        freed = (PAGE_SIZE if old & HUGE_BIT else 0) + table.extra.get(idx, 0) \
-            if old & KIND_MASK == DEVICE else 0
-        fits = self.pool.used_bytes + self._extra - freed + grow + extra <= c.physical
+        used = pool.used_bytes + self._extra + extra
+        if used + _MAX_GROWTH <= c.physical:
+            fits = True             # far from full: no need to ask the pool
+        else:
+            # a huge page owns its page, so overwriting one frees that page for sure
+            freed = (PAGE_SIZE if old & HUGE_BIT else 0) + table.extra.get(idx, 0) \
+                if old & KIND_MASK == DEVICE else 0
+            fits = used - freed + pool.cost(size) <= c.physical
 
         if c.write_control and (self.levels.level >= CRITICAL or not fits):
             self.counters.reject_write_control += 1
@@ -385,7 +390,8 @@ class Device:
         if old:
             self._release(table, idx)
         handle = pool.put(blob)
-        self._install(table, idx, pack(DEVICE, handle, algo, huge), pool.charge(size), extra)
+        word = handle << HANDLE_SHIFT | (HUGE_BIT if huge else 0) | algo << ALGO_SHIFT | DEVICE
+        self._install(table, idx, word, pool.charge(size), extra)
         self._refresh()
         return True
 

@@ -18,7 +18,7 @@ import stat
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any
 
 import pyfuse3
 from pyfuse3 import FUSEError
@@ -38,14 +38,16 @@ _FILE_TIMEOUT = 1.0     # every change to a slot file goes through us, so cachin
 _READY = select.POLLIN | select.POLLRDNORM
 _NOTIFIED = select.POLLPRI | select.POLLERR
 
-F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+def guarded(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    """Make a handler the coroutine pyfuse3 expects, with the error policy.
 
+    Handler bodies never await (the core is synchronous), so they are plain
+    functions: one coroutine per request instead of two."""
 
-def guarded(fn: F) -> F:
     @functools.wraps(fn)
     async def wrapper(self: CramOperations, *args: Any) -> Any:
         try:
-            return await fn(self, *args)
+            return fn(self, *args)
         except FUSEError:
             raise
         except DeviceError as e:
@@ -54,7 +56,7 @@ def guarded(fn: F) -> F:
             log.exception("internal error in %s; failing the request with EIO", fn.__name__)
             raise FUSEError(errno.EIO) from None
 
-    return cast(F, wrapper)
+    return wrapper
 
 
 @dataclass
@@ -144,7 +146,7 @@ class CramOperations(pyfuse3.Operations):
     # ------------------------------------------------------------ names
 
     @guarded
-    async def lookup(self, parent_inode: int, name: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
+    def lookup(self, parent_inode: int, name: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
         text = os.fsdecode(name)
         if parent_inode == CTL_DIR_INO:
             if text not in _CTL_INO:
@@ -159,16 +161,16 @@ class CramOperations(pyfuse3.Operations):
         return self._file_attr(node)
 
     @guarded
-    async def forget(self, inode_list: Any) -> None:
+    def forget(self, inode_list: Any) -> None:
         for ino, count in inode_list:
             self.ns.forget(ino, count)
 
     @guarded
-    async def getattr(self, inode: int, ctx: Any) -> pyfuse3.EntryAttributes:
+    def getattr(self, inode: int, ctx: Any) -> pyfuse3.EntryAttributes:
         return self._attr(inode)
 
     @guarded
-    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: Any,
+    def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: Any,
                       fh: int | None, ctx: Any) -> pyfuse3.EntryAttributes:
         if inode in _CTL_BY_INO:
             # `echo 1 > knob` opens with O_TRUNC, which arrives as a size change.
@@ -196,7 +198,7 @@ class CramOperations(pyfuse3.Operations):
         return self._file_attr(node)
 
     @guarded
-    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+    def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: Any) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         if parent_inode != ROOT_INO:
             raise FUSEError(errno.EPERM)
@@ -206,13 +208,13 @@ class CramOperations(pyfuse3.Operations):
         return self._file_info(self._new_fh(node)), self._file_attr(node)
 
     @guarded
-    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+    def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         if parent_inode != ROOT_INO:
             raise FUSEError(errno.EPERM)
         self.ns.unlink(os.fsdecode(name))
 
     @guarded
-    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+    def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
                      name_new: bytes, flags: int, ctx: Any) -> None:
         if parent_inode_old != ROOT_INO or parent_inode_new != ROOT_INO:
             raise FUSEError(errno.EPERM)
@@ -221,7 +223,7 @@ class CramOperations(pyfuse3.Operations):
                        noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE))
 
     @guarded
-    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+    def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         if parent_inode == ROOT_INO and os.fsdecode(name) == CTL_DIR:
             raise FUSEError(errno.EPERM)
         self._file_node(parent_inode, name)
@@ -242,13 +244,13 @@ class CramOperations(pyfuse3.Operations):
     # ------------------------------------------------------------ directories
 
     @guarded
-    async def opendir(self, inode: int, ctx: Any) -> int:
+    def opendir(self, inode: int, ctx: Any) -> int:
         if inode not in (ROOT_INO, CTL_DIR_INO):
             raise FUSEError(errno.ENOTDIR)
         return inode
 
     @guarded
-    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+    def readdir(self, fh: int, start_id: int, token: Any) -> None:
         if fh == CTL_DIR_INO:
             for name, ino in _CTL_INO.items():
                 if ino > start_id and not pyfuse3.readdir_reply(
@@ -277,7 +279,7 @@ class CramOperations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
 
     @guarded
-    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+    def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
         attr = _CTL_BY_INO.get(inode)
         if attr is not None:
             acc = flags & os.O_ACCMODE
@@ -299,7 +301,7 @@ class CramOperations(pyfuse3.Operations):
             raise FUSEError(errno.EBADF) from None
 
     @guarded
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    def read(self, fh: int, off: int, size: int) -> bytes:
         h = self._handle(fh)
         if isinstance(h, Inode):
             return self.ns.read(h, off, size)
@@ -310,7 +312,7 @@ class CramOperations(pyfuse3.Operations):
         return h.content[off:off + size]
 
     @guarded
-    async def write(self, fh: int, off: int, buf: bytes) -> int:
+    def write(self, fh: int, off: int, buf: bytes) -> int:
         h = self._handle(fh)
         if isinstance(h, Inode):
             return self.ns.write(h, off, buf)
@@ -323,7 +325,7 @@ class CramOperations(pyfuse3.Operations):
         return len(buf)
 
     @guarded
-    async def release(self, fh: int) -> None:
+    def release(self, fh: int) -> None:
         h = self._handles.pop(fh, None)
         self._pollers.pop(fh, None)
         if isinstance(h, Inode):
@@ -336,7 +338,7 @@ class CramOperations(pyfuse3.Operations):
         pass
 
     @guarded
-    async def poll(self, inode: int, fh: int, poll_handle: pyfuse3.PollHandle | None,
+    def poll(self, inode: int, fh: int, poll_handle: pyfuse3.PollHandle | None,
                    ctx: Any) -> int:
         h = self._handle(fh)
         if isinstance(h, Inode):
@@ -349,7 +351,7 @@ class CramOperations(pyfuse3.Operations):
     # ------------------------------------------------------------ xattrs and statfs
 
     @guarded
-    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+    def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
         if inode < FIRST_FILE_INO:
             raise FUSEError(pyfuse3.ENOATTR)
         value = file_xattrs(self.ns, self.ns.get(inode)).get(os.fsdecode(name))
@@ -358,7 +360,7 @@ class CramOperations(pyfuse3.Operations):
         return value.encode()
 
     @guarded
-    async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+    def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
         if inode < FIRST_FILE_INO:
             return []
         return [k.encode() for k in file_xattrs(self.ns, self.ns.get(inode))]
@@ -370,7 +372,7 @@ class CramOperations(pyfuse3.Operations):
         raise FUSEError(errno.ENOTSUP)
 
     @guarded
-    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+    def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
         out = pyfuse3.StatvfsData()
         for key, value in self.ns.statvfs().items():
             setattr(out, key, value)

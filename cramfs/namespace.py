@@ -184,7 +184,8 @@ class Namespace:
         return self.device.read(inode.table, off, size)
 
     def write(self, inode: Inode, off: int, data: bytes) -> int:
-        self._check_growth(off + len(data) - inode.size)
+        if off + len(data) > inode.size:
+            self._check_growth(off + len(data) - inode.size)
         n = self.device.write(inode.table, off, data)
         # The file grows only by what the device accepted, as after a short write to a full disk.
         if off + n > inode.size:
