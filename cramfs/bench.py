@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -67,6 +68,11 @@ QUICK = ("4k randwrite QD1", "4k randread QD1", "128k write", "loop 4k randwrite
 
 def say(msg: str) -> None:
     print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def _median_run(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {"iops": round(statistics.median(r["iops"] for r in runs)),
+            "mbps": round(statistics.median(r["mbps"] for r in runs), 1)}
 
 
 def fio(filename: str, job: Job, size: int, runtime: float) -> dict[str, float]:
@@ -233,13 +239,15 @@ def dd_pass(target: Path, data_file: Path) -> dict[str, float]:
 
 def run(quick: bool, out: Path) -> dict[str, Any]:
     size = (32 << 20) if quick else (256 << 20)
-    runtime = 1.0 if quick else 8.0
+    runtime = 1.0 if quick else 3.0
+    rounds = 1 if quick else 3
     jobs = [j for j in JOBS if not quick or j.name in QUICK]
     py = sys.executable
     cramfs = str(Path(py).parent / "cramfs")
     # dram=0: reads are served in place, so the read figures measure the store itself
     cram_opts = ["--foreground", "-o", "advertised=64G,physical=16G,dram=0"]
     results: dict[str, Any] = {"quick": quick, "size": size, "runtime_s": runtime,
+                               "rounds": rounds,
                                "cramfs_options": "advertised=64G,physical=16G,dram=0",
                                "jobs": {}, "real_data": {}}
     mounts = []
@@ -248,17 +256,25 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
                   Mounted("cramfs", [cramfs, *cram_opts])]
         with zram_device(4 * size) as zram:
             for job in jobs:
-                row: dict[str, Any] = {}
-                for m in mounts:
-                    path = m.dir / "fio.dat"
-                    if job.loop:
-                        with loop_device(path) as dev:
-                            row[m.name] = fio(dev, job, size, runtime)
-                    else:
-                        row[m.name] = fio(str(path), job, size, runtime)
+                # Alternate the two in short rounds and keep medians: the machine's own
+                # speed drifts by tens of percent over a minute, and a ratio of two runs
+                # taken far apart would measure that drift.
+                runs: dict[str, list[dict[str, float]]] = {m.name: [] for m in mounts}
+                for _ in range(rounds):
+                    for m in mounts:
+                        path = m.dir / "fio.dat"
+                        if job.loop:
+                            with loop_device(path) as dev:
+                                runs[m.name].append(fio(dev, job, size, runtime))
+                        else:
+                            runs[m.name].append(fio(str(path), job, size, runtime))
+                row: dict[str, Any] = {name: _median_run(r) for name, r in runs.items()}
+                row["vs_baseline"] = round(statistics.median(
+                    c["iops"] / b["iops"] for c, b in zip(runs["cramfs"], runs["baseline"],
+                                                          strict=True)), 2)
+                row["rounds"] = rounds
                 if zram and not job.loop and not quick:
                     row["zram"] = fio(zram, job, size, runtime)
-                row["vs_baseline"] = round(row["cramfs"]["iops"] / row["baseline"]["iops"], 2)
                 results["jobs"][job.name] = row
                 say(f"{job.name}: cramfs {row['cramfs']['iops']} IOPS, baseline "
                     f"{row['baseline']['iops']} ({row['vs_baseline']}x)")
@@ -291,7 +307,11 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
             if stats.get("compressed_bytes") else None
         rd["daemon_rss"] = mounts[1].rss()
         results["lz4_real_data"] = lz4_rates(real)
-        results["metadata"] = metadata_per_page(1 << 16 if quick else 1 << 20)
+        # in a fresh process, so memory freed earlier in this one cannot hide growth
+        code = ("import json; from cramfs.bench import metadata_per_page as m; "
+                f"print(json.dumps(m({1 << 16 if quick else 1 << 20})))")
+        results["metadata"] = json.loads(subprocess.run(
+            [py, "-c", code], capture_output=True, text=True, check=True).stdout)
     finally:
         for m in mounts:
             m.close()
