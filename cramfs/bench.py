@@ -194,6 +194,44 @@ def lz4_rates(data: bytes) -> dict[str, float]:
             "ratio": round(len(pages) * PAGE_SIZE / sum(len(b) for b in blobs), 2)}
 
 
+def thread_scaling(data: bytes) -> dict[str, float]:
+    """How much a second thread helps here: raw lz4 on 1 MiB blocks in two threads,
+    and the device's per-page encoder split over threads for a 256-page request."""
+    import threading
+
+    from . import parallel
+    from .device import encoder
+
+    def best(fn: Any) -> float:
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    block = data[: 1 << 20]
+
+    def lz4_blocks(n: int) -> None:
+        for _ in range(n):
+            lz4.block.compress(block)
+
+    def two_threads() -> None:
+        ts = [threading.Thread(target=lz4_blocks, args=(4,)) for _ in range(2)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+
+    pages = [data[i:i + PAGE_SIZE] for i in range(0, 256 * PAGE_SIZE, PAGE_SIZE)]
+    enc = encoder("lz4", 3072)
+    serial = best(lambda: [enc(p) for p in pages])
+    split = best(lambda: parallel.map_pages(enc, pages))
+    one = best(lambda: lz4_blocks(8))
+    return {"lz4_1mib_blocks_two_threads": round(one / best(two_threads), 2),
+            "encode_256_pages_split": round(serial / split, 2)}
+
+
 def metadata_per_page(pages: int) -> dict[str, float]:
     """Bytes of daemon bookkeeping per stored page, with `pages` pages stored.
 
@@ -307,6 +345,7 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
             if stats.get("compressed_bytes") else None
         rd["daemon_rss"] = mounts[1].rss()
         results["lz4_real_data"] = lz4_rates(real)
+        results["thread_scaling"] = thread_scaling(real)
         # in a fresh process, so memory freed earlier in this one cannot hide growth
         code = ("import json; from cramfs.bench import metadata_per_page as m; "
                 f"print(json.dumps(m({1 << 16 if quick else 1 << 20})))")
@@ -339,6 +378,9 @@ def table(r: dict[str, Any]) -> str:
         lines.append(f"single-threaded lz4 on {key[4:].replace('_', ' ')}: compress "
                      f"{z['compress_mbps']} MB/s, decompress {z['decompress_mbps']} MB/s, "
                      f"ratio {z['ratio']}")
+    ts = r["thread_scaling"]
+    lines.append(f"a second thread: lz4 on 1 MiB blocks {ts['lz4_1mib_blocks_two_threads']}x, "
+                 f"the page encoder on a 256-page request {ts['encode_256_pages_split']}x")
     md = r["metadata"]
     lines.append(f"metadata with {md['pages']} pages stored: {md['counted_bytes_per_page']} "
                  f"bytes/page counted, {md['rss_bytes_per_page']} bytes/page of RSS growth")

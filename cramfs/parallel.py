@@ -19,7 +19,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 # Pages; below this the hand-off costs more than it saves. Measured here (2 vCPUs):
-# 32 pages ran slower split than inline, 256 pages about 1.15x faster.
+# 32 pages ran slower split than inline, 256 pages 1.1-1.4x faster (bench.thread_scaling).
 MIN_BATCH = 64
 _workers = max(1, (os.cpu_count() or 1) - 1)
 _pool: ThreadPoolExecutor | None = None
