@@ -38,6 +38,7 @@ _FILE_TIMEOUT = 1.0     # every change to a slot file goes through us, so cachin
 _READY = select.POLLIN | select.POLLRDNORM
 _NOTIFIED = select.POLLPRI | select.POLLERR
 
+
 def guarded(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
     """Make a handler the coroutine pyfuse3 expects, with the error policy.
 
