@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from .config import SETTINGS
 from .device import Counters, DeviceError
 from .namespace import Inode, Namespace
+from .pool import CLASS_STEP, MIN_CLASS
 from .units import PAGE_SIZE, format_size, parse_int, parse_size
 
 Show = Callable[[Namespace], str]
@@ -149,9 +150,14 @@ def _knob(name: str) -> Attribute:
                      lambda ns, text: ns.device.set(name, text))
 
 
+def _expect(ns: Namespace, name: str, text: str, value: str, what: str) -> None:
+    """Triggers accept one exact value, as zram's reset and compact do."""
+    if text.strip() != value:
+        ns.device.reject(name, f"write {value} to {what}, got {text.strip()!r}")
+
+
 def _store_reset(ns: Namespace, text: str) -> None:
-    if text.strip() != "1":
-        ns.device.reject("reset", f"write 1 to reset, got {text.strip()!r}")
+    _expect(ns, "reset", text, "1", "reset")
     try:
         ns.reset()
     except DeviceError as e:
@@ -160,9 +166,7 @@ def _store_reset(ns: Namespace, text: str) -> None:
 
 
 def _store_mem_used_max(ns: Namespace, text: str) -> None:
-    if text.strip() != "0":
-        ns.device.reject("mem_used_max", f"only 0 (reset the peak) is accepted, got "
-                         f"{text.strip()!r}")
+    _expect(ns, "mem_used_max", text, "0", "reset the peak")
     ns.device.reset_peak()
 
 
@@ -173,9 +177,7 @@ def _store_discard(ns: Namespace, text: str) -> None:
     name, off, length = parts
     try:
         released = ns.discard(name, parse_size(off), parse_size(length))
-    except ValueError as e:
-        ns.device.reject("discard", str(e))
-    except DeviceError as e:
+    except (ValueError, DeviceError) as e:
         ns.device.reject("discard", str(e))
     ns.device.events.add("discard", f"{name} {off} {length}: {released} pages released")
 
@@ -222,8 +224,7 @@ def _inject_one(ns: Namespace, line: str) -> None:
 
 
 def _store_compact(ns: Namespace, text: str) -> None:
-    if text.strip() != "1":
-        ns.device.reject("compact", f"write 1 to compact, got {text.strip()!r}")
+    _expect(ns, "compact", text, "1", "compact")
     ns.device.compact()
 
 
@@ -232,8 +233,10 @@ def _show_pool(ns: Namespace) -> str:
     stats = getattr(ns.device.pool, "class_stats", lambda: [])()
     head = (f"{'class':>5} {'size':>5} {'obj_allocated':>13} {'obj_used':>9} "
             f"{'pages_used':>10} {'pages_per_zspage':>16} {'freeable':>8}\n")
-    rows = [f"{i:>5} {c.size:>5} {c.objs_allocated:>13} {c.objs_used:>9} {c.pages_used:>10} "
-            f"{c.pages_per_zspage:>16} {c.freeable_pages:>8}\n" for i, c in enumerate(stats)]
+    # the class index, as zsmalloc numbers its classes (huge pages come last)
+    rows = [f"{(c.size - MIN_CLASS) // CLASS_STEP:>5} {c.size:>5} {c.objs_allocated:>13} "
+            f"{c.objs_used:>9} {c.pages_used:>10} {c.pages_per_zspage:>16} "
+            f"{c.freeable_pages:>8}\n" for c in stats]
     total = (f"{'Total':>5} {'':>5} {sum(c.objs_allocated for c in stats):>13} "
              f"{sum(c.objs_used for c in stats):>9} {sum(c.pages_used for c in stats):>10} "
              f"{'':>16} {sum(c.freeable_pages for c in stats):>8}\n")

@@ -32,7 +32,6 @@ from .config import SETTINGS, DeviceConfig
 from .events import EventLog
 from .levels import CRITICAL, LevelTracker
 from .pagetable import (
-    ALGO_SHIFT,
     DEVICE,
     FALLBACK,
     HANDLE_SHIFT,
@@ -389,9 +388,8 @@ class Device:
 
         if old:
             self._release(table, idx)
-        handle = pool.put(blob)
-        word = handle << HANDLE_SHIFT | (HUGE_BIT if huge else 0) | algo << ALGO_SHIFT | DEVICE
-        self._install(table, idx, word, pool.charge(size), extra)
+        self._install(table, idx, pack(DEVICE, pool.put(blob), algo, huge), pool.charge(size),
+                      extra)
         self._refresh()
         return True
 
