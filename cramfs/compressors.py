@@ -7,6 +7,7 @@ zram's recompress does per page.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,13 +26,10 @@ class Compressor:
     decompress: Callable[[bytes], bytes]
 
 
-def _lz4_compress(data: bytes) -> bytes:
-    # store_size=False: the page size is known, so the 4-byte header is waste.
-    return lz4.block.compress(data, store_size=False)
-
-
-def _lz4_decompress(blob: bytes) -> bytes:
-    return lz4.block.decompress(blob, uncompressed_size=PAGE_SIZE)
+# store_size=False: the page size is known, so the 4-byte header is waste.
+# partial, not a wrapper function: one Python frame less on every page.
+_lz4_compress = functools.partial(lz4.block.compress, store_size=False)
+_lz4_decompress = functools.partial(lz4.block.decompress, uncompressed_size=PAGE_SIZE)
 
 
 # zstandard's (de)compressor objects must not be shared between threads, and

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .compressors import COMPRESSORS
+from .parallel import MAX_WORKERS
 from .units import (
     PAGE_SIZE,
     format_onoff,
@@ -42,6 +43,13 @@ def _huge_threshold(text: str) -> int:
     value = parse_int(text)
     if not 1 <= value <= PAGE_SIZE:
         raise ValueError(f"huge_threshold must be 1-{PAGE_SIZE} bytes, got {value}")
+    return value
+
+
+def _comp_threads(text: str) -> int:
+    value = parse_int(text)
+    if not 0 <= value <= MAX_WORKERS:
+        raise ValueError(f"comp_threads must be 0-{MAX_WORKERS}, got {value}")
     return value
 
 
@@ -75,6 +83,8 @@ SETTINGS: dict[str, Setting] = {
                 "with write control off, what a full device does: refuse, poison or drop"),
         Setting("mode", _choice(*MODES), str, "zswap (every access faults) or direct"),
         Setting("dram", parse_size, str, "budget of the host-DRAM tier of promoted pages"),
+        Setting("comp_threads", _comp_threads, str,
+                "worker threads (de)compressing large requests; 0 keeps them inline"),
     )
 }
 
@@ -95,6 +105,7 @@ class DeviceConfig:
     overflow: str = "refuse"
     mode: str = "zswap"
     dram: int = 64 << 20
+    comp_threads: int = 0
 
     def check(self) -> None:
         """Raise ValueError if the settings contradict each other."""

@@ -19,6 +19,7 @@ drift from the slots.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import time
 import weakref
@@ -95,9 +96,12 @@ class Counters:
 
 
 def same_word(page: bytes) -> bytes | None:
-    """The 8-byte word a page repeats, as zram's page_same_filled checks, or None."""
+    """The 8-byte word a page repeats, as zram's page_same_filled checks, or None.
+
+    The last word is compared first, as zram does: most pages fail there, without
+    building a 4 KiB page to compare against."""
     word = page[:8]
-    return word if page == word * _WORDS else None
+    return word if page[-8:] == word and page == word * _WORDS else None
 
 
 def encoder(compressor: str, huge_threshold: int) -> Callable[[bytes], Encoded]:
@@ -106,8 +110,8 @@ def encoder(compressor: str, huge_threshold: int) -> Callable[[bytes], Encoded]:
     compress, ident = comp.compress, comp.ident
 
     def encode(page: bytes) -> Encoded:
-        word = page[:8]
-        if page == word * _WORDS:
+        word = same_word(page)
+        if word is not None:
             return word, b"", 0, False
         blob = compress(page)
         if len(blob) >= huge_threshold:
@@ -148,10 +152,16 @@ class Device:
         self._band()
 
     def _band(self) -> None:
+        """Derive the thresholds the hot path compares against (after any change
+        of settings, level or injected faults)."""
         c = self.config
         low, high = self.levels.quiet_band(c.warn_at, c.critical_at, c.hysteresis)
         self._quiet_low = low * c.physical
         self._quiet_high = high * c.physical
+        # Below this usage a store needs no questions: it fits whatever its
+        # size, write control is not refusing, and no injected cost applies.
+        easy = self.inflate == 1 and not (c.write_control and self.levels.level >= CRITICAL)
+        self._easy_below = c.physical - _MAX_GROWTH if easy else -1
 
     # ------------------------------------------------------------ accounting
 
@@ -343,9 +353,18 @@ class Device:
             self._refresh()
             return True
 
-        c = self.config
         pool = self.pool
         size = len(blob)
+        if pool.used_bytes + self._extra <= self._easy_below:
+            # the common case, kept short: it is paid on every page written
+            if table.get(idx):
+                self._release(table, idx)
+            self._install(table, idx, pack(DEVICE, pool.put(blob), algo, huge),
+                          pool.charge(size))
+            self._refresh()
+            return True
+
+        c = self.config
         extra = 0 if self.inflate == 1 else int(pool.charge(size) * (self.inflate - 1))
         old = table.get(idx)
         used = pool.used_bytes + self._extra + extra
@@ -429,13 +448,13 @@ class Device:
             page = self._read_page(table, first)
             return page if size == PAGE_SIZE else page[start:start + size]
         decoded: list[bytes | None] = [None] * count
-        if count >= parallel.MIN_BATCH:
-            # decompress the compressed pages of a large read on all cores first
+        threads = self.config.comp_threads
+        if threads and count >= parallel.MIN_BATCH:
+            # decompress the compressed pages of a large read on more cores first
             todo = [(k, w) for k in range(count)
                     if (w := table.get(first + k)) & KIND_MASK in (DEVICE, FALLBACK)]
-            for (k, _), data in zip(todo, parallel.map_pages(self._decode,
-                                                             [w for _, w in todo]),
-                                    strict=True):
+            for (k, _), data in zip(todo, parallel.map_pages(
+                    self._decode, [w for _, w in todo], threads), strict=True):
                 decoded[k] = data
         data = b"".join([self._read_page(table, first + k, decoded[k]) for k in range(count)])
         return data[start:start + size]
@@ -449,17 +468,20 @@ class Device:
             self.counters.writes += 1
             self._write_page(table, first, data)
             return n
-        if not start and not n % PAGE_SIZE:       # whole pages: split once, encode in bulk
+        if not start and not n % PAGE_SIZE:       # whole pages: split once, encode ahead
             pages = [data[i:i + PAGE_SIZE] for i in range(0, n, PAGE_SIZE)]
-            encoded = None if self._direct_dram else parallel.map_pages(self._encode, pages)
-            for k, page in enumerate(pages):
-                self.counters.writes += 1
-                try:
-                    self._write_page(table, first + k, page, encoded[k] if encoded else None)
-                except DeviceError:
-                    if k:
-                        return k * PAGE_SIZE
-                    raise
+            # in direct mode with DRAM a written page goes to DRAM, not through the encoder
+            encoded = (None for _ in pages) if self._direct_dram else \
+                parallel.imap(self._encode, pages, self.config.comp_threads)
+            with contextlib.closing(encoded):
+                for k, (page, enc) in enumerate(zip(pages, encoded, strict=True)):
+                    self.counters.writes += 1
+                    try:
+                        self._write_page(table, first + k, page, enc)
+                    except DeviceError:
+                        if k:
+                            return k * PAGE_SIZE
+                        raise
             return n
         done = 0
         view = memoryview(data)
@@ -560,6 +582,7 @@ class Device:
         if not 1 <= factor <= 64:
             self.reject("inject", f"ratio must be 1-64, got {factor:g}")
         self.inflate = factor
+        self._band()
         self.events.add("inject", f"ratio {factor:g}: new pages cost {factor:g}x")
 
     def _set_physical(self, size: int) -> None:

@@ -1,47 +1,113 @@
-"""Spread per-page CPU work of one large request over the machine's cores.
+"""Spread per-page CPU work of one large request over more cores.
 
-lz4 and zstd release the GIL while they run, so compressing the pages of a
-1 MiB write in two threads uses two cores. A thread hand-off costs tens of
-microseconds, more than compressing one page, so only large batches go out;
-the calling thread always does a share itself instead of waiting idle.
-Called from the trio thread: it blocks the event loop for the batch, exactly
-as doing the work inline would, only for less time.
+lz4 and zstd release the GIL while they run, so the pages of a 1 MiB write can
+be compressed on several cores. What cannot be spread is the bookkeeping that
+stores each page: it is Python and holds the GIL. So a large request is a
+pipeline: worker threads compress chunks from the front, the calling thread
+stores finished chunks in order and, whenever the next one is not ready yet,
+steals a chunk from the back to compress itself instead of waiting idle. The
+sides meet in the middle however fast each runs today.
+
+Every page still takes and gives back the GIL once per compression call, and
+on a small VM those hand-offs can cost more than the second core gives: on the
+2-vCPU machines this was built on, one worker made 1 MiB writes about 20%
+slower (README, performance). So the number of workers is a setting,
+`comp_threads`, 0 (inline) by default, and small requests always stay inline.
+Called from the trio thread: it blocks the event loop for the request, exactly
+as doing the work inline would.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
 
-# Pages; below this the hand-off costs more than it saves. Measured here (2 vCPUs):
-# 32 pages ran slower split than inline, 256 pages 1.1-1.4x faster (bench.thread_scaling).
-MIN_BATCH = 64
-_workers = max(1, (os.cpu_count() or 1) - 1)
+MIN_BATCH = 16                  # pages; below this a hand-off costs more than it can save
+CHUNK = 8                       # pages per unit of work: small, so the sides meet evenly
+MAX_WORKERS = 64
 _pool: ThreadPoolExecutor | None = None
 
 
 def _executor() -> ThreadPoolExecutor:
     global _pool
     if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=_workers, thread_name_prefix="cramfs-codec")
+        # threads are started on first use, up to what is asked for
+        _pool = ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="cramfs-codec")
     return _pool
 
 
-def map_pages(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
-    """[fn(x) for x in items], split across threads when the batch is large."""
-    n = len(items)
-    if n < MIN_BATCH or _workers == 0:
-        return [fn(x) for x in items]
-    parts = _workers + 1
-    step = -(-n // parts)
-    chunks = [items[i:i + step] for i in range(0, n, step)]
-    futures = [_executor().submit(lambda c: [fn(x) for x in c], c) for c in chunks[1:]]
-    out = [fn(x) for x in chunks[0]]
-    for f in futures:
-        out.extend(f.result())
-    return out
+class _Batch(Generic[T, R]):
+    """Chunks of one request: workers claim from the front, the caller from the back."""
+
+    def __init__(self, fn: Callable[[T], R], items: Sequence[T]) -> None:
+        self.fn = fn
+        self.items = items
+        self.chunks = -(-len(items) // CHUNK)
+        self.results: list[list[R] | None] = [None] * self.chunks
+        self.front = 0
+        self.back = self.chunks
+        self.lock = threading.Lock()
+        self.done = threading.Condition(self.lock)
+
+    def compute(self, i: int) -> list[R]:
+        fn = self.fn
+        return [fn(x) for x in self.items[i * CHUNK:(i + 1) * CHUNK]]
+
+    def work_front(self) -> None:
+        while True:
+            with self.lock:
+                if self.front >= self.back:
+                    return
+                i = self.front
+                self.front += 1
+            out = self.compute(i)
+            with self.lock:
+                self.results[i] = out
+                self.done.notify()
+
+    def steal_back(self) -> bool:
+        with self.lock:
+            if self.front >= self.back:
+                return False
+            self.back -= 1
+            i = self.back
+        self.results[i] = self.compute(i)
+        return True
+
+    def wait(self, i: int) -> list[R]:
+        with self.lock:
+            while (out := self.results[i]) is None:
+                self.done.wait()
+        return out
+
+    def stop(self) -> None:
+        with self.lock:
+            self.front = self.back
+
+
+def imap(fn: Callable[[T], R], items: Sequence[T], workers: int) -> Iterator[R]:
+    """fn(x) for x in items, in order, computed ahead by `workers` threads when
+    the batch is large. Stopping early stops the workers at their next chunk."""
+    if len(items) < MIN_BATCH or workers <= 0:
+        yield from map(fn, items)
+        return
+    batch = _Batch(fn, items)
+    for _ in range(min(workers, batch.chunks - 1)):
+        _executor().submit(batch.work_front)
+    try:
+        for i in range(batch.chunks):
+            while batch.results[i] is None and batch.steal_back():
+                pass
+            yield from batch.wait(i)
+    finally:
+        batch.stop()
+
+
+def map_pages(fn: Callable[[T], R], items: Sequence[T], workers: int) -> list[R]:
+    """[fn(x) for x in items], computed by `workers` threads too when the batch is large."""
+    return list(imap(fn, items, workers))

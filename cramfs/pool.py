@@ -16,10 +16,11 @@ physical usage including allocator overhead (zram's mem_used_total);
   old-to-new handle map for the owner to apply;
 - `used_bytes` = pages held by zspages and huge pages × 4096.
 
-The memory is a memfd mapped in windows, one run length per window. A freed
-zspage is returned to the kernel with fallocate(PUNCH_HOLE), which works on
-mlock()ed memory and, unlike madvise or munmap, does not split the mapping; a
-small cache of emptied zspages is kept for reuse first.
+The memory is one memfd, mapped whole, and carved in windows, one run length
+per window. A freed zspage is returned to the kernel with
+fallocate(PUNCH_HOLE), which works on mlock()ed memory and, unlike madvise or
+munmap, does not split the mapping; a small cache of emptied zspages is kept
+for reuse first.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from .units import PAGE_SIZE
 CLASS_STEP = 16
 MIN_CLASS = 32
 MAX_ZSPAGE_PAGES = 8
-WINDOW_BYTES = 32 << 20          # memfd is mapped this much at a time
+WINDOW_BYTES = 32 << 20          # the memfd is carved this much at a time per run length
 # Emptied zspages kept mapped for quick reuse, per run length, before the rest go
 # back to the kernel: refaulting a punched page costs more than compressing it.
 REUSE_CACHE_BYTES = 1 << 20
@@ -56,6 +57,9 @@ _CLS_SHIFT = _ZS_SHIFT + _ZS_BITS
 _SIZE_MASK = (1 << _SIZE_BITS) - 1
 _IDX_MASK = (1 << _IDX_BITS) - 1
 _ZS_MASK = (1 << _ZS_BITS) - 1
+_HUGE_MASK = (1 << (_ZS_BITS + _IDX_BITS)) - 1    # a huge object's page number
+_PAGE_LIMIT = (1 << 32) - 1                         # page numbers are kept in array('I')
+PAGE_SHIFT = 12
 HANDLE_BITS = _CLS_SHIFT + 8
 
 _FALLOC_KEEP_SIZE_PUNCH_HOLE = 0x01 | 0x02
@@ -153,64 +157,90 @@ class ClassPool:
         return {}
 
 
-class _Windows:
-    """Runs of k pages carved from a memfd, one run length per mapped window."""
+class _Memory:
+    """The pool's memory: one memfd, mapped whole and grown by doubling.
 
-    def __init__(self, fd: int, k: int, alloc_window: _WindowAllocator) -> None:
-        self.fd = fd
+    One mapping means an object's address is plain arithmetic on its page
+    number, with no window lookup on the hot path. The memfd is sparse, so
+    mapping ahead costs address space only. Growth uses mmap.resize (mremap),
+    which may move the mapping: nothing may hold a view into it across a put.
+    """
+
+    def __init__(self) -> None:
+        self.fd = os.memfd_create("cramfs-pool", os.MFD_CLOEXEC)
+        self.mm: mmap.mmap | None = None
+        self.carved = 0                   # bytes handed out as windows so far
+
+    def window(self) -> int:
+        """Carve a new window; return its offset in bytes."""
+        offset = self.carved
+        self.carved += WINDOW_BYTES
+        if self.mm is None:
+            os.ftruncate(self.fd, WINDOW_BYTES)
+            self.mm = mmap.mmap(self.fd, WINDOW_BYTES, mmap.MAP_SHARED)
+        elif self.carved > len(self.mm):
+            self.mm.resize(max(self.carved, 2 * len(self.mm)))
+        return offset
+
+    def populate(self, offset: int, length: int) -> None:
+        assert self.mm is not None
+        # before Linux 5.14 this fails, and pages simply fault in one by one
+        with contextlib.suppress(OSError):
+            self.mm.madvise(_MADV_POPULATE_WRITE, offset, length)
+
+    def punch(self, offset: int, length: int) -> None:
+        if _libc.fallocate(self.fd, _FALLOC_KEEP_SIZE_PUNCH_HOLE, offset, length) != 0:
+            raise OSError(ctypes.get_errno(), "fallocate(PUNCH_HOLE) on the pool memfd")
+
+    def close(self) -> None:
+        if self.mm is not None:
+            self.mm.close()
+        os.close(self.fd)
+
+
+class _Runs:
+    """Runs of k contiguous pages for one zspage length, carved window by window.
+
+    A run is named by the number of its first page in the memfd."""
+
+    def __init__(self, mem: _Memory, k: int) -> None:
+        self.mem = mem
         self.k = k
         self.span = k * PAGE_SIZE
-        self.per_window = WINDOW_BYTES // self.span
-        self._alloc_window = alloc_window
-        self.maps: list[mmap.mmap] = []
-        self.offsets: list[int] = []      # window's offset in the memfd
-        self.free_slots = array("Q")     # punched: cost nothing until reused
-        self.cached = array("Q")         # still resident: reused first
+        self.free = array("I")           # punched: cost nothing until reused
+        self.cached = array("I")         # still resident: reused first
         self.cache_limit = max(1, REUSE_CACHE_BYTES // self.span)
-        self.populated_to = 0            # offset in the newest window faulted in so far
-        self.next_slot = 0
+        self.next = self.end = 0         # carving position in the newest window
+        self.populated_to = 0
 
     def take(self) -> int:
         if self.cached:
             return self.cached.pop()
-        if self.free_slots:
-            return self.free_slots.pop()
-        slot = self.next_slot
-        w, i = divmod(slot, self.per_window)
-        if w >= len(self.maps):
-            offset, mm = self._alloc_window()
-            self.maps.append(mm)
-            self.offsets.append(offset)
-        start = i * self.span
+        if self.free:
+            return self.free.pop()
+        if self.next + self.span > self.end:
+            self.next = self.populated_to = self.mem.window()
+            self.end = self.next + WINDOW_BYTES // self.span * self.span
+        start = self.next
+        self.next += self.span
         if start >= self.populated_to:
-            self._populate(w, start)
-        self.next_slot += 1
-        return slot
+            self.populated_to = min(start + max(POPULATE_BYTES, self.span), self.end)
+            self.mem.populate(start, self.populated_to - start)
+        page = start >> PAGE_SHIFT
+        if page > _PAGE_LIMIT:
+            raise MemoryError("pool memfd exhausted")
+        return page
 
-    def _populate(self, w: int, start: int) -> None:
-        stop = min(start + max(POPULATE_BYTES, self.span), self.per_window * self.span)
-        # before Linux 5.14 this fails, and pages simply fault in one by one
-        with contextlib.suppress(OSError):
-            self.maps[w].madvise(_MADV_POPULATE_WRITE, start, stop - start)
-        self.populated_to = stop if stop < self.per_window * self.span else 0
-
-    def give_back(self, slot: int) -> None:
+    def give_back(self, page: int) -> None:
         if len(self.cached) < self.cache_limit:
-            self.cached.append(slot)
+            self.cached.append(page)
             return
-        w, i = divmod(slot, self.per_window)
-        if _libc.fallocate(self.fd, _FALLOC_KEEP_SIZE_PUNCH_HOLE,
-                           self.offsets[w] + i * self.span, self.span) != 0:
-            raise OSError(ctypes.get_errno(), "fallocate(PUNCH_HOLE) on the pool memfd")
-        self.free_slots.append(slot)
+        self.mem.punch(page << PAGE_SHIFT, self.span)
+        self.free.append(page)
 
-    def locate(self, slot: int) -> tuple[mmap.mmap, int]:
-        w, i = divmod(slot, self.per_window)
-        return self.maps[w], i * self.span
-
-
-class _WindowAllocator(Protocol):
-    def __call__(self) -> tuple[int, mmap.mmap]: ...
+    @property
+    def metadata_bytes(self) -> int:
+        return 4 * (len(self.free) + len(self.cached))
 
 
 @dataclass
@@ -226,42 +256,47 @@ class ClassStats:
 class _SizeClass:
     """One size class: its zspages as parallel typed arrays, indexed by zspage id.
 
-    10 bytes a zspage: window slot, live objects, objects ever carved, and the
-    head of the free list that lives inside the free objects themselves."""
+    10 bytes a zspage: first page, live objects, objects ever carved, and the
+    head of the free list that lives inside the free objects themselves.
+    Free-list links are stored as index + 1, so 0 ends the list."""
 
-    def __init__(self, cid: int, size: int, k: int, windows: _Windows) -> None:
+    def __init__(self, cid: int, size: int, k: int, runs: _Runs) -> None:
         self.cid = cid
         self.size = size
         self.k = k
         self.per_zspage = k * PAGE_SIZE // size
-        self.windows = windows
-        self.slot = array("I")       # window slot of the zspage
+        self.runs = runs
+        self.mem = runs.mem
+        self.page = array("I")       # first page of the zspage in the memfd
         self.used = array("H")       # live objects; 0 = the zspage id is free
         self.bump = array("H")       # objects ever carved (never-used ones follow)
-        self.head = array("h")       # first free object below bump, -1 if none
+        self.head = array("H")       # first free object below bump, + 1; 0 if none
         self.free_ids = array("I")   # zspage ids to reuse
         self.partial: set[int] = set()
         self.live = 0
         self.zspages = 0
 
-    def alloc(self) -> tuple[int, int]:
-        """Reserve an object slot; return (zspage id, object index)."""
-        zs = next(iter(self.partial)) if self.partial else self._new_zspage()
-        head = self.head[zs]
-        if head >= 0:
-            mm, base = self.windows.locate(self.slot[zs])
-            off = base + head * self.size
-            self.head[zs] = int.from_bytes(mm[off:off + 2], "little", signed=True)
-            idx = head
+    def alloc(self) -> tuple[int, int, int]:
+        """Reserve an object slot; return (zspage id, object index, byte offset)."""
+        partial = self.partial
+        zs = next(iter(partial)) if partial else self._new_zspage()
+        base = self.page[zs] << PAGE_SHIFT
+        link = self.head[zs]
+        if link:
+            idx = link - 1
+            off = base + idx * self.size
+            mm = self.mem.mm
+            self.head[zs] = mm[off] | mm[off + 1] << 8      # type: ignore[index]
         else:
             idx = self.bump[zs]
             self.bump[zs] = idx + 1
+            off = base + idx * self.size
         used = self.used[zs] + 1
         self.used[zs] = used
         self.live += 1
         if used == self.per_zspage:
-            self.partial.discard(zs)
-        return zs, idx
+            partial.discard(zs)
+        return zs, idx, off
 
     def release(self, zs: int, idx: int) -> bool:
         """Free an object slot; True if its zspage was emptied and returned."""
@@ -269,43 +304,49 @@ class _SizeClass:
         used = self.used[zs] - 1
         self.used[zs] = used
         if not used:
-            self.windows.give_back(self.slot[zs])
+            self.runs.give_back(self.page[zs])
             self.partial.discard(zs)
             self.free_ids.append(zs)
             self.zspages -= 1
             return True
-        mm, base = self.windows.locate(self.slot[zs])
-        off = base + idx * self.size
+        off = (self.page[zs] << PAGE_SHIFT) + idx * self.size
+        link = self.head[zs]
+        mm = self.mem.mm
         # zsmalloc's trick: the free list lives in the free objects themselves
-        mm[off:off + 2] = self.head[zs].to_bytes(2, "little", signed=True)
-        self.head[zs] = idx
+        mm[off] = link & 0xFF                                # type: ignore[index]
+        mm[off + 1] = link >> 8                              # type: ignore[index]
+        self.head[zs] = idx + 1
         self.partial.add(zs)
         return False
+
+    def offset(self, zs: int, idx: int) -> int:
+        return (self.page[zs] << PAGE_SHIFT) + idx * self.size
 
     def live_objects(self, zs: int) -> list[int]:
         """Indices of the live objects of a zspage: carved and not on the free list."""
         free = set()
-        mm, base = self.windows.locate(self.slot[zs])
-        i = self.head[zs]
-        while i >= 0:
-            free.add(i)
-            off = base + i * self.size
-            i = int.from_bytes(mm[off:off + 2], "little", signed=True)
+        mm = self.mem.mm
+        assert mm is not None
+        link = self.head[zs]
+        while link:
+            free.add(link - 1)
+            off = self.offset(zs, link - 1)
+            link = mm[off] | mm[off + 1] << 8
         return [i for i in range(self.bump[zs]) if i not in free]
 
     def _new_zspage(self) -> int:
-        slot = self.windows.take()
+        page = self.runs.take()
         if self.free_ids:
             zs = self.free_ids.pop()
-            self.slot[zs], self.used[zs], self.bump[zs], self.head[zs] = slot, 0, 0, -1
+            self.page[zs], self.used[zs], self.bump[zs], self.head[zs] = page, 0, 0, 0
         else:
-            zs = len(self.slot)
+            zs = len(self.page)
             if zs > _ZS_MASK:
                 raise MemoryError(f"size class {self.size}: out of zspage ids")
-            self.slot.append(slot)
+            self.page.append(page)
             self.used.append(0)
             self.bump.append(0)
-            self.head.append(-1)
+            self.head.append(0)
         self.partial.add(zs)
         self.zspages += 1
         return zs
@@ -317,23 +358,22 @@ class _SizeClass:
 
     @property
     def metadata_bytes(self) -> int:
-        return len(self.slot) * 10 + len(self.free_ids) * 4
+        return len(self.page) * 10 + len(self.free_ids) * 4
 
 
 class ArenaPool:
     def __init__(self, huge_threshold: int = 3072) -> None:
         self.huge_threshold = huge_threshold
-        self._fd = os.memfd_create("cramfs-pool", os.MFD_CLOEXEC)
-        self._fd_size = 0
-        self._windows: dict[int, _Windows] = {}
+        self._mem = _Memory()
+        self._runs: dict[int, _Runs] = {}
         self._classes: list[_SizeClass] = []
         top = class_size(max(huge_threshold - 1, 1))
         for cid, size in enumerate(range(MIN_CLASS, top + 1, CLASS_STEP)):
             self._classes.append(_SizeClass(cid, size, pages_per_zspage(size),
-                                            self._window(pages_per_zspage(size))))
+                                            self._runs_of(pages_per_zspage(size))))
         assert len(self._classes) < HUGE
-        # huge objects own a page: the handle holds its window slot, no zspage state
-        self._huge_pages = self._window(1)
+        # huge objects own a page: the handle holds its page number, no zspage state
+        self._huge_runs = self._runs_of(1)
         # size -> class, precomputed: the lookup is on every store
         self._by_size: list[_SizeClass | None] = [
             self._classes[(max(n, MIN_CLASS) - MIN_CLASS + CLASS_STEP - 1) // CLASS_STEP]
@@ -343,17 +383,18 @@ class ArenaPool:
         self.huge_pages = 0
         self.pages_compacted = 0
 
-    def _window(self, k: int) -> _Windows:
-        if k not in self._windows:
-            self._windows[k] = _Windows(self._fd, k, self._map_window)
-        return self._windows[k]
+    def _runs_of(self, k: int) -> _Runs:
+        if k not in self._runs:
+            self._runs[k] = _Runs(self._mem, k)
+        return self._runs[k]
 
-    def _map_window(self) -> tuple[int, mmap.mmap]:
-        offset = self._fd_size
-        self._fd_size += WINDOW_BYTES
-        os.ftruncate(self._fd, self._fd_size)        # sparse: costs nothing until written
-        return offset, mmap.mmap(self._fd, WINDOW_BYTES, mmap.MAP_SHARED,
-                                 offset=offset)
+    def _offset(self, handle: int) -> int:
+        cid = handle >> _CLS_SHIFT
+        if cid == HUGE:
+            return (handle >> _IDX_SHIFT & _HUGE_MASK) << PAGE_SHIFT
+        c = self._classes[cid]
+        return (c.page[handle >> _ZS_SHIFT & _ZS_MASK] << PAGE_SHIFT) + (
+            handle >> _IDX_SHIFT & _IDX_MASK) * c.size
 
     # ------------------------------------------------------------ Pool
 
@@ -371,39 +412,28 @@ class ArenaPool:
         size = len(blob)
         c = self._by_size[size]
         if c is None:
-            slot = self._huge_pages.take()
-            mm, off = self._huge_pages.locate(slot)
-            mm[off:off + size] = blob
+            page = self._huge_runs.take()
+            self._mem.mm[page << PAGE_SHIFT:(page << PAGE_SHIFT) + size] = blob  # type: ignore[index]
             self.used_bytes += PAGE_SIZE
             self.stored_bytes += size
             self.huge_pages += 1
-            return HUGE << _CLS_SHIFT | slot << _IDX_SHIFT | size
-        before = c.zspages
-        zs, idx = c.alloc()
-        if c.zspages != before:
+            return HUGE << _CLS_SHIFT | page << _IDX_SHIFT | size
+        if not c.partial:
             self.used_bytes += c.k * PAGE_SIZE
-        mm, base = c.windows.locate(c.slot[zs])
-        off = base + idx * c.size
-        mm[off:off + size] = blob
+        zs, idx, off = c.alloc()
+        self._mem.mm[off:off + size] = blob                  # type: ignore[index]
         self.stored_bytes += size
         return c.cid << _CLS_SHIFT | zs << _ZS_SHIFT | idx << _IDX_SHIFT | size
 
     def get(self, handle: int) -> bytes:
-        cid = handle >> _CLS_SHIFT
-        size = handle & _SIZE_MASK
-        if cid == HUGE:
-            mm, off = self._huge_pages.locate(handle >> _IDX_SHIFT & ((1 << 36) - 1))
-            return mm[off:off + size]
-        c = self._classes[cid]
-        mm, base = c.windows.locate(c.slot[handle >> _ZS_SHIFT & _ZS_MASK])
-        off = base + (handle >> _IDX_SHIFT & _IDX_MASK) * c.size
-        return mm[off:off + size]
+        off = self._offset(handle)
+        return self._mem.mm[off:off + (handle & _SIZE_MASK)]     # type: ignore[index]
 
     def free(self, handle: int) -> int:
         cid = handle >> _CLS_SHIFT
         self.stored_bytes -= handle & _SIZE_MASK
         if cid == HUGE:
-            self._huge_pages.give_back(handle >> _IDX_SHIFT & ((1 << 36) - 1))
+            self._huge_runs.give_back(handle >> _IDX_SHIFT & _HUGE_MASK)
             self.used_bytes -= PAGE_SIZE
             self.huge_pages -= 1
             return PAGE_SIZE
@@ -415,16 +445,10 @@ class ArenaPool:
     def __len__(self) -> int:
         return sum(c.live for c in self._classes) + self.huge_pages
 
-    def extent(self, handle: int) -> tuple[int, int, int]:
-        """(window id, start, stop) of an object, for checking that none overlap."""
-        cid = handle >> _CLS_SHIFT
-        if cid == HUGE:
-            mm, off = self._huge_pages.locate(handle >> _IDX_SHIFT & ((1 << 36) - 1))
-        else:
-            c = self._classes[cid]
-            mm, base = c.windows.locate(c.slot[handle >> _ZS_SHIFT & _ZS_MASK])
-            off = base + (handle >> _IDX_SHIFT & _IDX_MASK) * c.size
-        return id(mm), off, off + (handle & _SIZE_MASK)
+    def extent(self, handle: int) -> tuple[int, int]:
+        """[start, stop) of an object in the pool, for checking that none overlap."""
+        off = self._offset(handle)
+        return off, off + (handle & _SIZE_MASK)
 
     # ------------------------------------------------------------ compaction and stats
 
@@ -439,18 +463,16 @@ class ArenaPool:
             spare = c.zspages - -(-c.live // c.per_zspage)
             if spare <= 0:
                 continue
-            live = [zs for zs in range(len(c.slot)) if c.used[zs]]
+            live = [zs for zs in range(len(c.page)) if c.used[zs]]
             victims = sorted(live, key=lambda z: c.used[z])[:spare]
             c.partial -= set(victims)
             for zs in victims:
-                mm, base = c.windows.locate(c.slot[zs])
                 for idx in c.live_objects(zs):
-                    off = base + idx * c.size
-                    data = mm[off:off + c.size]
-                    nzs, nidx = c.alloc()
-                    nmm, nbase = c.windows.locate(c.slot[nzs])
-                    noff = nbase + nidx * c.size
-                    nmm[noff:noff + c.size] = data
+                    nzs, nidx, noff = c.alloc()
+                    mm = self._mem.mm
+                    assert mm is not None
+                    off = c.offset(zs, idx)
+                    mm[noff:noff + c.size] = mm[off:off + c.size]
                     old = c.cid << _CLS_SHIFT | zs << _ZS_SHIFT | idx << _IDX_SHIFT
                     new = c.cid << _CLS_SHIFT | nzs << _ZS_SHIFT | nidx << _IDX_SHIFT
                     moves[old] = new
@@ -472,13 +494,10 @@ class ArenaPool:
     def metadata_bytes(self) -> int:
         """Bytes of bookkeeping the pool keeps outside the pages it holds."""
         return sum(c.metadata_bytes for c in self._classes) + sum(
-            8 * (len(w.free_slots) + len(w.cached)) for w in self._windows.values())
+            r.metadata_bytes for r in self._runs.values())
 
     def close(self) -> None:
-        for w in self._windows.values():
-            for mm in w.maps:
-                mm.close()
-        os.close(self._fd)
+        self._mem.close()
 
 
 def rebase(handle: int, moves: dict[int, int]) -> int:

@@ -374,3 +374,34 @@ def test_compact_moves_objects_and_keeps_data():
         want = bytes(P) if i % 4 == 0 else text_page(i)
         assert dev.read(table, i * P, P) == want, i
     check_accounting(dev, [t, other])
+
+
+@pytest.mark.parametrize("threads", [0, 1, 3])
+def test_large_requests_with_codec_threads(threads):
+    dev, t = make(physical=1 << 20, comp_threads=threads, dram=0)
+    pages = [text_page(i) if i % 3 else random_page(i) for i in range(100)]
+    pages[7] = bytes(P)
+    data = b"".join(pages)
+    assert dev.write(t, 0, data) == len(data)
+    assert dev.read(t, 0, len(data)) == data
+    assert dev.read(t, 5 * P + 100, 40 * P) == data[5 * P + 100:45 * P + 100]
+    check_accounting(dev, [t])
+
+
+@pytest.mark.parametrize("threads", [0, 2])
+def test_short_write_mid_batch_with_codec_threads(threads):
+    dev, t = make(write_control=False, comp_threads=threads)
+    data = b"".join(random_page(i) for i in range(40))
+    assert dev.write(t, 0, data) == 16 * P
+    assert dev.read(t, 0, 16 * P) == data[:16 * P]
+    assert t.count == 16
+    check_accounting(dev, [t])
+
+
+def test_comp_threads_knob():
+    dev, _ = make()
+    dev.set("comp_threads", "2")
+    assert dev.config.comp_threads == 2
+    with pytest.raises(DeviceError) as e:
+        dev.set("comp_threads", "-1")
+    assert e.value.errno == errno.EINVAL and dev.config.comp_threads == 2

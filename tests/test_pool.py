@@ -27,8 +27,7 @@ def check(pool: ArenaPool, model: dict[int, bytes]) -> None:
     assert pool.stored_bytes == sum(map(len, model.values()))
     ext = sorted((*pool.extent(h), h) for h in model)
     for a, b in itertools.pairwise(ext):
-        if a[0] == b[0]:
-            assert a[2] <= b[1], f"objects {a[3]} and {b[3]} overlap"
+        assert a[1] <= b[0], f"objects {a[2]} and {b[2]} overlap"
     held = sum(s.pages_used for s in pool.class_stats()) * PAGE_SIZE
     assert pool.used_bytes == held
     charges = sum(pool.charge(len(b)) for b in model.values())
