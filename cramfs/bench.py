@@ -1,6 +1,6 @@
 """The benchmark: cramfs side by side with a do-nothing pyfuse3 filesystem and zram.
 
-    scripts/bench                 # full run, about 5 minutes; table on stdout, JSON file
+    scripts/bench                 # full run, about 6 minutes; table on stdout, JSON file
     scripts/bench --quick         # a few seconds: proves the benchmark works, no thresholds
 
 Every figure is a ratio measured in the same invocation on the same data: the
@@ -283,8 +283,8 @@ def dd_pass(target: Path, data_file: Path) -> dict[str, float]:
 
 def run(quick: bool, out: Path, only: list[str] | None = None) -> dict[str, Any]:
     size = (32 << 20) if quick else (256 << 20)
-    runtime = 1.0 if quick else 3.0
-    rounds = 1 if quick else 3
+    runtime = 1.0 if quick else 2.0
+    rounds = 1 if quick else 5
     jobs = [j for j in JOBS if (not quick or j.name in QUICK)
             and (not only or any(o in j.name for o in only))]
     py = sys.executable
@@ -315,9 +315,10 @@ def run(quick: bool, out: Path, only: list[str] | None = None) -> dict[str, Any]
                         else:
                             runs[m.name].append(fio(str(path), job, size, runtime))
                 row: dict[str, Any] = {name: _median_run(r) for name, r in runs.items()}
-                row["vs_baseline"] = round(statistics.median(
-                    c["iops"] / b["iops"] for c, b in zip(runs["cramfs"], runs["baseline"],
-                                                          strict=True)), 2)
+                ratios = [c["iops"] / b["iops"] for c, b in zip(runs["cramfs"], runs["baseline"],
+                                                                  strict=True)]
+                row["vs_baseline"] = round(statistics.median(ratios), 2)
+                row["vs_baseline_range"] = [round(min(ratios), 2), round(max(ratios), 2)]
                 row["rounds"] = rounds
                 if zram and not job.loop and not quick:
                     row["zram"] = fio(zram, job, size, runtime)
@@ -374,12 +375,13 @@ def run(quick: bool, out: Path, only: list[str] | None = None) -> dict[str, Any]
 
 
 def table(r: dict[str, Any]) -> str:
-    lines = ["| workload | cramfs IOPS | cramfs MB/s | baseline IOPS | vs baseline |"
+    lines = ["| workload | cramfs IOPS | cramfs MB/s | baseline IOPS | vs baseline (range) |"
              " vs 1-thread lz4 | zram IOPS |", "|---|---|---|---|---|---|---|"]
     for name, row in r["jobs"].items():
         z = row.get("zram", {}).get("iops", "-")
+        lo, hi = row["vs_baseline_range"]
         lines.append(f"| {name} | {row['cramfs']['iops']} | {row['cramfs']['mbps']} | "
-                     f"{row['baseline']['iops']} | {row['vs_baseline']} | "
+                     f"{row['baseline']['iops']} | {row['vs_baseline']} ({lo}-{hi}) | "
                      f"{row.get('vs_lz4', '-')} | {z} |")
     rd = r["real_data"]
     lines.append("")
@@ -387,7 +389,9 @@ def table(r: dict[str, Any]) -> str:
                  f"direct): cramfs write {rd['cramfs']['write_mbps']} MB/s, read "
                  f"{rd['cramfs']['read_mbps']} MB/s; baseline write "
                  f"{rd['baseline']['write_mbps']}, read {rd['baseline']['read_mbps']}")
-    lines.append(f"ratio reached: fio data {r['fio_data']['ratio']}, real data {rd['ratio']}; "
+    fd = r["fio_data"]
+    lines.append(f"ratio reached: fio data {fd['ratio']} ({format_size(fd['physical_used'])} "
+                 f"physical_used), real data {rd['ratio']} ({format_size(rd['physical_used'])}); "
                  f"pool overhead (mem_used_total / compr_data_size) {rd['pool_overhead']}")
     for key in ("lz4_fio_data", "lz4_real_data"):
         z = r[key]

@@ -33,7 +33,7 @@ from array import array
 from dataclasses import dataclass
 from typing import Protocol
 
-from .units import PAGE_SIZE
+from .units import PAGE_SHIFT, PAGE_SIZE
 
 CLASS_STEP = 16
 MIN_CLASS = 32
@@ -59,7 +59,6 @@ _IDX_MASK = (1 << _IDX_BITS) - 1
 _ZS_MASK = (1 << _ZS_BITS) - 1
 _HUGE_MASK = (1 << (_ZS_BITS + _IDX_BITS)) - 1    # a huge object's page number
 _PAGE_LIMIT = (1 << 32) - 1                         # page numbers are kept in array('I')
-PAGE_SHIFT = 12
 HANDLE_BITS = _CLS_SHIFT + 8
 
 _FALLOC_KEEP_SIZE_PUNCH_HOLE = 0x01 | 0x02

@@ -27,6 +27,9 @@ def test_quick_benchmark_runs_and_reports(tmp_path):
         row = doc["jobs"][name]
         assert row["cramfs"]["iops"] > 0 and row["baseline"]["iops"] > 0
         assert row["vs_baseline"] == round(row["cramfs"]["iops"] / row["baseline"]["iops"], 2)
+        assert row["vs_baseline_range"] == [row["vs_baseline"]] * 2      # one round
+    big = doc["jobs"]["128k write"]
+    assert big["vs_lz4"] == round(big["cramfs"]["mbps"] / doc["lz4_fio_data"]["compress_mbps"], 2)
     rd = doc["real_data"]
     assert rd["ratio"] > 1 and rd["physical_used"] > 0 and rd["pool_overhead"] >= 1
     assert doc["lz4_real_data"]["compress_mbps"] > 0
