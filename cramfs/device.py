@@ -357,8 +357,7 @@ class Device:
         size = len(blob)
         if pool.used_bytes + self._extra <= self._easy_below:
             # the common case, kept short: it is paid on every page written
-            if table.get(idx):
-                self._release(table, idx)
+            self._release(table, idx)
             self._install(table, idx, pack(DEVICE, pool.put(blob), algo, huge),
                           pool.charge(size))
             self._refresh()

@@ -55,7 +55,7 @@ def test_large_batches_use_workers():
 
     def where(x: int) -> int:
         names.add(threading.current_thread().name)
-        threading.Event().wait(0.0005)
+        threading.Event().wait(0.002)   # the worker has 100+ ms to start and claim a chunk
         return x
 
     list(parallel.imap(where, list(range(64)), 1))
