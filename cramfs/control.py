@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from .config import SETTINGS
 from .device import Counters, DeviceError
 from .namespace import Inode, Namespace
-from .pool import CLASS_STEP, MIN_CLASS
+from .pool import CLASS_STEP, MIN_CLASS, ClassStats
 from .units import PAGE_SIZE, format_size, parse_int, parse_size
 
 Show = Callable[[Namespace], str]
@@ -230,7 +230,7 @@ def _store_compact(ns: Namespace, text: str) -> None:
 
 def _show_pool(ns: Namespace) -> str:
     """zsmalloc's debugfs `classes` table, one line per size class in use."""
-    stats = getattr(ns.device.pool, "class_stats", lambda: [])()
+    stats: list[ClassStats] = getattr(ns.device.pool, "class_stats", lambda: [])()
     head = (f"{'class':>5} {'size':>5} {'obj_allocated':>13} {'obj_used':>9} "
             f"{'pages_used':>10} {'pages_per_zspage':>16} {'freeable':>8}\n")
     # the class index, as zsmalloc numbers its classes (huge pages come last)

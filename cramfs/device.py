@@ -130,7 +130,7 @@ class Device:
         self.mount_physical = self.config.physical
         self.pool: Pool = pool or ArenaPool(self.config.huge_threshold)
         self.fallback: Pool = fallback_pool or ClassPool()
-        self.tier = DramTier()
+        self.tier: DramTier[tuple[PageTable, int]] = DramTier()
         self.levels = LevelTracker()
         self.events = EventLog(clock=clock)
         self.counters = Counters()
@@ -429,7 +429,7 @@ class Device:
         key = self.tier.oldest()
         if key is None:
             return False
-        table, idx = key  # type: ignore[misc]
+        table, idx = key
         if not self._store(table, idx, self._encode(self.tier.peek(key)), demoting=True):
             return False
         self.counters.demotions += 1

@@ -16,9 +16,9 @@ import os
 import select
 import stat
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import pyfuse3
 from pyfuse3 import FUSEError
@@ -28,6 +28,8 @@ from .device import DeviceError
 from .namespace import FIRST_FILE_INO, Inode, Namespace
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 ROOT_INO = pyfuse3.ROOT_INODE
 CTL_DIR_INO = 2
@@ -39,16 +41,17 @@ _READY = select.POLLIN | select.POLLRDNORM
 _NOTIFIED = select.POLLPRI | select.POLLERR
 
 
-def guarded(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+def guarded(fn: Callable[Concatenate[CramOperations, P], R],
+            ) -> Callable[Concatenate[CramOperations, P], Coroutine[Any, Any, R]]:
     """Make a handler the coroutine pyfuse3 expects, with the error policy.
 
     Handler bodies never await (the core is synchronous), so they are plain
     functions: one coroutine per request instead of two."""
 
     @functools.wraps(fn)
-    async def wrapper(self: CramOperations, *args: Any) -> Any:
+    async def wrapper(self: CramOperations, *args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return fn(self, *args)
+            return fn(self, *args, **kwargs)
         except FUSEError:
             raise
         except DeviceError as e:

@@ -20,7 +20,7 @@ as doing the work inline would.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Generic, TypeVar
 
@@ -90,7 +90,7 @@ class _Batch(Generic[T, R]):
             self.front = self.back
 
 
-def imap(fn: Callable[[T], R], items: Sequence[T], workers: int) -> Iterator[R]:
+def imap(fn: Callable[[T], R], items: Sequence[T], workers: int) -> Generator[R, None, None]:
     """fn(x) for x in items, in order, computed ahead by `workers` threads when
     the batch is large. Stopping early stops the workers at their next chunk."""
     if len(items) < MIN_BATCH or workers <= 0:

@@ -8,31 +8,34 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Hashable
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
 
 
-class DramTier:
+class DramTier(Generic[K]):
     def __init__(self) -> None:
-        self._pages: OrderedDict[Hashable, bytes] = OrderedDict()
+        self._pages: OrderedDict[K, bytes] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._pages)
 
-    def put(self, key: Hashable, data: bytes) -> None:
+    def put(self, key: K, data: bytes) -> None:
         """Insert as most recently used."""
         self._pages[key] = data
         self._pages.move_to_end(key)
 
-    def get(self, key: Hashable) -> bytes:
+    def get(self, key: K) -> bytes:
         """Return the page and mark it most recently used."""
         self._pages.move_to_end(key)
         return self._pages[key]
 
-    def peek(self, key: Hashable) -> bytes:
+    def peek(self, key: K) -> bytes:
         return self._pages[key]
 
-    def pop(self, key: Hashable) -> bytes:
+    def pop(self, key: K) -> bytes:
         return self._pages.pop(key)
 
-    def oldest(self) -> Hashable | None:
+    def oldest(self) -> K | None:
         """The least recently used key, or None when empty."""
         return next(iter(self._pages), None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+from typing import Any
 
 import pytest
 
@@ -26,8 +27,8 @@ from .helpers import check_accounting, kinds, random_page, text_page
 P = PAGE_SIZE
 
 
-def make(**kw) -> tuple[Device, PageTable]:
-    base = {"advertised": 1 << 20, "physical": 16 * P}
+def make(**kw: Any) -> tuple[Device, PageTable]:
+    base: dict[str, Any] = {"advertised": 1 << 20, "physical": 16 * P}
     base.update(kw)
     dev = Device(DeviceConfig(**base))
     return dev, dev.table("f")

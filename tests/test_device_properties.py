@@ -9,6 +9,7 @@ are checked after every step.
 from __future__ import annotations
 
 import errno
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -50,7 +51,7 @@ op = st.one_of(
     ])),
 )
 
-configs = st.builds(
+configs: st.SearchStrategy[dict[str, Any]] = st.builds(
     dict,
     physical=st.sampled_from([8 * P, 16 * P, 64 * P]),
     write_control=st.booleans(),
