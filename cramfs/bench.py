@@ -1,6 +1,6 @@
 """The benchmark: cramfs side by side with a do-nothing pyfuse3 filesystem and zram.
 
-    scripts/bench                 # full run, about 6 minutes; table on stdout, JSON file
+    scripts/bench                 # full run, about 7 minutes; table on stdout, JSON file
     scripts/bench --quick         # a few seconds: proves the benchmark works, no thresholds
 
 Every figure is a ratio measured in the same invocation on the same data: the
