@@ -33,6 +33,8 @@ def test_quick_benchmark_runs_and_reports(tmp_path):
     rd = doc["real_data"]
     assert rd["ratio"] > 1 and rd["physical_used"] > 0 and rd["pool_overhead"] >= 1
     assert doc["lz4_real_data"]["compress_mbps"] > 0
+    wc = doc["write_cost"]
+    assert wc["write_us"] > wc["lz4_us"] > 0
     assert doc["metadata"]["pages"] >= 1 << 15
     assert doc["metadata"]["counted_bytes_per_page"] <= 16
     assert "| 4k randwrite QD1 |" in r.stdout
