@@ -48,7 +48,8 @@ class _Batch(Generic[T, R]):
         self.fn = fn
         self.items = items
         self.chunks = -(-len(items) // CHUNK)
-        self.results: list[list[R] | None] = [None] * self.chunks
+        # a chunk's results, or the exception computing it raised, for the caller to raise
+        self.results: list[list[R] | BaseException | None] = [None] * self.chunks
         self.front = 0
         self.back = self.chunks
         self.lock = threading.Lock()
@@ -65,7 +66,11 @@ class _Batch(Generic[T, R]):
                     return
                 i = self.front
                 self.front += 1
-            out = self.compute(i)
+            out: list[R] | BaseException
+            try:
+                out = self.compute(i)
+            except BaseException as e:   # a bug: the request fails, the caller must not hang
+                out = e
             with self.lock:
                 self.results[i] = out
                 self.done.notify()
@@ -83,6 +88,8 @@ class _Batch(Generic[T, R]):
         with self.lock:
             while (out := self.results[i]) is None:
                 self.done.wait()
+        if isinstance(out, BaseException):
+            raise out
         return out
 
     def stop(self) -> None:

@@ -60,3 +60,27 @@ def test_large_batches_use_workers():
 
     list(parallel.imap(where, list(range(64)), 1))
     assert any(n.startswith("cramfs-codec") for n in names)
+
+
+def test_an_exception_in_a_worker_reaches_the_caller():
+    """A bug in the per-page function fails the request; it must not hang the daemon."""
+
+    def boom(x: int) -> int:
+        threading.Event().wait(0.001)
+        if x == 3:       # in the first chunk, which the worker computes
+            raise ValueError("bug")
+        return x
+
+    outcome: list[BaseException | list[int]] = []
+
+    def run() -> None:
+        try:
+            outcome.append(list(parallel.imap(boom, list(range(64)), 1)))
+        except BaseException as e:
+            outcome.append(e)
+
+    caller = threading.Thread(target=run)
+    caller.start()
+    caller.join(timeout=30)
+    assert not caller.is_alive(), "the caller hung waiting for a chunk that failed"
+    assert isinstance(outcome[0], ValueError)
