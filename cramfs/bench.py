@@ -30,6 +30,7 @@ from typing import Any
 
 import lz4.block
 
+from .child import Daemon
 from .units import PAGE_SIZE, format_size
 
 ZRAM = Path("/sys/block/zram0")
@@ -91,21 +92,19 @@ def fio(filename: str, job: Job, size: int, runtime: float) -> dict[str, float]:
 
 
 class Mounted:
-    """A filesystem daemon on a temp dir, reaped and unmounted on exit."""
+    """A filesystem daemon on a temp dir, reaped and unmounted on close."""
 
     def __init__(self, name: str, argv: list[str]) -> None:
         self.name = name
         self.dir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
-        self.proc = subprocess.Popen([*argv, str(self.dir)], stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 30
-        while not os.path.ismount(self.dir):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.close()
-                raise RuntimeError(f"{name} did not mount")
-            time.sleep(0.05)
+        try:
+            self.daemon = Daemon(argv, self.dir)
+        except RuntimeError:
+            self.dir.rmdir()
+            raise
 
     def _status_kib(self, key: str) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+        for line in Path(f"/proc/{self.daemon.proc.pid}/status").read_text().splitlines():
             if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
         return 0
@@ -124,14 +123,7 @@ class Mounted:
         return json.loads(path.read_text()) if path.exists() else {}
 
     def close(self) -> None:
-        if os.path.ismount(self.dir):
-            subprocess.run(["fusermount3", "-u", str(self.dir)], capture_output=True)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            subprocess.run(["fusermount3", "-u", "-z", str(self.dir)], capture_output=True)
-            self.proc.kill()
-            self.proc.wait()
+        self.daemon.close()
         with suppress(OSError):
             self.dir.rmdir()
 
@@ -329,10 +321,11 @@ def run(quick: bool, out: Path, only: list[str] | None = None) -> dict[str, Any]
                                "rounds": rounds,
                                "cramfs_options": "advertised=64G,physical=16G,dram=0",
                                "jobs": {}, "real_data": {}}
-    mounts = []
+    mounts: list[Mounted] = []
     try:
-        mounts = [Mounted("baseline", [py, "-m", "cramfs.nullfs"]),
-                  Mounted("cramfs", [cramfs, *cram_opts])]
+        # one at a time, so a failure to mount the second still closes the first
+        mounts.append(Mounted("baseline", [py, "-m", "cramfs.nullfs"]))
+        mounts.append(Mounted("cramfs", [cramfs, *cram_opts]))
         with zram_device(4 * size) as zram:
             for job in jobs:
                 # Alternate the two in short rounds and keep medians: the machine's own

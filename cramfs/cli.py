@@ -12,7 +12,7 @@ import dataclasses
 import os
 import shutil
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from .config import SETTINGS, DeviceConfig
@@ -42,7 +42,6 @@ class MountRequest:
     foreground: bool = False
     log: str | None = None
     read_only: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def fuse_options(self) -> set[str]:
         opts = {"default_permissions", "subtype=cramfs", f"fsname={self.fsname}"}
@@ -139,13 +138,13 @@ def check_host(req: MountRequest) -> None:
         raise UsageError("fusermount3 not found in PATH (install the fuse3 package)")
     mp = req.mountpoint
     try:
-        st = os.stat(mp)
+        os.stat(mp)
     except FileNotFoundError:
         raise UsageError(f"mountpoint {mp} does not exist") from None
     except OSError as e:
         raise UsageError(f"cannot use mountpoint {mp}: {e.strerror} (a dead mount? "
                          f"try fusermount3 -u {mp})") from None
-    if not os.path.isdir(mp) or st is None:
+    if not os.path.isdir(mp):
         raise UsageError(f"mountpoint {mp} is not a directory")
     if os.path.ismount(mp):
         raise UsageError(f"mountpoint {mp} is already in use")

@@ -39,18 +39,14 @@ def _choice(*choices: str) -> Callable[[str], str]:
     return parse
 
 
-def _huge_threshold(text: str) -> int:
-    value = parse_int(text)
-    if not 1 <= value <= PAGE_SIZE:
-        raise ValueError(f"huge_threshold must be 1-{PAGE_SIZE} bytes, got {value}")
-    return value
+def _int_in(name: str, low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = parse_int(text)
+        if not low <= value <= high:
+            raise ValueError(f"{name} must be {low}-{high}, got {value}")
+        return value
 
-
-def _comp_threads(text: str) -> int:
-    value = parse_int(text)
-    if not 0 <= value <= MAX_WORKERS:
-        raise ValueError(f"comp_threads must be 0-{MAX_WORKERS}, got {value}")
-    return value
+    return parse
 
 
 @dataclass(frozen=True)
@@ -70,7 +66,7 @@ SETTINGS: dict[str, Setting] = {
         Setting("advertised", parse_size, str, "static capacity the device claims", False),
         Setting("physical", parse_size, str, "real capacity (change live via inject)", False),
         Setting("compressor", _choice(*COMPRESSORS), str, "lz4, zstd or none"),
-        Setting("huge_threshold", _huge_threshold, str,
+        Setting("huge_threshold", _int_in("huge_threshold", 1, PAGE_SIZE), str,
                 "compressed pages at least this big are stored uncompressed", False),
         Setting("warn_at", parse_percent, format_percent, "fill that raises 'warn'"),
         Setting("critical_at", parse_percent, format_percent, "fill that raises 'critical'"),
@@ -83,7 +79,7 @@ SETTINGS: dict[str, Setting] = {
                 "with write control off, what a full device does: refuse, poison or drop"),
         Setting("mode", _choice(*MODES), str, "zswap (every access faults) or direct"),
         Setting("dram", parse_size, str, "budget of the host-DRAM tier of promoted pages"),
-        Setting("comp_threads", _comp_threads, str,
+        Setting("comp_threads", _int_in("comp_threads", 0, MAX_WORKERS), str,
                 "worker threads (de)compressing large requests; 0 keeps them inline"),
     )
 }

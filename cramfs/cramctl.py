@@ -191,8 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     except CtlError as e:
         print(f"cramctl: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:       # `cramctl | head`: before OSError, which it is one of
+        os._exit(0)
     except OSError as e:
         print(f"cramctl: {e.filename or ''}: {e.strerror}", file=sys.stderr)
         return 1
-    except BrokenPipeError:
-        os._exit(0)

@@ -38,7 +38,7 @@ def harden() -> None:
     """
     libc = ctypes.CDLL(None, use_errno=True)
     # ONFAULT: lock pages as they are touched, so reserved but unused address space
-    # (the pool's sparse windows, thread stacks) does not become resident.
+    # (the pool's sparse mapping, thread stacks) does not become resident.
     if (libc.mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) != 0
             and libc.mlockall(MCL_CURRENT | MCL_FUTURE) != 0):
         log.warning("mlockall failed: %s", os.strerror(ctypes.get_errno()))

@@ -355,16 +355,28 @@ class Device:
 
         pool = self.pool
         size = len(blob)
-        if pool.used_bytes + self._extra <= self._easy_below:
-            # the common case, kept short: it is paid on every page written
-            self._release(table, idx)
-            self._install(table, idx, pack(DEVICE, pool.put(blob), algo, huge),
-                          pool.charge(size))
-            self._refresh()
-            return True
-
-        c = self.config
         extra = 0 if self.inflate == 1 else int(pool.charge(size) * (self.inflate - 1))
+        # Far from full, not refusing and with no injected cost there is nothing to
+        # ask: that common case, paid on every page written, skips the screening.
+        if pool.used_bytes + self._extra > self._easy_below:
+            outcome = self._screen(table, idx, blob, algo, huge, extra, demoting)
+            if outcome is not None:
+                return outcome
+        self._release(table, idx)
+        self._install(table, idx, pack(DEVICE, pool.put(blob), algo, huge), pool.charge(size),
+                      extra)
+        self._refresh()
+        return True
+
+    def _screen(self, table: PageTable, idx: int, blob: bytes, algo: int, huge: bool,
+                extra: int, demoting: bool) -> bool | None:
+        """Write control and overflow for a compressed page near capacity.
+
+        None: the page goes onto the device. Otherwise the page went elsewhere
+        (fallback, poison, drop) and this is what `_store` returns."""
+        c = self.config
+        pool = self.pool
+        size = len(blob)
         old = table.get(idx)
         used = pool.used_bytes + self._extra + extra
         if used + _MAX_GROWTH <= c.physical:
@@ -403,13 +415,7 @@ class Device:
                                 "dropped", ratelimit=True)
             self._refresh()
             return True
-
-        if old:
-            self._release(table, idx)
-        self._install(table, idx, pack(DEVICE, pool.put(blob), algo, huge), pool.charge(size),
-                      extra)
-        self._refresh()
-        return True
+        return None
 
     def _refuse(self, table: PageTable, idx: int, why: str, demoting: bool) -> bool:
         if demoting:

@@ -28,13 +28,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .cgroup import CgroupUnavailable, MemoryCgroup
+from .child import Daemon
+from .levels import LEVELS
 from .swap import active_swaps, run, swap_down, swap_up, top_priority
 from .units import format_size, parse_size
 from .workload import EXIT_MISMATCH
 
 FIELDS = ("target", "time", "physical_used", "logical_stored", "ratio", "danger", "promotions",
           "demotions", "refusals", "fallback_pages", "pswpin", "pswpout", "rss")
-LEVELS = ("ok", "warn", "critical", "full")
 ZRAM = Path("/sys/block/zram0")
 
 
@@ -66,7 +67,7 @@ class CramTarget:
         self.options = options
         self.mount = mount
         self.swap_size = swap_size
-        self._daemon: subprocess.Popen[bytes] | None = None
+        self._daemon: Daemon | None = None
         self._tmp: str | None = None
 
     def setup(self) -> None:
@@ -76,14 +77,7 @@ class CramTarget:
             cramfs = Path(sys.executable).parent / "cramfs"
             opts = [a for o in self.options for a in ("-o", o)]
             say(f"mounting cramfs at {self.mount} {' '.join(opts)}")
-            self._daemon = subprocess.Popen([str(cramfs), "--foreground", *opts,
-                                             str(self.mount)], stderr=subprocess.PIPE)
-            deadline = time.monotonic() + 30
-            while not (self.mount / ".cram").is_dir():
-                if self._daemon.poll() is not None or time.monotonic() > deadline:
-                    err = self._daemon.stderr.read().decode() if self._daemon.stderr else ""
-                    raise RuntimeError(f"cramfs did not mount: {err.strip()}")
-                time.sleep(0.05)
+            self._daemon = Daemon([str(cramfs), "--foreground", *opts], self.mount)
         swap_up(self.mount, self.swap_size, echo=lambda line: say(f"+ {line}"))
 
     def sample(self) -> dict[str, Any]:
@@ -99,15 +93,7 @@ class CramTarget:
         if self.mount is not None and (self.mount / ".cram").is_dir():
             swap_down(self.mount, echo=lambda line: say(f"+ {line}"))
         if self._daemon is not None:
-            assert self.mount is not None
-            subprocess.run(["fusermount3", "-u", str(self.mount)], capture_output=True)
-            try:
-                self._daemon.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                subprocess.run(["fusermount3", "-u", "-z", str(self.mount)],
-                               capture_output=True)
-                self._daemon.kill()
-                self._daemon.wait()
+            self._daemon.close()
             self._daemon = None
         if self._tmp is not None:
             with suppress(OSError):

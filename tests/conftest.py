@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from cramfs.child import Daemon, is_mounted, unmount
+
+__all__ = ["CRAMFS", "Mount", "is_mounted", "mount_unavailable", "start_mount", "unmount"]
 
 CRAMFS = str(Path(sys.executable).parent / "cramfs")
 
@@ -30,25 +32,14 @@ def mount_unavailable() -> str | None:
     return None
 
 
-def is_mounted(path: Path) -> bool:
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == str(path) for line in f)
-
-
-def unmount(path: Path) -> None:
-    if is_mounted(path):
-        r = subprocess.run(["fusermount3", "-u", str(path)], capture_output=True)
-        if r.returncode != 0:
-            subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True)
-
-
 class Mount:
     """A live cramfs mount and the daemon behind it."""
 
-    def __init__(self, path: Path, proc: subprocess.Popen[bytes], log: Path) -> None:
+    def __init__(self, path: Path, *args: str) -> None:
         self.path = path
-        self.proc = proc
-        self.log = log
+        self.log = path.with_suffix(".log")
+        self.daemon = Daemon([CRAMFS, "--foreground", "--log", str(self.log), *args], path)
+        self.proc = self.daemon.proc
 
     def ctl(self, name: str) -> str:
         return (self.path / ".cram" / name).read_text()
@@ -61,30 +52,12 @@ class Mount:
         return {k: float(v) for k, v in (line.split() for line in self.ctl("stat").splitlines())}
 
     def close(self) -> None:
-        unmount(self.path)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        self.daemon.close(timeout=15)
 
 
 def start_mount(path: Path, *args: str) -> Mount:
     path.mkdir(exist_ok=True)
-    log = path.with_suffix(".log")
-    proc = subprocess.Popen([CRAMFS, "--foreground", "--log", str(log), *args, str(path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 30
-    while not is_mounted(path):
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            raise RuntimeError(f"cramfs exited with {proc.returncode}: {err}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            raise RuntimeError("cramfs did not mount within 30 s")
-        time.sleep(0.02)
-    return Mount(path, proc, log)
+    return Mount(path, *args)
 
 
 @pytest.fixture
