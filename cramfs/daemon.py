@@ -69,7 +69,8 @@ def _setup_logging(req: MountRequest) -> None:
     root.setLevel(logging.DEBUG if req.debug else logging.INFO)
 
 
-async def _serve() -> None:
+async def serve_until_unmounted() -> None:
+    """pyfuse3's main loop, ended cleanly by SIGTERM or SIGINT as well as by umount."""
     async with trio.open_nursery() as nursery:
         async def on_signal() -> None:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -106,7 +107,7 @@ def serve(req: MountRequest, ready_fd: int | None) -> int:
         os.close(ready_fd)
         _detach_stdio()
     try:
-        trio.run(_serve)
+        trio.run(serve_until_unmounted)
     except BaseException:
         log.exception("main loop failed")
         pyfuse3.close(unmount=True)

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 import stat
 import sys
 from typing import Any
 
 import pyfuse3
 import trio
+
+from .daemon import serve_until_unmounted
 
 ROOT = pyfuse3.ROOT_INODE
 
@@ -75,7 +76,9 @@ class NullFS(pyfuse3.Operations):
         return self._attr(inode)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        return bytes(self.data[fh][off:off + size])
+        # one copy, as any filesystem must make; slicing the bytearray first would make two
+        with memoryview(self.data[fh]) as view:
+            return bytes(view[off:off + size])
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         data = self.data[fh]
@@ -116,18 +119,6 @@ class NullFS(pyfuse3.Operations):
         return s
 
 
-async def _serve() -> None:
-    async with trio.open_nursery() as nursery:
-        async def on_signal() -> None:
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for _ in signals:
-                    pyfuse3.terminate()
-
-        nursery.start_soon(on_signal)
-        await pyfuse3.main()
-        nursery.cancel_scope.cancel()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or not os.path.isdir(args[0]):
@@ -136,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     pyfuse3.init(NullFS(), args[0], {"default_permissions", "fsname=nullfs",
                                      "subtype=nullfs"})
     try:
-        trio.run(_serve)
+        trio.run(serve_until_unmounted)
     finally:
         pyfuse3.close(unmount=True)
     return 0
