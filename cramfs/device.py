@@ -318,7 +318,7 @@ class Device:
         self._refresh()
 
     def _write_page(self, table: PageTable, idx: int, page: bytes,
-                    enc: Encoded | None = None) -> None:
+                    enc: Encoded | None = None, force: bool = False) -> None:
         if self._direct_dram and (enc[0] is None if enc else same_word(page) is None):
             # A write fault on a read-only mapped page: it moves to DRAM, and its
             # compressed copy is freed.
@@ -332,14 +332,16 @@ class Device:
                 self.counters.faults += 1
                 self.counters.promotions += 1
             return
-        self._store(table, idx, enc or self._encode(page), demoting=False)
+        self._store(table, idx, enc or self._encode(page), demoting=False, force=force)
 
-    def _store(self, table: PageTable, idx: int, enc: Encoded, demoting: bool) -> bool:
+    def _store(self, table: PageTable, idx: int, enc: Encoded, demoting: bool,
+               force: bool = False) -> bool:
         """Move a page onto the device: the "ask the driver if it's safe" path.
 
         Returns False only when `demoting` and the page must stay where it is;
         a refused user write raises ENOSPC instead. Either way the old copy is
-        untouched unless the page was placed somewhere.
+        untouched unless the page was placed somewhere. `force` skips the
+        question: only for a page the device already holds, rewritten smaller.
         """
         word, blob, algo, huge = enc
         if word is not None:
@@ -358,7 +360,7 @@ class Device:
         extra = 0 if self.inflate == 1 else int(pool.charge(size) * (self.inflate - 1))
         # Far from full, not refusing and with no injected cost there is nothing to
         # ask: that common case, paid on every page written, skips the screening.
-        if pool.used_bytes + self._extra > self._easy_below:
+        if pool.used_bytes + self._extra > self._easy_below and not force:
             outcome = self._screen(table, idx, blob, algo, huge, extra, demoting)
             if outcome is not None:
                 return outcome
@@ -517,7 +519,13 @@ class Device:
         return len(targets)
 
     def truncate(self, table: PageTable, size: int) -> None:
-        """Drop slots past `size` and zero the tail of a partial last page."""
+        """Drop slots past `size` and zero the tail of a partial last page.
+
+        Never refused: a refusal half-way would have dropped the later pages of
+        a file whose size the caller then leaves as it was. The partial page is
+        rewritten after the later pages are freed and without write control's
+        question, as it replaces a page the device already holds; its new
+        form has fewer non-zero bytes, so it costs at most one more zspage."""
         for idx in table.indices_in(-(-size // PAGE_SIZE), 1 << 62):
             self._release(table, idx)
         tail = size % PAGE_SIZE
@@ -526,7 +534,8 @@ class Device:
         if word and word & KIND_MASK != POISONED:
             page = self._peek(table, last)
             if any(page[tail:]):
-                self._write_page(table, last, page[:tail] + bytes(PAGE_SIZE - tail))
+                self._write_page(table, last, page[:tail] + bytes(PAGE_SIZE - tail),
+                                 force=True)
         self._refresh()
 
     def drop(self, table: PageTable) -> None:

@@ -293,6 +293,19 @@ def test_truncate_drops_tail_pages_and_zeroes_partial_page():
     assert dev.read(t, P, P) == text_page(1)[:10] + bytes(P - 10)
 
 
+def test_truncate_of_a_full_device_is_never_refused():
+    """Found by hypothesis: a device at critical refused the rewrite of the partial
+    last page after the later pages were already freed, and the file kept its old
+    size over zeros where data had been."""
+    dev, t = make(physical=8 * P, dram=0, fallback="none")
+    n = dev.write(t, 0, b"".join(random_page(i) for i in range(8)))
+    assert n > P and dev.refusing
+    dev.truncate(t, 1)
+    assert dev.read(t, 0, P) == random_page(0)[:1] + bytes(P - 1)
+    assert sorted(kinds(t)) == [0]
+    check_accounting(dev, [t])
+
+
 def test_compressor_switch_keeps_old_pages_readable():
     dev, t = make(dram=0)
     dev.write(t, 0, text_page(1))
