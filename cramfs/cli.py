@@ -8,7 +8,6 @@ daemon.py.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import shutil
 import sys
@@ -116,7 +115,7 @@ def parse(argv: list[str]) -> MountRequest:
                 parsed[name] = SETTINGS[name].parse(values[name])
             except ValueError as e:
                 raise UsageError(f"{name}: {e}") from None
-    config = dataclasses.replace(DeviceConfig(), **parsed)
+    config = DeviceConfig(**parsed)
     try:
         config.check()
     except ValueError as e:

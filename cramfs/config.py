@@ -16,6 +16,7 @@ from .compressors import COMPRESSORS
 from .parallel import MAX_WORKERS
 from .units import (
     PAGE_SIZE,
+    shown,
     format_onoff,
     format_percent,
     parse_int,
@@ -24,6 +25,7 @@ from .units import (
     parse_size,
 )
 
+DEFAULT_DRAM = 64 << 20
 MODES = ("zswap", "direct")
 FALLBACKS = ("host", "none")
 OVERFLOWS = ("refuse", "poison", "drop")
@@ -31,9 +33,9 @@ OVERFLOWS = ("refuse", "poison", "drop")
 
 def _choice(*choices: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
-        s = text.strip()
+        s = text.strip(" \t\n")
         if s not in choices:
-            raise ValueError(f"expected one of {', '.join(choices)}, got {s!r}")
+            raise ValueError(f"expected one of {', '.join(choices)}, got {shown(s)}")
         return s
 
     return parse
@@ -79,6 +81,9 @@ SETTINGS: dict[str, Setting] = {
                 "with write control off, what a full device does: refuse, poison or drop"),
         Setting("mode", _choice(*MODES), str, "zswap (every access faults) or direct"),
         Setting("dram", parse_size, str, "budget of the host-DRAM tier of promoted pages"),
+        Setting("fallback_limit", parse_size, str,
+                "most host memory refused pages may take (default: physical); past it "
+                "a refused page gets ENOSPC"),
         Setting("comp_threads", _int_in("comp_threads", 0, MAX_WORKERS), str,
                 "worker threads (de)compressing large requests; 0 keeps them inline"),
     )
@@ -100,8 +105,16 @@ class DeviceConfig:
     fallback: str = "host"
     overflow: str = "refuse"
     mode: str = "zswap"
-    dram: int = 64 << 20
+    dram: int = -1                    # -1: 64 MiB, or advertised if smaller
+    fallback_limit: int = -1          # -1: as large as physical
     comp_threads: int = 0
+
+    def __post_init__(self) -> None:
+        # defaults that depend on other settings, resolved once, at construction
+        if self.dram < 0:
+            self.dram = min(DEFAULT_DRAM, self.advertised)
+        if self.fallback_limit < 0:
+            self.fallback_limit = self.physical
 
     def check(self) -> None:
         """Raise ValueError if the settings contradict each other."""
@@ -117,6 +130,10 @@ class DeviceConfig:
             raise ValueError("need 0% < warn_at < critical_at < 100%")
         if not 0 <= self.hysteresis < self.warn_at:
             raise ValueError("need 0% <= hysteresis < warn_at")
+        for name in ("dram", "fallback_limit"):
+            if getattr(self, name) > self.advertised:
+                raise ValueError(f"{name} ({getattr(self, name)}) must not exceed advertised "
+                                 f"({self.advertised})")
 
     def with_value(self, name: str, text: str) -> DeviceConfig:
         """A checked copy with one setting parsed from text; self is left untouched."""

@@ -18,7 +18,7 @@ from .config import SETTINGS
 from .device import Counters, DeviceError
 from .namespace import Inode, Namespace
 from .pool import CLASS_STEP, MIN_CLASS, ClassStats
-from .units import PAGE_SIZE, format_size, parse_int, parse_size
+from .units import PAGE_SIZE, format_size, parse_decimal, parse_int, parse_size, shown
 
 Show = Callable[[Namespace], str]
 Store = Callable[[Namespace, str], None]
@@ -153,7 +153,20 @@ def _knob(name: str) -> Attribute:
 def _expect(ns: Namespace, name: str, text: str, value: str, what: str) -> None:
     """Triggers accept one exact value, as zram's reset and compact do."""
     if text.strip() != value:
-        ns.device.reject(name, f"write {value} to {what}, got {text.strip()!r}")
+        ns.device.reject(name, f"write {value} to {what}, got {shown(text)}")
+
+
+def store(ns: Namespace, attr: Attribute, data: bytes) -> None:
+    """One write() to a control file: one value, taken whole or not at all, as sysfs
+    takes a store. Input over a page is refused before anything parses it."""
+    assert attr.store is not None
+    if len(data) > PAGE_SIZE:
+        ns.device.reject(attr.name, f"input of {len(data)} bytes; at most {PAGE_SIZE}")
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        ns.device.reject(attr.name, "input is not UTF-8 text")
+    attr.store(ns, text)
 
 
 def _store_reset(ns: Namespace, text: str) -> None:
@@ -171,15 +184,23 @@ def _store_mem_used_max(ns: Namespace, text: str) -> None:
 
 
 def _store_discard(ns: Namespace, text: str) -> None:
-    parts = text.strip().rsplit(maxsplit=2)
-    if len(parts) != 3:
+    """`FILE OFFSET LENGTH`, one per line: every line is checked before any applies."""
+    todo = []
+    for line in filter(str.strip, text.splitlines()):
+        parts = line.strip().rsplit(maxsplit=2)
+        if len(parts) != 3:
+            ns.device.reject("discard", f"expected FILE OFFSET LENGTH, got {shown(line)}")
+        name, off, length = parts
+        try:
+            todo.append((name, ns.lookup(name), parse_size(off), parse_size(length)))
+        except (ValueError, DeviceError) as e:
+            ns.device.reject("discard", str(e))
+    if not todo:
         ns.device.reject("discard", "expected FILE OFFSET LENGTH")
-    name, off, length = parts
-    try:
-        released = ns.discard(name, parse_size(off), parse_size(length))
-    except (ValueError, DeviceError) as e:
-        ns.device.reject("discard", str(e))
-    ns.device.events.add("discard", f"{name} {off} {length}: {released} pages released")
+    for name, inode, off, length in todo:
+        released = ns.discard(inode, off, length)
+        ns.device.events.add("discard", f"{shown(name, 64)} {off} {length}: {released} pages "
+                             "released")
 
 
 def _store_demote(ns: Namespace, text: str) -> None:
@@ -188,39 +209,42 @@ def _store_demote(ns: Namespace, text: str) -> None:
         count = None if arg == "all" else parse_int(arg)
     except ValueError as e:
         ns.device.reject("demote", f"{e}; expected a page count or 'all'")
-    if count is not None and count < 0:
-        ns.device.reject("demote", "page count must not be negative")
     done = ns.device.demote(count)
     ns.device.events.add("demote", f"{arg}: {done} pages demoted")
 
 
-def _inject_one(ns: Namespace, line: str) -> None:
+def _parse_inject(ns: Namespace, line: str) -> Callable[[], None]:
+    """Check one inject command fully and return the action that applies it."""
     dev = ns.device
-    words = line.split()
-    cmd, args = (words[0], words[1:]) if words else ("", [])
+    cmd, _, rest = line.strip().partition(" ")
+    args = rest.split()
     try:
         if cmd == "ratio" and len(args) == 1:
-            dev.inject_ratio(float(args[0]))
-        elif cmd == "physical" and len(args) == 1:
-            dev.inject_physical(parse_size(args[0]))
-        elif cmd == "poison" and len(args) == 2:
-            dev.inject_poison(ns.lookup(args[0]).table, parse_int(args[1]))
-        elif cmd == "clear" and not args:
-            dev.clear_faults()
-        elif cmd == "bug" and not args:
-            # Exercises the daemon's own error path: this request fails with EIO,
-            # the traceback is logged, and the mount keeps serving.
-            dev.events.add("inject", "bug: raising an internal error")
-            raise RuntimeError("injected daemon bug")
-        else:
-            dev.reject("inject", f"unknown command {line.strip()!r}; expected 'ratio F', "
-                       "'physical SIZE', 'poison FILE PAGE' or 'clear'")
-    except ValueError as e:
+            factor = parse_decimal(args[0])
+            if not 1 <= factor <= 64:
+                raise ValueError(f"ratio must be 1-64, got {args[0]}")
+            return lambda: dev.inject_ratio(factor)
+        if cmd == "physical" and len(args) == 1:
+            size = parse_size(args[0])
+            dev.config.with_value("physical", str(size))      # raises if it cannot apply
+            return lambda: dev.inject_physical(size)
+        if cmd == "poison" and len(args) >= 2:
+            name, page = rest.strip().rsplit(maxsplit=1)      # the name may hold spaces
+            table, idx = ns.lookup(name).table, parse_int(page)
+            if not table.get(idx):
+                raise ValueError(f"page {idx} of {shown(name, 64)} holds no data")
+            return lambda: dev.inject_poison(table, idx)
+        if cmd == "clear" and not args:
+            return dev.clear_faults
+    except (ValueError, DeviceError) as e:
         dev.reject("inject", str(e))
-    except DeviceError as e:
-        if e.errno != errno.EINVAL:
-            dev.reject("inject", str(e))
-        raise
+    if cmd == "bug" and not args:
+        # Exercises the daemon's own error path: this request fails with EIO,
+        # the traceback is logged, and the mount keeps serving.
+        dev.events.add("inject", "bug: raising an internal error")
+        raise RuntimeError("injected daemon bug")
+    dev.reject("inject", f"unknown command {shown(line)}; expected 'ratio F', "
+               "'physical SIZE', 'poison FILE PAGE' or 'clear'")
 
 
 def _store_compact(ns: Namespace, text: str) -> None:
@@ -244,9 +268,12 @@ def _show_pool(ns: Namespace) -> str:
 
 
 def _store_inject(ns: Namespace, text: str) -> None:
-    for line in text.splitlines():
-        if line.strip():
-            _inject_one(ns, line)
+    """One command per line; all of them are checked before any is applied."""
+    actions = [_parse_inject(ns, line) for line in text.splitlines() if line.strip()]
+    if not actions:
+        ns.device.reject("inject", "no command given")
+    for act in actions:
+        act()
 
 
 def _show_inject(ns: Namespace) -> str:

@@ -47,7 +47,7 @@ from .pagetable import (
 )
 from .pool import MAX_ZSPAGE_PAGES, ArenaPool, ClassPool, Pool, rebase
 from .tier import DramTier
-from .units import PAGE_SIZE, format_size
+from .units import PAGE_SIZE, format_size, shown
 
 ZERO_PAGE = bytes(PAGE_SIZE)
 ZERO_WORD = bytes(8)
@@ -90,9 +90,16 @@ class Counters:
     invalid_io: int = 0
     huge_pages_since: int = 0
     pages_compacted: int = 0
+    fallback_limit_hit: int = 0      # refused pages that host memory had no room for
+    promotions_skipped: int = 0      # faults served in place: the DRAM tier could not demote
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _page(table: PageTable, idx: int) -> str:
+    """A page as event lines name it: the file name quoted, so it cannot forge a line."""
+    return f"{shown(table.name, 64)} page {idx}"
 
 
 def same_word(page: bytes) -> bytes | None:
@@ -289,9 +296,9 @@ class Device:
 
     def _poisoned_read(self, table: PageTable, idx: int) -> NoReturn:
         self.counters.failed_reads += 1
-        self.events.add("poison_read", f"{table.name} page {idx}: machine check, EIO",
+        self.events.add("poison_read", f"{_page(table, idx)}: machine check, EIO",
                         ratelimit=True)
-        raise DeviceError(errno.EIO, f"page {idx} of {table.name} is poisoned")
+        raise DeviceError(errno.EIO, f"{_page(table, idx)} is poisoned")
 
     def _read_page(self, table: PageTable, idx: int, data: bytes | None = None) -> bytes:
         """Serve one page; `data` is its decompressed content if already known."""
@@ -306,15 +313,28 @@ class Device:
             # copy is released (zswap loads are exclusive).
             self.counters.faults += 1
             if self.config.dram >= PAGE_SIZE:
-                self._release(table, idx)
-                self._to_dram(table, idx, data)
-                self.counters.promotions += 1
+                if self._tier_room():
+                    self._release(table, idx)
+                    self._to_dram(table, idx, data)
+                    self.counters.promotions += 1
+                else:
+                    self.counters.promotions_skipped += 1
         return data
+
+    def _tier_room(self) -> bool:
+        """Make room for one more promoted page by demoting the coldest.
+
+        False when demotion is refused: the tier then stops promoting rather
+        than grow past its budget."""
+        budget = self.config.dram // PAGE_SIZE
+        while len(self.tier) >= budget:
+            if not self._demote_one():
+                return False
+        return True
 
     def _to_dram(self, table: PageTable, idx: int, data: bytes) -> None:
         self.tier.put((table, idx), data)
         self._install(table, idx, PROMOTED)
-        self._enforce_budget()
         self._refresh()
 
     def _write_page(self, table: PageTable, idx: int, page: bytes,
@@ -326,12 +346,15 @@ class Device:
             if kind == PROMOTED:
                 self.tier.put((table, idx), page)
                 return
-            self._release(table, idx)
-            self._to_dram(table, idx, page)
-            if kind in (DEVICE, FALLBACK):
-                self.counters.faults += 1
-                self.counters.promotions += 1
-            return
+            if self._tier_room():
+                self._release(table, idx)
+                self._to_dram(table, idx, page)
+                if kind in (DEVICE, FALLBACK):
+                    self.counters.faults += 1
+                    self.counters.promotions += 1
+                return
+            # the tier is full and cannot demote: the write goes to the device
+            self.counters.promotions_skipped += 1
         self._store(table, idx, enc or self._encode(page), demoting=False, force=force)
 
     def _store(self, table: PageTable, idx: int, enc: Encoded, demoting: bool,
@@ -392,8 +415,12 @@ class Device:
         if c.write_control and (self.levels.level >= CRITICAL or not fits):
             self.counters.reject_write_control += 1
             why = f"level {self.danger}" if fits else "no physical room"
-            if c.fallback == "host":
-                self.events.add("refused", f"{table.name} page {idx}: {why}, kept in host "
+            if c.fallback == "host" and (
+                    self.fallback.used_bytes + self.fallback.charge(size) > c.fallback_limit):
+                self.counters.fallback_limit_hit += 1
+                why += ", host memory for fallback is full"
+            elif c.fallback == "host":
+                self.events.add("refused", f"{_page(table, idx)}: {why}, kept in host "
                                 "memory (fallback)", ratelimit=True)
                 self._release(table, idx)
                 self._install(table, idx, pack(FALLBACK, self.fallback.put(blob), algo, huge))
@@ -408,12 +435,12 @@ class Device:
             self._release(table, idx)
             if c.overflow == "poison":
                 self.counters.poisoned_pages += 1
-                self.events.add("poisoned", f"{table.name} page {idx}: device full, page "
+                self.events.add("poisoned", f"{_page(table, idx)}: device full, page "
                                 "poisoned", ratelimit=True)
                 self._install(table, idx, POISONED)
             else:
                 self.counters.dropped_writes += 1
-                self.events.add("dropped", f"{table.name} page {idx}: device full, write "
+                self.events.add("dropped", f"{_page(table, idx)}: device full, write "
                                 "dropped", ratelimit=True)
             self._refresh()
             return True
@@ -421,12 +448,12 @@ class Device:
 
     def _refuse(self, table: PageTable, idx: int, why: str, demoting: bool) -> bool:
         if demoting:
-            self.events.add("demote_failed", f"{table.name} page {idx}: {why}, stays in DRAM",
+            self.events.add("demote_failed", f"{_page(table, idx)}: {why}, stays in DRAM",
                             ratelimit=True)
             return False
         self.counters.failed_writes += 1
-        self.events.add("refused", f"{table.name} page {idx}: {why}, ENOSPC", ratelimit=True)
-        raise DeviceError(errno.ENOSPC, f"device refused page {idx} of {table.name}: {why}")
+        self.events.add("refused", f"{_page(table, idx)}: {why}, ENOSPC", ratelimit=True)
+        raise DeviceError(errno.ENOSPC, f"device refused {_page(table, idx)}: {why}")
 
     def _enforce_budget(self) -> None:
         budget = self.config.dram // PAGE_SIZE
@@ -613,11 +640,11 @@ class Device:
 
     def inject_poison(self, table: PageTable, idx: int) -> None:
         if not table.get(idx):
-            self.reject("inject", f"page {idx} of {table.name} holds no data")
+            self.reject("inject", f"{_page(table, idx)} holds no data")
         self._release(table, idx)
         self._install(table, idx, POISONED)
         self.counters.poisoned_pages += 1
-        self.events.add("inject", f"poison {table.name} page {idx}")
+        self.events.add("inject", f"poison {_page(table, idx)}")
         self._refresh()
 
     def clear_faults(self) -> None:
@@ -634,6 +661,12 @@ class Device:
         if self.pages[POISONED]:
             faults.append(f"poisoned_pages {self.pages[POISONED]}")
         return faults
+
+    def close(self) -> None:
+        """Give the pools' memory back (the memfd above all); safe twice."""
+        self.tier = DramTier()
+        self.pool.close()
+        self.fallback.close()
 
     def reset_peak(self) -> None:
         self.mem_used_max = self.physical_used

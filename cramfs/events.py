@@ -1,8 +1,10 @@
 """The device's event log: what `cat` and `tail -f` on `.cram/events` show.
 
-Bounded in bytes. When full, the oldest half is dropped at once rather than a
-line at a time: a reader following the file (`tail -f` polls st_size) then
-sees one clear truncation instead of content sliding under its offset.
+Bounded in bytes, and each line is capped, so no single event (a rejected
+300 KB control write, say) can push the others out. When full, the oldest
+lines are dropped an eighth of the log at a time rather than one by one: a
+reader following the file (`tail -f` polls st_size) then sees a clear
+truncation instead of a size that stays put while content slides under it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections import deque
 from collections.abc import Callable
 
 BURST = 10
+LINE_MAX = 512          # bytes, newline included; longer details are cut
 
 
 class EventLog:
@@ -40,13 +43,17 @@ class EventLog:
             if suppressed:
                 detail += f" ({suppressed} similar suppressed)"
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
-        line = f"{stamp}.{int(now % 1 * 1e6):06d}Z {kind} {detail}".rstrip() + "\n"
-        data = line.encode()
+        line = f"{stamp}.{int(now % 1 * 1e6):06d}Z {kind} {detail}".rstrip()
+        # one line, whatever the detail held: callers quote input, this is the backstop
+        data = line.replace("\n", "\\n").encode(errors="backslashreplace")
+        if len(data) >= LINE_MAX:
+            data = data[:LINE_MAX - 5] + b"[...]"
+        data += b"\n"
         self._lines.append(data)
         self._size += len(data)
         self.count += 1
         if self._size > self._limit:
-            keep = self._limit // 2
+            keep = self._limit - self._limit // 8
             while self._size > keep:
                 self._size -= len(self._lines.popleft())
 

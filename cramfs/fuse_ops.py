@@ -23,6 +23,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import pyfuse3
 from pyfuse3 import FUSEError
 
+from . import control
 from .control import ATTRIBUTES, Attribute, file_xattrs
 from .device import DeviceError
 from .namespace import FIRST_FILE_INO, Inode, Namespace
@@ -66,7 +67,7 @@ def guarded(fn: Callable[Concatenate[CramOperations, P], R],
 @dataclass
 class ControlHandle:
     attr: Attribute
-    content: bytes = b""
+    content: bytes | None = None   # the snapshot a reader reads in pieces
     seen: int = 0          # level-change generation the reader has seen (sysfs_notify)
 
 
@@ -82,6 +83,7 @@ class CramOperations(pyfuse3.Operations):
         self._pollers: dict[int, pyfuse3.PollHandle] = {}
         self._mounted_ns = time.time_ns()
         ns.device.on_level_change(self._level_changed)
+        ns.on_names_dropped.append(self._forget_names)
 
     # ------------------------------------------------------------ helpers
 
@@ -90,6 +92,13 @@ class CramOperations(pyfuse3.Operations):
         pollers, self._pollers = self._pollers, {}
         for handle in pollers.values():
             handle.notify()
+
+    @staticmethod
+    def _forget_names(names: list[str]) -> None:
+        # Asynchronous: a synchronous invalidate_entry from inside a request handler
+        # can deadlock against a lookup the kernel has pending on the same directory.
+        for name in names:
+            pyfuse3.invalidate_entry_async(ROOT_INO, os.fsencode(name), ignore_enoent=True)
 
     def _new_fh(self, obj: Inode | ControlHandle) -> int:
         fh = self._next_fh
@@ -184,7 +193,7 @@ class CramOperations(pyfuse3.Operations):
             raise FUSEError(errno.EPERM)
         if inode in (ROOT_INO, CTL_DIR_INO):
             raise FUSEError(errno.EPERM)
-        node = self.ns.get(inode)
+        node = self.ns.live(inode)
         if fields.update_size:
             self.ns.resize(node, attr.st_size)
         if fields.update_mode:
@@ -294,7 +303,7 @@ class CramOperations(pyfuse3.Operations):
             return self._file_info(self._new_fh(ControlHandle(attr, seen=self._generation)))
         if inode in (ROOT_INO, CTL_DIR_INO):
             raise FUSEError(errno.EISDIR)
-        node = self.ns.get(inode)
+        node = self.ns.live(inode)
         self.ns.opened(node)
         return self._file_info(self._new_fh(node))
 
@@ -310,7 +319,10 @@ class CramOperations(pyfuse3.Operations):
         if isinstance(h, Inode):
             return self.ns.read(h, off, size)
         assert h.attr.show is not None
-        if off == 0 or h.attr.stream:
+        # A snapshot taken at the first read of this open file, whatever its offset,
+        # and again at every read from 0, so a reader that reads in pieces sees one
+        # consistent state and a poll() waiter re-reading from 0 sees a fresh one.
+        if off == 0 or h.content is None or h.attr.stream:
             h.content = h.attr.show(self.ns).encode()
             h.seen = self._generation
         return h.content[off:off + size]
@@ -320,12 +332,7 @@ class CramOperations(pyfuse3.Operations):
         h = self._handle(fh)
         if isinstance(h, Inode):
             return self.ns.write(h, off, buf)
-        assert h.attr.store is not None
-        try:
-            text = buf.decode()
-        except UnicodeDecodeError:
-            self.ns.device.reject(h.attr.name, "input is not UTF-8 text")
-        h.attr.store(self.ns, text)
+        control.store(self.ns, h.attr, buf)
         return len(buf)
 
     @guarded

@@ -10,8 +10,10 @@ lookup count) but the module imports nothing from FUSE.
 from __future__ import annotations
 
 import errno
+import os
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .device import Device, DeviceError
@@ -36,6 +38,7 @@ class Inode:
     nlink: int = 1
     nlookup: int = 0
     opens: int = 0
+    freed: bool = False     # unlinked, closed and its pages dropped: only a stale name is left
     atime_ns: int = field(default_factory=time.time_ns)
     mtime_ns: int = 0
     ctime_ns: int = 0
@@ -45,7 +48,8 @@ class Inode:
 
 
 def check_name(name: str) -> None:
-    if len(name.encode()) > NAME_MAX:
+    # names arrive as bytes, decoded with surrogateescape: fsencode gives them back exactly
+    if len(os.fsencode(name)) > NAME_MAX:
         raise DeviceError(errno.ENAMETOOLONG, f"name longer than {NAME_MAX} bytes")
     if not name or "/" in name or name in (".", ".."):
         raise DeviceError(errno.EINVAL, f"bad name {name!r}")
@@ -58,6 +62,9 @@ class Namespace:
         self.by_ino: dict[int, Inode] = {}
         self.total_size = 0
         self._next_ino = FIRST_FILE_INO
+        # told the names that went away behind the kernel's back (reset), so the
+        # adapter can have the kernel forget them
+        self.on_names_dropped: list[Callable[[list[str]], None]] = []
 
     # ------------------------------------------------------------ names
 
@@ -72,6 +79,18 @@ class Namespace:
             return self.by_ino[ino]
         except KeyError:
             raise DeviceError(errno.ENOENT, f"no inode {ino}") from None
+
+    def live(self, ino: int) -> Inode:
+        """An inode that may take data: ESTALE for one whose pages were freed.
+
+        Only a name the kernel still caches reaches such an inode (reset removes
+        names behind its back). ESTALE makes the kernel look the name up again,
+        so `echo x > name` creates a new file instead of writing into one that
+        is about to vanish."""
+        inode = self.get(ino)
+        if inode.freed:
+            raise DeviceError(errno.ESTALE, f"inode {ino} was freed")
+        return inode
 
     def create(self, name: str, mode: int, uid: int, gid: int) -> Inode:
         check_name(name)
@@ -144,6 +163,7 @@ class Namespace:
             self.device.drop(inode.table)
             self.total_size -= inode.size
             inode.size = 0
+        inode.freed = True
         if not inode.nlookup:
             self.by_ino.pop(inode.ino, None)
 
@@ -155,9 +175,12 @@ class Namespace:
         """Drop every file and all page data; EBUSY while anything is open."""
         if self.open_files:
             raise DeviceError(errno.EBUSY, f"{self.open_files} file(s) open")
-        for name in list(self.by_name):
+        names = list(self.by_name)
+        for name in names:
             self.unlink(name)
         self.device.reset()
+        for listener in self.on_names_dropped:
+            listener(names)
 
     # ------------------------------------------------------------ data
 
@@ -194,9 +217,8 @@ class Namespace:
         inode.mtime_ns = inode.ctime_ns = time.time_ns()
         return n
 
-    def discard(self, name: str, off: int, length: int) -> int:
+    def discard(self, inode: Inode, off: int, length: int) -> int:
         """Release the whole pages inside [off, off+length) of a file."""
-        inode = self.lookup(name)
         if off < 0 or length < 0:
             raise DeviceError(errno.EINVAL, "negative offset or length")
         first = -(-off // PAGE_SIZE)

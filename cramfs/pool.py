@@ -113,6 +113,10 @@ class Pool(Protocol):
         """Move objects to free memory; return {old handle: new handle}."""
         ...
 
+    def close(self) -> None:
+        """Give the memory back; the pool is unusable after."""
+        ...
+
 
 class ClassPool:
     """Objects kept whole as Python bytes, each charged its size class.
@@ -155,6 +159,9 @@ class ClassPool:
     def compact(self) -> dict[int, int]:
         return {}
 
+    def close(self) -> None:
+        self._objects.clear()
+
 
 class _Memory:
     """The pool's memory: one memfd, mapped whole and grown by doubling.
@@ -194,7 +201,10 @@ class _Memory:
     def close(self) -> None:
         if self.mm is not None:
             self.mm.close()
-        os.close(self.fd)
+            self.mm = None
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 class _Runs:

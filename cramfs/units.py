@@ -13,15 +13,34 @@ PAGE_SIZE = 4096
 PAGE_SHIFT = 12
 
 _SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
+MAX_SIZE = 1 << 60     # 1 EiB: a size past this is a typo, and statvfs could not show it
+# ASCII only: Python's int() and float() also take '３', '1_0', '+1', '-0' and '1e-308',
+# none of which a sysfs attribute or a mount option should accept.
+_SPACE = " \t\n"
+_SIZE_RE = re.compile(r"([0-9]{1,20})([KMGT]?)(?:I?B)?", re.IGNORECASE | re.ASCII)
+_INT_RE = re.compile(r"[0-9]{1,20}", re.ASCII)
+_DECIMAL_RE = re.compile(r"[0-9]{1,6}(?:\.[0-9]{1,6})?", re.ASCII)
+_PERCENT_RE = re.compile(r"([0-9]{1,3}(?:\.[0-9]{1,2})?)%?", re.ASCII)
+
+
+def shown(text: str, limit: int = 40) -> str:
+    """User input or a file name, quoted and cut short, fit for one log line.
+
+    repr() escapes newlines and other control characters, so a name or a value
+    can never forge a line of its own in `.cram/events`."""
+    s = text.strip(_SPACE)
+    return repr(s if len(s) <= limit else s[:limit] + "...")
 
 
 def parse_size(text: str) -> int:
     """Parse `4096`, `64K`, `1G`, `2T` (powers of 1024), as zram's disksize does."""
-    m = _SIZE_RE.match(text)
+    m = _SIZE_RE.fullmatch(text.strip(_SPACE))
     if not m:
-        raise ValueError(f"not a size: {text.strip()!r} (use bytes or a K/M/G/T suffix)")
-    return int(m.group(1)) * _SUFFIX[m.group(2).upper()]
+        raise ValueError(f"not a size: {shown(text)} (use bytes or a K/M/G/T suffix)")
+    value = int(m.group(1)) * _SUFFIX[m.group(2).upper()]
+    if value > MAX_SIZE:
+        raise ValueError(f"size too large: {shown(text)} (at most 1 EiB)")
+    return value
 
 
 def format_size(n: int) -> str:
@@ -37,15 +56,21 @@ def format_size(n: int) -> str:
 
 
 def parse_percent(text: str) -> float:
-    """Parse `75%` or `75` into 0.75; only 0-100 is meaningful for a fill level."""
-    s = text.strip().removesuffix("%").strip()
-    try:
-        value = float(s)
-    except ValueError:
-        raise ValueError(f"not a percentage: {text.strip()!r}") from None
-    if not 0 <= value <= 100:
-        raise ValueError(f"percentage out of range 0-100: {text.strip()!r}")
+    """Parse `75%`, `75` or `62.5%` into a fraction: 0-100, at most two decimals."""
+    m = _PERCENT_RE.fullmatch(text.strip(_SPACE))
+    if not m:
+        raise ValueError(f"not a percentage: {shown(text)} (0-100, at most two decimals)")
+    value = float(m.group(1))
+    if value > 100:
+        raise ValueError(f"percentage out of range 0-100: {shown(text)}")
     return value / 100
+
+
+def parse_decimal(text: str) -> float:
+    """A plain non-negative decimal such as `2` or `1.5`: no exponent, sign or `_`."""
+    if not _DECIMAL_RE.fullmatch(text.strip(_SPACE)):
+        raise ValueError(f"not a decimal number: {shown(text)}")
+    return float(text)
 
 
 def format_percent(fraction: float) -> str:
@@ -53,12 +78,12 @@ def format_percent(fraction: float) -> str:
 
 
 def parse_onoff(text: str) -> bool:
-    s = text.strip().lower()
+    s = text.strip(_SPACE).lower()
     if s in ("on", "1", "yes", "true"):
         return True
     if s in ("off", "0", "no", "false"):
         return False
-    raise ValueError(f"expected on or off, got {text.strip()!r}")
+    raise ValueError(f"expected on or off, got {shown(text)}")
 
 
 def format_onoff(value: bool) -> str:
@@ -66,7 +91,8 @@ def format_onoff(value: bool) -> str:
 
 
 def parse_int(text: str) -> int:
-    try:
-        return int(text.strip(), 10)
-    except ValueError:
-        raise ValueError(f"not an integer: {text.strip()!r}") from None
+    """A non-negative decimal integer in ASCII digits."""
+    s = text.strip(_SPACE)
+    if not _INT_RE.fullmatch(s):
+        raise ValueError(f"not a whole number: {shown(text)}")
+    return int(s)
