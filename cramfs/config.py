@@ -16,13 +16,13 @@ from .compressors import COMPRESSORS
 from .parallel import MAX_WORKERS
 from .units import (
     PAGE_SIZE,
-    shown,
     format_onoff,
     format_percent,
     parse_int,
     parse_onoff,
     parse_percent,
     parse_size,
+    shown,
 )
 
 DEFAULT_DRAM = 64 << 20

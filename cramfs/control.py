@@ -9,7 +9,6 @@ Nothing here knows about FUSE; the adapter serves these as files.
 
 from __future__ import annotations
 
-import errno
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
