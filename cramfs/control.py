@@ -196,9 +196,9 @@ def _store_discard(ns: Namespace, text: str) -> None:
             ns.device.reject("discard", str(e))
     if not todo:
         ns.device.reject("discard", "expected FILE OFFSET LENGTH")
-    for name, inode, off, length in todo:
-        released = ns.discard(inode, off, length)
-        ns.device.events.add("discard", f"{shown(name, 64)} {off} {length}: {released} pages "
+    for name, inode, start, size in todo:
+        released = ns.discard(inode, start, size)
+        ns.device.events.add("discard", f"{shown(name, 64)} {start} {size}: {released} pages "
                              "released")
 
 
