@@ -23,7 +23,8 @@ IGNORED_FLAGS = frozenset({
     "auto", "noauto", "user", "nouser", "users", "defaults", "_netdev", "nofail",
     "lazytime", "nolazytime", "silent", "loud",
 })
-FLAG_OPTIONS = ("allow_other", "debug", "foreground")
+FLAG_OPTIONS = ("allow_other", "debug", "foreground", "nonempty")
+FSNAME_MAX = 255
 VALUE_OPTIONS = ("fsname", "log")
 
 
@@ -41,6 +42,7 @@ class MountRequest:
     foreground: bool = False
     log: str | None = None
     read_only: bool = False
+    nonempty: bool = False       # libfuse 3 dropped the option: cramfs checks it itself
 
     def fuse_options(self) -> set[str]:
         opts = {"default_permissions", "subtype=cramfs", f"fsname={self.fsname}"}
@@ -73,13 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "-s", "-v", dest="mount_flags", action="count", help=argparse.SUPPRESS)
     p.add_argument("-t", dest="mount_type", help=argparse.SUPPRESS)
     p.add_argument("--debug", action="store_true", default=None, help="FUSE debug output")
+    p.add_argument("--nonempty", action="store_true", default=None,
+                   help="mount over a directory that is not empty")
     p.add_argument("--fsname", help="source name shown in mount tables (default cramfs)")
     p.add_argument("--log", help="daemon log file (default: syslog, else /var/log/cramfs.log)")
     for s in SETTINGS.values():
         dash = s.name.replace("_", "-")
         names = [f"--{dash}"] + ([f"--{s.name}"] if dash != s.name else [])
-        p.add_argument(*names, dest=s.name, metavar="VALUE",
-                       help=f"{s.help} (default {DeviceConfig().show(s.name)})")
+        # argparse %-formats help text, and percent defaults such as 75% hold a '%'
+        text = f"{s.help} (default {DeviceConfig().show(s.name)})".replace("%", "%%")
+        p.add_argument(*names, dest=s.name, metavar="VALUE", help=text)
     return p
 
 
@@ -120,19 +125,32 @@ def parse(argv: list[str]) -> MountRequest:
         config.check()
     except ValueError as e:
         raise UsageError(str(e)) from None
+    # mount(8)'s SOURCE names the device in mount tables unless fsname= says otherwise
+    fsname = values.get("fsname", args.paths[0] if len(args.paths) == 2 else "cramfs")
+    check_fsname(fsname)
     return MountRequest(
-        mountpoint=os.path.abspath(args.paths[-1]), config=config,
-        # mount(8)'s SOURCE names the device in mount tables unless fsname= says otherwise
-        fsname=values.get("fsname", args.paths[0] if len(args.paths) == 2 else "cramfs"),
+        mountpoint=os.path.abspath(args.paths[-1]), config=config, fsname=fsname,
         allow_other=bool(values.get("allow_other")),
         debug=bool(values.get("debug")), foreground=bool(values.get("foreground")),
-        log=values.get("log"), read_only=read_only)
+        log=values.get("log"), read_only=read_only, nonempty=bool(values.get("nonempty")))
+
+
+def check_fsname(name: str) -> None:
+    """The kernel takes mount options in one page, and ',' separates them."""
+    if not name or len(os.fsencode(name)) > FSNAME_MAX:
+        raise UsageError(f"fsname must be 1-{FSNAME_MAX} bytes")
+    if "," in name or not name.isprintable():
+        raise UsageError("fsname must be printable and hold no ','")
 
 
 def check_host(req: MountRequest) -> None:
     """Refuse early what would otherwise fail deep inside libfuse."""
     if not os.path.exists("/dev/fuse"):
         raise UsageError("/dev/fuse is missing (modprobe fuse, or install fuse3)")
+    try:
+        os.close(os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC))
+    except OSError as e:
+        raise UsageError(f"cannot open /dev/fuse: {e.strerror}") from None
     if shutil.which("fusermount3") is None:
         raise UsageError("fusermount3 not found in PATH (install the fuse3 package)")
     mp = req.mountpoint
@@ -147,6 +165,18 @@ def check_host(req: MountRequest) -> None:
         raise UsageError(f"mountpoint {mp} is not a directory")
     if os.path.ismount(mp):
         raise UsageError(f"mountpoint {mp} is already in use")
+    try:
+        entries = os.listdir(mp)
+    except OSError as e:
+        raise UsageError(f"cannot use mountpoint {mp}: {e.strerror}") from None
+    if entries and not req.nonempty:
+        raise UsageError(f"mountpoint {mp} is not empty (mount over it with -o nonempty)")
+    if req.log:
+        try:
+            with open(req.log, "a"):
+                pass
+        except OSError as e:
+            raise UsageError(f"cannot write the log {req.log}: {e.strerror}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

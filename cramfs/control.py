@@ -13,6 +13,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import hostmem
 from .config import SETTINGS
 from .device import Counters, DeviceError
 from .namespace import Inode, Namespace
@@ -29,9 +30,12 @@ class Attribute:
     show: Show | None = None
     store: Store | None = None
     stream: bool = False   # regenerate on every read, for `tail -f`
+    private: bool = False  # root only: it names files, which other users may not see
 
     @property
     def mode(self) -> int:
+        if self.private:
+            return 0o400
         if self.show and self.store:
             return 0o644
         return 0o444 if self.show else 0o200
@@ -249,6 +253,7 @@ def _parse_inject(ns: Namespace, line: str) -> Callable[[], None]:
 def _store_compact(ns: Namespace, text: str) -> None:
     _expect(ns, "compact", text, "1", "compact")
     ns.device.compact()
+    hostmem.trim()
 
 
 def _show_pool(ns: Namespace) -> str:
@@ -295,7 +300,7 @@ ATTRIBUTES: dict[str, Attribute] = {a.name: a for a in (
     Attribute("io_stat", lambda ns: ns.device.io_stat() + "\n"),
     Attribute("stat", _stat),
     Attribute("stat.json", _stat_json),
-    Attribute("events", _show_events, stream=True),
+    Attribute("events", _show_events, stream=True, private=True),
     Attribute("metrics", _metrics),
     Attribute("comp_algorithm", lambda ns: ns.device.comp_algorithm() + "\n"),
     Attribute("advertised", lambda ns: f"{ns.device.config.advertised}\n"),

@@ -9,10 +9,12 @@ and the parent prints it and exits non-zero.
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import logging.handlers
 import os
 import signal
+import subprocess
 import sys
 
 import pyfuse3
@@ -21,35 +23,12 @@ import trio
 from .cli import MountRequest
 from .device import Device
 from .fuse_ops import CramOperations
+from .hostmem import harden
 from .namespace import Namespace
 
 log = logging.getLogger("cramfs")
 
-MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4
-PR_SET_IO_FLUSHER = 57
-
-
-def harden() -> None:
-    """Keep a daemon that may back swap from being swapped out or OOM-killed.
-
-    If the kernel reclaims the daemon's own pages while swapping into it, or
-    kills it to free memory, the machine deadlocks or loses swapped pages.
-    Each step that fails is logged and the daemon carries on.
-    """
-    libc = ctypes.CDLL(None, use_errno=True)
-    # ONFAULT: lock pages as they are touched, so reserved but unused address space
-    # (the pool's sparse mapping, thread stacks) does not become resident.
-    if (libc.mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) != 0
-            and libc.mlockall(MCL_CURRENT | MCL_FUTURE) != 0):
-        log.warning("mlockall failed: %s", os.strerror(ctypes.get_errno()))
-    # IO_FLUSHER: allocations made while serving I/O do not recurse into reclaim.
-    if libc.prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) != 0:
-        log.warning("prctl(PR_SET_IO_FLUSHER) failed: %s", os.strerror(ctypes.get_errno()))
-    try:
-        with open("/proc/self/oom_score_adj", "w") as f:
-            f.write("-1000")
-    except OSError as e:
-        log.warning("cannot set oom_score_adj -1000: %s", e.strerror)
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _setup_logging(req: MountRequest) -> None:
@@ -69,17 +48,45 @@ def _setup_logging(req: MountRequest) -> None:
     root.setLevel(logging.DEBUG if req.debug else logging.INFO)
 
 
-async def serve_until_unmounted() -> None:
-    """pyfuse3's main loop, ended cleanly by SIGTERM or SIGINT as well as by umount."""
+def try_unmount(mountpoint: str) -> int:
+    """A plain (not lazy) unmount; 0 or the errno, EBUSY while anything uses the mount."""
+    if os.geteuid() == 0:
+        if _libc.umount2(os.fsencode(mountpoint), 0) == 0:
+            return 0
+        return ctypes.get_errno()
+    r = subprocess.run(["fusermount3", "-u", mountpoint], capture_output=True, text=True)
+    if r.returncode == 0:
+        return 0
+    return errno.EBUSY if "busy" in r.stderr else errno.EPERM
+
+
+async def serve_until_unmounted(mountpoint: str) -> None:
+    """pyfuse3's main loop, until the mount goes away.
+
+    SIGTERM and SIGINT ask for a plain unmount, never a lazy one: a lazy detach
+    under a loop device or an open file would leave it reading EIO (swap
+    included) once the daemon is gone. While the mount is busy the daemon says
+    so once and keeps serving; it exits when the mount is released."""
     async with trio.open_nursery() as nursery:
         async def on_signal() -> None:
+            said_busy = False
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for signum in signals:
-                    log.info("%s: unmounting", signal.Signals(signum).name)
-                    pyfuse3.terminate()
+                    name = signal.Signals(signum).name
+                    err = await trio.to_thread.run_sync(try_unmount, mountpoint)
+                    if not err:
+                        log.info("%s: unmounted %s", name, mountpoint)
+                    elif err == errno.EBUSY and not said_busy:
+                        said_busy = True
+                        log.warning("%s: %s is busy (an open file, a loop device or swap); "
+                                    "still serving. Stop in order: swapoff, losetup -d, "
+                                    "umount", name, mountpoint)
+                    elif err != errno.EBUSY:
+                        log.warning("%s: cannot unmount %s: %s; still serving", name,
+                                    mountpoint, os.strerror(err))
 
         nursery.start_soon(on_signal)
-        await pyfuse3.main()
+        await pyfuse3.main()   # returns once the kernel ends the session (umount)
         nursery.cancel_scope.cancel()
 
 
@@ -107,12 +114,13 @@ def serve(req: MountRequest, ready_fd: int | None) -> int:
         os.close(ready_fd)
         _detach_stdio()
     try:
-        trio.run(serve_until_unmounted)
+        trio.run(serve_until_unmounted, req.mountpoint)
     except BaseException:
         log.exception("main loop failed")
         pyfuse3.close(unmount=True)
         return 1
-    pyfuse3.close(unmount=True)
+    pyfuse3.close(unmount=True)      # the session is over: this detaches nothing busy
+    ns.device.close()
     log.info("unmounted %s", req.mountpoint)
     return 0
 

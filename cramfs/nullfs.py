@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     pyfuse3.init(NullFS(), args[0], {"default_permissions", "fsname=nullfs",
                                      "subtype=nullfs"})
     try:
-        trio.run(serve_until_unmounted)
+        trio.run(serve_until_unmounted, args[0])
     finally:
         pyfuse3.close(unmount=True)
     return 0

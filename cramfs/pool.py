@@ -29,6 +29,7 @@ import contextlib
 import ctypes
 import mmap
 import os
+import weakref
 from array import array
 from dataclasses import dataclass
 from typing import Protocol
@@ -176,6 +177,8 @@ class _Memory:
         self.fd = os.memfd_create("cramfs-pool", os.MFD_CLOEXEC)
         self.mm: mmap.mmap | None = None
         self.carved = 0                   # bytes handed out as windows so far
+        # an fd is a plain int: without this, a pool dropped unclosed leaks it
+        self._close_fd = weakref.finalize(self, os.close, self.fd)
 
     def window(self) -> int:
         """Carve a new window; return its offset in bytes."""
@@ -202,9 +205,7 @@ class _Memory:
         if self.mm is not None:
             self.mm.close()
             self.mm = None
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        self._close_fd()
 
 
 class _Runs:
@@ -246,6 +247,17 @@ class _Runs:
             return
         self.mem.punch(page << PAGE_SHIFT, self.span)
         self.free.append(page)
+
+    def flush(self) -> None:
+        """Give back what is resident but holds nothing: the reuse cache and the
+        part of the newest window populated ahead of use."""
+        for page in self.cached:
+            self.mem.punch(page << PAGE_SHIFT, self.span)
+        self.free.extend(self.cached)
+        del self.cached[:]
+        if self.populated_to > self.next:
+            self.mem.punch(self.next, self.populated_to - self.next)
+            self.populated_to = self.next
 
     @property
     def metadata_bytes(self) -> int:
@@ -465,7 +477,7 @@ class ArenaPool:
         """Move objects out of sparse zspages so those can be freed.
 
         Like zs_compact: per class, evacuate the emptiest zspages into free slots
-        of the fullest. Returns {old handle: new handle}; the owner rewrites its
+        of the fullest; then give back the memory that holds nothing. Returns {old handle: new handle}; the owner rewrites its
         references (the device does, in its page tables)."""
         moves: dict[int, int] = {}
         for c in self._classes:
@@ -490,6 +502,8 @@ class ArenaPool:
                         self.pages_compacted += c.k
                     else:
                         c.partial.discard(zs)   # still a victim: take no new objects
+        for runs in self._runs.values():
+            runs.flush()
         return moves
 
     def class_stats(self) -> list[ClassStats]:

@@ -109,9 +109,39 @@ def test_sigterm_and_sigint_unmount_cleanly(tmp_path):
             m.proc.send_signal(sig)
             assert m.proc.wait(timeout=15) == 0
             assert not is_mounted(m.path)
-            assert "unmounting" in m.log.read_text()
+            assert "unmounted" in m.log.read_text()
         finally:
             m.close()
+
+
+@needs_mount
+@pytest.mark.skipif(shutil.which("losetup") is None or not Path("/dev/loop-control").exists(),
+                    reason="no loop devices here")
+def test_sigterm_while_a_loop_device_is_attached_keeps_serving(mnt):
+    """A stray SIGTERM used to detach the mount lazily and exit: the loop device
+    (and any swap on it) then read EIO. Now the daemon stays until umount."""
+    data = os.urandom(1 << 20)
+    (mnt.path / "disk").write_bytes(data)
+    loop = subprocess.run(["losetup", "-f", "--show", "--direct-io=on", str(mnt.path / "disk")],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGTERM):
+            mnt.proc.send_signal(sig)
+            time.sleep(0.3)
+            assert mnt.proc.poll() is None, "the daemon must keep serving a busy mount"
+            assert is_mounted(mnt.path)
+            with open(loop, "rb") as f:
+                assert f.read() == data
+        assert mnt.log.read_text().count("is busy") == 1, "said once, not per signal"
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=False)
+    # released: the next signal unmounts and the daemon exits
+    deadline = time.monotonic() + 10
+    while mnt.proc.poll() is None and time.monotonic() < deadline:
+        mnt.proc.send_signal(signal.SIGTERM)      # losetup -d lets go asynchronously
+        time.sleep(0.3)
+    assert mnt.proc.wait(timeout=15) == 0
+    assert not is_mounted(mnt.path)
 
 
 @needs_mount
