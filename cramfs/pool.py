@@ -477,8 +477,9 @@ class ArenaPool:
         """Move objects out of sparse zspages so those can be freed.
 
         Like zs_compact: per class, evacuate the emptiest zspages into free slots
-        of the fullest; then give back the memory that holds nothing. Returns {old handle: new handle}; the owner rewrites its
-        references (the device does, in its page tables)."""
+        of the fullest; then give back the memory that holds nothing. Returns
+        {old handle: new handle}; the owner rewrites its references (the device
+        does, in its page tables)."""
         moves: dict[int, int] = {}
         for c in self._classes:
             spare = c.zspages - -(-c.live // c.per_zspage)
