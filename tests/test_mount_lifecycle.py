@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import CRAMFS
+from .conftest import CRAMFS, unmount
 from .helpers import random_page, text_page
 
 P = 4096
@@ -119,7 +119,10 @@ def test_cli_refuses_in_one_line(tmp_path, args, fragment):
     from .test_cli import assert_usage_error, run_cli
     mp = tmp_path / "mnt"
     mp.mkdir()
-    assert_usage_error(run_cli(*args, str(mp)), fragment)
+    try:
+        assert_usage_error(run_cli(*args, str(mp)), fragment)
+    finally:
+        unmount(mp)          # should the input wrongly be taken, leave no mount behind
 
 
 def test_cli_help_and_a_non_empty_mountpoint(tmp_path):
@@ -130,13 +133,16 @@ def test_cli_help_and_a_non_empty_mountpoint(tmp_path):
     mp = tmp_path / "mnt"
     mp.mkdir()
     (mp / "keep").write_text("x")
-    assert_usage_error(run_cli(str(mp)), "is not empty")
+    try:
+        assert_usage_error(run_cli(str(mp)), "is not empty")
+    finally:
+        unmount(mp)
     r = run_cli("-o", "nonempty", "--log", str(tmp_path / "log"), str(mp))
     try:
         assert r.returncode == 0, r.stderr
         assert (mp / ".cram").is_dir()
     finally:
-        subprocess.run(["umount", str(mp)], check=False)
+        unmount(mp)
     assert (mp / "keep").read_text() == "x"
 
 
