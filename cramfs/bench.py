@@ -30,10 +30,9 @@ from typing import Any
 
 import lz4.block
 
+from . import zram
 from .child import Daemon
 from .units import PAGE_SIZE, format_size
-
-ZRAM = Path("/sys/block/zram0")
 
 
 @dataclass(frozen=True)
@@ -140,21 +139,13 @@ def loop_device(path: Path) -> Iterator[str]:
 
 @contextmanager
 def zram_device(size: int) -> Iterator[str | None]:
-    why = None
-    if not ZRAM.exists():
-        why = "/sys/block/zram0 is not present"
-    elif int((ZRAM / "disksize").read_text()) != 0:
-        why = "zram0 is in use"
+    why = zram.unavailable("lz4")
     if why:
         say(f"no zram column: {why}")
         yield None
         return
-    try:
-        (ZRAM / "comp_algorithm").write_text("lz4")
-        (ZRAM / "disksize").write_text(str(size))
-        yield "/dev/zram0"
-    finally:
-        (ZRAM / "reset").write_text("1")
+    with zram.borrowed(size, "lz4") as dev:
+        yield dev
 
 
 def gather_real_pages(limit: int) -> bytes:

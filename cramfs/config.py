@@ -24,6 +24,7 @@ from .units import (
     parse_size,
     shown,
 )
+from .zsgeometry import CHAIN_SIZES, DEFAULT_CHAIN_SIZE, geometry
 
 DEFAULT_DRAM = 64 << 20
 MODES = ("zswap", "direct")
@@ -68,8 +69,11 @@ SETTINGS: dict[str, Setting] = {
         Setting("advertised", parse_size, str, "static capacity the device claims", False),
         Setting("physical", parse_size, str, "real capacity (change live via inject)", False),
         Setting("compressor", _choice(*COMPRESSORS), str, "lz4, zstd or none"),
+        Setting("chain_size", _int_in("chain_size", CHAIN_SIZES[0], CHAIN_SIZES[-1]), str,
+                "zsmalloc's CONFIG_ZSMALLOC_CHAIN_SIZE: the most pages in a zspage", False),
         Setting("huge_threshold", _int_in("huge_threshold", 1, PAGE_SIZE), str,
-                "compressed pages at least this big are stored uncompressed", False),
+                "compressed pages at least this big are stored uncompressed (default and "
+                "most: what chain_size implies, as in zram)", False),
         Setting("warn_at", parse_percent, format_percent, "fill that raises 'warn'"),
         Setting("critical_at", parse_percent, format_percent, "fill that raises 'critical'"),
         Setting("hysteresis", parse_percent, format_percent,
@@ -97,7 +101,8 @@ class DeviceConfig:
     advertised: int = 8 << 30
     physical: int = 1 << 30
     compressor: str = "lz4"
-    huge_threshold: int = 3072
+    chain_size: int = DEFAULT_CHAIN_SIZE
+    huge_threshold: int = -1          # -1: zsmalloc's huge class size for chain_size
     warn_at: float = 0.75
     critical_at: float = 0.90
     hysteresis: float = 0.05
@@ -111,6 +116,8 @@ class DeviceConfig:
 
     def __post_init__(self) -> None:
         # defaults that depend on other settings, resolved once, at construction
+        if self.huge_threshold < 0:
+            self.huge_threshold = geometry(self.chain_size).huge_class_size
         if self.dram < 0:
             self.dram = min(DEFAULT_DRAM, self.advertised)
         if self.fallback_limit < 0:
@@ -130,6 +137,10 @@ class DeviceConfig:
             raise ValueError("need 0% < warn_at < critical_at < 100%")
         if not 0 <= self.hysteresis < self.warn_at:
             raise ValueError("need 0% <= hysteresis < warn_at")
+        most = geometry(self.chain_size).huge_class_size
+        if self.huge_threshold > most:
+            raise ValueError(f"huge_threshold ({self.huge_threshold}) must not exceed {most}, "
+                             f"zsmalloc's huge class size for chain_size {self.chain_size}")
         for name in ("dram", "fallback_limit"):
             if getattr(self, name) > self.advertised:
                 raise ValueError(f"{name} ({getattr(self, name)}) must not exceed advertised "

@@ -17,7 +17,7 @@ from . import hostmem
 from .config import SETTINGS
 from .device import Counters, DeviceError
 from .namespace import Inode, Namespace
-from .pool import CLASS_STEP, MIN_CLASS, ClassStats
+from .pool import ClassStats
 from .units import PAGE_SIZE, format_size, parse_decimal, parse_int, parse_size, shown
 
 Show = Callable[[Namespace], str]
@@ -261,8 +261,7 @@ def _show_pool(ns: Namespace) -> str:
     stats: list[ClassStats] = getattr(ns.device.pool, "class_stats", lambda: [])()
     head = (f"{'class':>5} {'size':>5} {'obj_allocated':>13} {'obj_used':>9} "
             f"{'pages_used':>10} {'pages_per_zspage':>16} {'freeable':>8}\n")
-    # the class index, as zsmalloc numbers its classes (huge pages come last)
-    rows = [f"{(c.size - MIN_CLASS) // CLASS_STEP:>5} {c.size:>5} {c.objs_allocated:>13} "
+    rows = [f"{c.index:>5} {c.size:>5} {c.objs_allocated:>13} "
             f"{c.objs_used:>9} {c.pages_used:>10} {c.pages_per_zspage:>16} "
             f"{c.freeable_pages:>8}\n" for c in stats]
     total = (f"{'Total':>5} {'':>5} {sum(c.objs_allocated for c in stats):>13} "

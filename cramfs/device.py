@@ -135,7 +135,7 @@ class Device:
         self.config = config or DeviceConfig()
         self.config.check()
         self.mount_physical = self.config.physical
-        self.pool: Pool = pool or ArenaPool(self.config.huge_threshold)
+        self.pool: Pool = pool or ArenaPool(self.config.huge_threshold, self.config.chain_size)
         self.fallback: Pool = fallback_pool or ClassPool()
         self.tier: DramTier[tuple[PageTable, int]] = DramTier()
         self.levels = LevelTracker()

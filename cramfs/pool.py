@@ -6,10 +6,13 @@ physical usage including allocator overhead (zram's mem_used_total);
 
 `ArenaPool` is zsmalloc's design in Python:
 
-- size classes 16 bytes apart, from 32 bytes up to the huge threshold; an
-  object at or above it is huge and gets a page of its own;
-- each class carves *zspages*, runs of 1-8 contiguous pages (the count chosen,
-  as zsmalloc does, to waste the least), so objects straddle page boundaries;
+- zsmalloc's size classes for a chain size (zsgeometry.py): 16 bytes apart,
+  merged where zsmalloc merges them, looked up with the handle's 8 bytes
+  added; an object at or above the huge threshold gets a page of its own;
+- each class carves *zspages*, runs of 1 to chain-size contiguous pages, so
+  objects straddle page boundaries; the next object goes where zsmalloc
+  would put it (the fullest zspage first), and compaction moves objects as
+  zs_compact does, so the same stores and frees give zram's numbers;
 - a handle *is* the object's location (class, zspage, index, size), as
   zsmalloc's obj value is, so a stored page costs no pool metadata beyond its
   share of its zspage's 10 bytes; `compact()` moves objects and returns the
@@ -35,10 +38,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .units import PAGE_SHIFT, PAGE_SIZE
+from .zsgeometry import CHAIN_SIZES, DEFAULT_CHAIN_SIZE, ZS_SIZE_CLASSES, SizeClass, geometry
 
-CLASS_STEP = 16
-MIN_CLASS = 32
-MAX_ZSPAGE_PAGES = 8
+MAX_ZSPAGE_PAGES = max(CHAIN_SIZES)     # the longest zspage any chain size makes
 WINDOW_BYTES = 32 << 20          # the memfd is carved this much at a time per run length
 # Emptied zspages kept mapped for quick reuse, per run length, before the rest go
 # back to the kernel: refaulting a punched page costs more than compressing it.
@@ -67,24 +69,10 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
 
 
-def class_size(size: int) -> int:
-    """The size class an object of `size` bytes occupies (a page when huge)."""
-    if size <= MIN_CLASS:
-        return MIN_CLASS
-    if size >= PAGE_SIZE:
-        return PAGE_SIZE
-    return -(-size // CLASS_STEP) * CLASS_STEP
-
-
-def pages_per_zspage(size: int) -> int:
-    """zsmalloc's get_pages_per_zspage: the run length that wastes the least."""
-    best, best_used = 1, 0.0
-    for k in range(1, MAX_ZSPAGE_PAGES + 1):
-        span = k * PAGE_SIZE
-        used = (span // size * size) / span
-        if used > best_used + 1e-9:
-            best, best_used = k, used
-    return best
+def class_size(size: int, chain_size: int = DEFAULT_CHAIN_SIZE) -> int:
+    """The bytes an object of `size` occupies in zsmalloc: its merged class's size,
+    handle included (a page for a page)."""
+    return geometry(chain_size).class_of(min(size, PAGE_SIZE)).size
 
 
 class Pool(Protocol):
@@ -266,6 +254,7 @@ class _Runs:
 
 @dataclass
 class ClassStats:
+    index: int             # zsmalloc's class index
     size: int
     pages_per_zspage: int
     objs_allocated: int
@@ -274,33 +263,90 @@ class ClassStats:
     freeable_pages: int
 
 
+# zsmalloc's fullness groups: 0 empty, 1-10 by tenths of objects in use, 11 full.
+_FULL = 11
+_ISOLATED = 12                   # taken off every list while compaction works on it
+_LISTED = 0b11111111110          # groups 1-10: the zspages that can take an object
+
+
 class _SizeClass:
     """One size class: its zspages as parallel typed arrays, indexed by zspage id.
 
     10 bytes a zspage: first page, live objects, objects ever carved, and the
     head of the free list that lives inside the free objects themselves.
-    Free-list links are stored as index + 1, so 0 ends the list."""
+    Free-list links are stored as index + 1, so 0 ends the list; freed objects
+    are reused last-freed first and never-used ones in address order, which is
+    the order of zsmalloc's own free list.
 
-    def __init__(self, cid: int, size: int, k: int, runs: _Runs) -> None:
+    Which zspage takes the next object is zsmalloc's choice exactly: the head
+    of the fullest non-full group (find_get_zspage), where a zspage that
+    changes group goes to the head of its new one. A group's dict keeps that
+    order (the head is its last key), and `mask` has a bit per non-empty group."""
+
+    def __init__(self, cid: int, spec: SizeClass, runs: _Runs) -> None:
         self.cid = cid
-        self.size = size
-        self.k = k
-        self.per_zspage = k * PAGE_SIZE // size
+        self.index = spec.index
+        self.size = spec.size
+        self.k = spec.pages_per_zspage
+        self.per_zspage = spec.objs_per_zspage
         self.runs = runs
         self.mem = runs.mem
         self.page = array("I")       # first page of the zspage in the memfd
         self.used = array("H")       # live objects; 0 = the zspage id is free
         self.bump = array("H")       # objects ever carved (never-used ones follow)
         self.head = array("H")       # first free object below bump, + 1; 0 if none
+        self.group = array("B")      # fullness group
         self.free_ids = array("I")   # zspage ids to reuse
-        self.partial: set[int] = set()
+        self.groups: list[dict[int, None]] = [{} for _ in range(_FULL)]
+        self.mask = 0
         self.live = 0
         self.zspages = 0
 
-    def alloc(self) -> tuple[int, int, int]:
-        """Reserve an object slot; return (zspage id, object index, byte offset)."""
-        partial = self.partial
-        zs = next(iter(partial)) if partial else self._new_zspage()
+    # ------------------------------------------------------------ fullness lists
+
+    def _fullness(self, used: int) -> int:
+        """get_fullness_group()."""
+        if used == self.per_zspage:
+            return _FULL
+        return 100 * used // self.per_zspage // 10 + 1 if used else 0
+
+    def _list(self, zs: int, group: int) -> None:
+        self.group[zs] = group
+        if 0 < group < _FULL:
+            self.groups[group][zs] = None
+            self.mask |= 1 << group
+
+    def _unlist(self, zs: int) -> None:
+        group = self.group[zs]
+        if 0 < group < _FULL:
+            members = self.groups[group]
+            del members[zs]
+            if not members:
+                self.mask &= ~(1 << group)
+
+    def _regroup(self, zs: int) -> None:
+        """fix_fullness_group(): a zspage whose group changed moves to its head."""
+        group = self._fullness(self.used[zs])
+        if group != self.group[zs]:
+            self._unlist(zs)
+            self._list(zs, group)
+
+    def _head(self, fullest: bool) -> int | None:
+        """The head of the fullest (or sparsest) group in 1-10, or None."""
+        mask = self.mask & _LISTED
+        if not mask:
+            return None
+        group = mask.bit_length() - 1 if fullest else (mask & -mask).bit_length() - 1
+        return next(reversed(self.groups[group]))
+
+    @property
+    def has_room(self) -> bool:
+        return bool(self.mask & _LISTED)
+
+    # ------------------------------------------------------------ objects
+
+    def _obj_malloc(self, zs: int) -> tuple[int, int]:
+        """Take a free object of the zspage; return (object index, byte offset)."""
         base = self.page[zs] << PAGE_SHIFT
         link = self.head[zs]
         if link:
@@ -312,24 +358,13 @@ class _SizeClass:
             idx = self.bump[zs]
             self.bump[zs] = idx + 1
             off = base + idx * self.size
-        used = self.used[zs] + 1
-        self.used[zs] = used
+        self.used[zs] += 1
         self.live += 1
-        if used == self.per_zspage:
-            partial.discard(zs)
-        return zs, idx, off
+        return idx, off
 
-    def release(self, zs: int, idx: int) -> bool:
-        """Free an object slot; True if its zspage was emptied and returned."""
+    def _obj_free(self, zs: int, idx: int) -> None:
         self.live -= 1
-        used = self.used[zs] - 1
-        self.used[zs] = used
-        if not used:
-            self.runs.give_back(self.page[zs])
-            self.partial.discard(zs)
-            self.free_ids.append(zs)
-            self.zspages -= 1
-            return True
+        self.used[zs] -= 1
         off = (self.page[zs] << PAGE_SHIFT) + idx * self.size
         link = self.head[zs]
         mm = self.mem.mm
@@ -337,14 +372,31 @@ class _SizeClass:
         mm[off] = link & 0xFF                                # type: ignore[index]
         mm[off + 1] = link >> 8                              # type: ignore[index]
         self.head[zs] = idx + 1
-        self.partial.add(zs)
+
+    def alloc(self) -> tuple[int, int, int]:
+        """Reserve an object slot; return (zspage id, object index, byte offset)."""
+        zs = self._head(fullest=True)
+        if zs is None:
+            zs = self._new_zspage()
+        idx, off = self._obj_malloc(zs)
+        self._regroup(zs)
+        return zs, idx, off
+
+    def release(self, zs: int, idx: int) -> bool:
+        """Free an object slot; True if its zspage was emptied and returned."""
+        self._obj_free(zs, idx)
+        if not self.used[zs]:
+            self._unlist(zs)
+            self._free_zspage(zs)
+            return True
+        self._regroup(zs)
         return False
 
     def offset(self, zs: int, idx: int) -> int:
         return (self.page[zs] << PAGE_SHIFT) + idx * self.size
 
     def live_objects(self, zs: int) -> list[int]:
-        """Indices of the live objects of a zspage: carved and not on the free list."""
+        """Indices of the live objects of a zspage, in address order."""
         free = set()
         mm = self.mem.mm
         assert mm is not None
@@ -360,6 +412,7 @@ class _SizeClass:
         if self.free_ids:
             zs = self.free_ids.pop()
             self.page[zs], self.used[zs], self.bump[zs], self.head[zs] = page, 0, 0, 0
+            self.group[zs] = 0
         else:
             zs = len(self.page)
             if zs > _ZS_MASK:
@@ -368,37 +421,97 @@ class _SizeClass:
             self.used.append(0)
             self.bump.append(0)
             self.head.append(0)
-        self.partial.add(zs)
+            self.group.append(0)
         self.zspages += 1
         return zs
 
+    def _free_zspage(self, zs: int) -> None:
+        self.runs.give_back(self.page[zs])
+        self.group[zs] = 0
+        self.free_ids.append(zs)
+        self.zspages -= 1
+
+    # ------------------------------------------------------------ compaction
+
+    def freeable(self) -> int:
+        """zs_can_compact(): pages that compaction could give back."""
+        wasted = self.zspages * self.per_zspage - self.live
+        return wasted // self.per_zspage * self.k
+
+    def compact(self, mm: mmap.mmap, moves: dict[int, int]) -> int:
+        """__zs_compact(): move objects from the sparsest zspages into the fullest;
+        return the pages given back. Records each move in `moves`."""
+        freed = 0
+        dst: int | None = None
+        while self.freeable():
+            if dst is None:
+                dst = self._isolate(fullest=True)
+                if dst is None:
+                    break
+            src = self._isolate(fullest=False)
+            if src is None:
+                break
+            for idx in self.live_objects(src):          # migrate_zspage()
+                nidx, noff = self._obj_malloc(dst)
+                off = self.offset(src, idx)
+                mm[noff:noff + self.size] = mm[off:off + self.size]
+                key = self.cid << _CLS_SHIFT | src << _ZS_SHIFT | idx << _IDX_SHIFT
+                moves[key] = self.cid << _CLS_SHIFT | dst << _ZS_SHIFT | nidx << _IDX_SHIFT
+                self._obj_free(src, idx)
+                if self.used[dst] == self.per_zspage or not self.used[src]:
+                    break
+            if self.used[src]:
+                self._list(src, self._fullness(self.used[src]))
+            else:
+                self._free_zspage(src)
+                freed += self.k
+            if self.used[dst] == self.per_zspage:
+                self._list(dst, _FULL)
+                dst = None
+        if dst is not None:
+            self._list(dst, self._fullness(self.used[dst]))
+        return freed
+
+    def _isolate(self, fullest: bool) -> int | None:
+        zs = self._head(fullest)
+        if zs is not None:
+            self._unlist(zs)
+            self.group[zs] = _ISOLATED
+        return zs
+
     def stats(self) -> ClassStats:
-        needed = -(-self.live // self.per_zspage)
-        return ClassStats(self.size, self.k, self.zspages * self.per_zspage, self.live,
-                          self.zspages * self.k, (self.zspages - needed) * self.k)
+        return ClassStats(self.index, self.size, self.k, self.zspages * self.per_zspage, self.live,
+                          self.zspages * self.k, self.freeable())
 
     @property
     def metadata_bytes(self) -> int:
-        return len(self.page) * 10 + len(self.free_ids) * 4
+        return len(self.page) * 11 + len(self.free_ids) * 4
 
 
 class ArenaPool:
-    def __init__(self, huge_threshold: int = 3072) -> None:
-        self.huge_threshold = huge_threshold
+    def __init__(self, huge_threshold: int | None = None,
+                 chain_size: int = DEFAULT_CHAIN_SIZE) -> None:
+        geo = geometry(chain_size)
+        self.geometry = geo
+        self.huge_threshold = geo.huge_class_size if huge_threshold is None else huge_threshold
+        if not 1 <= self.huge_threshold <= geo.huge_class_size:
+            raise ValueError(f"huge_threshold must be 1-{geo.huge_class_size} with "
+                             f"chain_size {chain_size}")
         self._mem = _Memory()
         self._runs: dict[int, _Runs] = {}
-        self._classes: list[_SizeClass] = []
-        top = class_size(max(huge_threshold - 1, 1))
-        for cid, size in enumerate(range(MIN_CLASS, top + 1, CLASS_STEP)):
-            self._classes.append(_SizeClass(cid, size, pages_per_zspage(size),
-                                            self._runs_of(pages_per_zspage(size))))
+        # the classes an object below the huge threshold can land in
+        top = geo.class_of(self.huge_threshold - 1).size if self.huge_threshold > 1 else 0
+        specs = [c for c in geo.classes if c.size <= top]
+        self._classes = [_SizeClass(cid, spec, self._runs_of(spec.pages_per_zspage))
+                         for cid, spec in enumerate(specs)]
         assert len(self._classes) < HUGE
+        by_index = {c.size: c for c in self._classes}
         # huge objects own a page: the handle holds its page number, no zspage state
         self._huge_runs = self._runs_of(1)
-        # size -> class, precomputed: the lookup is on every store
+        # length -> class, precomputed: the lookup is on every store
         self._by_size: list[_SizeClass | None] = [
-            self._classes[(max(n, MIN_CLASS) - MIN_CLASS + CLASS_STEP - 1) // CLASS_STEP]
-            if n < huge_threshold else None for n in range(PAGE_SIZE + 1)]
+            by_index[geo.class_of(n).size] if n < self.huge_threshold else None
+            for n in range(PAGE_SIZE + 1)]
         self.stored_bytes = 0
         self.used_bytes = 0             # pages held by zspages and huge pages, in bytes
         self.huge_pages = 0
@@ -427,7 +540,7 @@ class ArenaPool:
         c = self._by_size[size]
         if c is None:
             return PAGE_SIZE
-        return 0 if c.partial else c.k * PAGE_SIZE
+        return 0 if c.has_room else c.k * PAGE_SIZE
 
     def put(self, blob: bytes) -> int:
         size = len(blob)
@@ -439,7 +552,7 @@ class ArenaPool:
             self.stored_bytes += size
             self.huge_pages += 1
             return HUGE << _CLS_SHIFT | page << _IDX_SHIFT | size
-        if not c.partial:
+        if not c.has_room:
             self.used_bytes += c.k * PAGE_SIZE
         zs, idx, off = c.alloc()
         self._mem.mm[off:off + size] = blob                  # type: ignore[index]
@@ -474,35 +587,17 @@ class ArenaPool:
     # ------------------------------------------------------------ compaction and stats
 
     def compact(self) -> dict[int, int]:
-        """Move objects out of sparse zspages so those can be freed.
-
-        Like zs_compact: per class, evacuate the emptiest zspages into free slots
-        of the fullest; then give back the memory that holds nothing. Returns
-        {old handle: new handle}; the owner rewrites its references (the device
-        does, in its page tables)."""
+        """zs_compact(): per class, largest first, move objects from the sparsest
+        zspages into the fullest, as zsmalloc does; then give back the memory that
+        holds nothing. Returns {old handle: new handle} (without the size bits);
+        the owner rewrites its references (the device does, in its page tables)."""
         moves: dict[int, int] = {}
-        for c in self._classes:
-            spare = c.zspages - -(-c.live // c.per_zspage)
-            if spare <= 0:
-                continue
-            live = [zs for zs in range(len(c.page)) if c.used[zs]]
-            victims = sorted(live, key=lambda z: c.used[z])[:spare]
-            c.partial -= set(victims)
-            for zs in victims:
-                for idx in c.live_objects(zs):
-                    nzs, nidx, noff = c.alloc()
-                    mm = self._mem.mm
-                    assert mm is not None
-                    off = c.offset(zs, idx)
-                    mm[noff:noff + c.size] = mm[off:off + c.size]
-                    old = c.cid << _CLS_SHIFT | zs << _ZS_SHIFT | idx << _IDX_SHIFT
-                    new = c.cid << _CLS_SHIFT | nzs << _ZS_SHIFT | nidx << _IDX_SHIFT
-                    moves[old] = new
-                    if c.release(zs, idx):
-                        self.used_bytes -= c.k * PAGE_SIZE
-                        self.pages_compacted += c.k
-                    else:
-                        c.partial.discard(zs)   # still a victim: take no new objects
+        mm = self._mem.mm
+        for c in reversed(self._classes):
+            if mm is not None and c.freeable():
+                freed = c.compact(mm, moves)
+                self.used_bytes -= freed * PAGE_SIZE
+                self.pages_compacted += freed
         for runs in self._runs.values():
             runs.flush()
         return moves
@@ -510,8 +605,8 @@ class ArenaPool:
     def class_stats(self) -> list[ClassStats]:
         out = [c.stats() for c in self._classes if c.zspages]
         if self.huge_pages:
-            out.append(ClassStats(PAGE_SIZE, 1, self.huge_pages, self.huge_pages,
-                                  self.huge_pages, 0))
+            out.append(ClassStats(ZS_SIZE_CLASSES - 1, PAGE_SIZE, 1, self.huge_pages,
+                                  self.huge_pages, self.huge_pages, 0))
         return out
 
     @property
