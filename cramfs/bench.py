@@ -189,6 +189,7 @@ def thread_scaling(data: bytes) -> dict[str, float]:
     import threading
 
     from . import parallel
+    from .config import DeviceConfig
     from .device import encoder
 
     def best(fn: Any) -> float:
@@ -213,7 +214,7 @@ def thread_scaling(data: bytes) -> dict[str, float]:
             t.join()
 
     pages = [data[i:i + PAGE_SIZE] for i in range(0, 256 * PAGE_SIZE, PAGE_SIZE)]
-    enc = encoder("lz4", 3072)
+    enc = encoder("lz4", DeviceConfig().huge_threshold)
     serial = best(lambda: [enc(p) for p in pages])
     split = best(lambda: parallel.map_pages(enc, pages, 1))
     one = best(lambda: lz4_blocks(8))
