@@ -69,6 +69,12 @@ def _status(ns: Namespace) -> str:
                 "stored_incompressible_pages", "fallback_pages", "promoted_pages",
                 "poisoned_now"):
         lines.append(f"{key}: {s[key]}")
+    limit = dev.config.fallback_limit
+    lines.append(f"fallback_bytes: {s['fallback_bytes']} "
+                 f"({format_size(int(s['fallback_bytes']))})")
+    lines.append(f"fallback_limit: {limit} ({format_size(limit)})")
+    for key in ("fallback_limit_hit", "promotions_skipped"):
+        lines.append(f"{key}: {s[key]}")
     over = dev.overflow_at_ratio()
     if over:
         lines.append(

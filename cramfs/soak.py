@@ -18,7 +18,8 @@ all at the same time:
   its own data.
 
 It reports operations done, wrong bytes, daemon deaths, unexpected errnos,
-peak daemon RSS next to physical_used, and anything left on the host. Exit
+peak daemon RSS next to what the device held at that moment (physical_used,
+fallback and DRAM-tier bytes), and anything left on the host. Exit
 status 0 means all of those were zero.
 """
 
@@ -58,7 +59,7 @@ class Report:
     unexpected_errnos: list[str] = field(default_factory=list)
     refused_writes: int = 0            # ENOSPC from write control: allowed, counted
     peak_rss: int = 0
-    physical_used_at_peak: int = 0
+    at_peak: dict[str, int] = field(default_factory=dict)   # what the device held then
     empty_rss: int = 0
     left_on_host: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
@@ -328,11 +329,12 @@ class Soak:
             rss = _rss(daemon.proc.pid)
             if rss > self.report.peak_rss:
                 try:
-                    used = int(json.loads((self.mount / ".cram" / "stat.json").read_text())
-                               ["physical_used"])
+                    doc = json.loads((self.mount / ".cram" / "stat.json").read_text())
+                    held = {k: int(doc[k]) for k in ("physical_used", "fallback_bytes",
+                                                     "promoted_bytes", "logical_stored")}
                 except (OSError, ValueError, KeyError):
-                    used = 0
-                self.report.peak_rss, self.report.physical_used_at_peak = rss, used
+                    held = {}
+                self.report.peak_rss, self.report.at_peak = rss, held
             time.sleep(0.5)
 
 
