@@ -5,9 +5,14 @@ Every page slot of every file changes state here and nowhere else:
     hole ──write──▶ same | compressed | huge     (on the device)
                     fallback                     (refused by write control, kept in host memory)
                     poisoned | hole              (no room, write control off, overflow=poison|drop)
-    compressed ──zswap read (fault)──▶ promoted  (compressed copy released)
+    compressed ──zswap read (fault)──▶ promoted  (compressed copy released from the pool)
     compressed ──direct write (fault)─▶ promoted
     promoted ──LRU over budget, or .cram/demote──▶ through write control again
+
+A promoted page keeps, outside the pool, the compressed form the device had:
+demoting it unchanged puts those bytes back without running the compressor.
+Only a page a direct-mode write changed, or whose compressor changed since, is
+compressed at demotion.
     any ──discard / truncate──▶ hole
 
 The device knows nothing of FUSE. It takes a `PageTable` (one per file) and
@@ -42,8 +47,11 @@ from .pagetable import (
     PROMOTED,
     SAME,
     PageTable,
+    WordStore,
     algo_of,
     pack,
+    same_handle,
+    same_word_of,
 )
 from .pool import MAX_ZSPAGE_PAGES, ArenaPool, ClassPool, Pool, rebase
 from .tier import DramTier
@@ -54,6 +62,7 @@ ZERO_WORD = bytes(8)
 _NONE_ID = COMPRESSORS["none"].ident
 _WORDS = PAGE_SIZE // 8
 _LOW_BITS = (1 << HANDLE_SHIFT) - 1
+_WIDE_WORD = 1 << HANDLE_SHIFT       # a same-filled word kept in the WordStore
 _MAX_GROWTH = MAX_ZSPAGE_PAGES * PAGE_SIZE      # the most one store can add to a pool
 
 
@@ -67,7 +76,10 @@ class DeviceError(Exception):
 
 # A page made ready for the device: (same-filled word or None, blob to store,
 # compressor id, huge). A plain tuple: it is built for every page written.
+# The DRAM tier keeps one per promoted page: the compressed form the device had,
+# or, with compressor id DIRTY, the page itself once a write changed it.
 Encoded = tuple[bytes | None, bytes, int, bool]
+DIRTY = -1
 
 
 @dataclass
@@ -137,7 +149,8 @@ class Device:
         self.mount_physical = self.config.physical
         self.pool: Pool = pool or ArenaPool(self.config.huge_threshold, self.config.chain_size)
         self.fallback: Pool = fallback_pool or ClassPool()
-        self.tier: DramTier[tuple[PageTable, int]] = DramTier()
+        self.tier: DramTier[tuple[PageTable, int], Encoded] = DramTier()
+        self.words = WordStore()             # same-filled words too wide for a table word
         self.levels = LevelTracker()
         self.events = EventLog(clock=clock)
         self.counters = Counters()
@@ -155,6 +168,7 @@ class Device:
         """Recompute what is derived from the settings (after any change)."""
         c = self.config
         self._encode = encoder(c.compressor, c.huge_threshold)
+        self._algo = COMPRESSORS[c.compressor].ident
         self._direct_dram = c.mode == "direct" and c.dram >= PAGE_SIZE
         self._band()
 
@@ -262,8 +276,8 @@ class Device:
                 self.huge_pages -= 1
         elif kind == SAME:
             table.stored_pages -= 1
-            if table.same_words:
-                table.same_words.pop(idx, None)
+            if word & _WIDE_WORD:
+                self.words.free(word >> (HANDLE_SHIFT + 1))
         elif kind == FALLBACK:
             self.fallback.free(word >> HANDLE_SHIFT)
         elif kind == PROMOTED:
@@ -286,10 +300,12 @@ class Device:
             return ZERO_PAGE
         kind = word & KIND_MASK
         if kind == SAME:
-            return table.same_words.get(idx, ZERO_WORD) * _WORDS
+            handle = word >> HANDLE_SHIFT
+            return same_word_of(handle, self.words) * _WORDS if handle else ZERO_PAGE
         if kind == PROMOTED:
             key = (table, idx)
-            return self.tier.get(key) if touch else self.tier.peek(key)
+            _, blob, algo, _ = self.tier.get(key) if touch else self.tier.peek(key)
+            return blob if algo == DIRTY else BY_ID[algo].decompress(blob)
         if kind == POISONED:
             self._poisoned_read(table, idx)
         return self._decode(word)
@@ -314,8 +330,11 @@ class Device:
             self.counters.faults += 1
             if self.config.dram >= PAGE_SIZE:
                 if self._tier_room():
+                    pool = self.pool if kind == DEVICE else self.fallback
+                    kept = (None, pool.get(word >> HANDLE_SHIFT), algo_of(word),
+                            bool(word & HUGE_BIT))
                     self._release(table, idx)
-                    self._to_dram(table, idx, data)
+                    self._to_dram(table, idx, kept)
                     self.counters.promotions += 1
                 else:
                     self.counters.promotions_skipped += 1
@@ -332,8 +351,8 @@ class Device:
                 return False
         return True
 
-    def _to_dram(self, table: PageTable, idx: int, data: bytes) -> None:
-        self.tier.put((table, idx), data)
+    def _to_dram(self, table: PageTable, idx: int, kept: Encoded) -> None:
+        self.tier.put((table, idx), kept)
         self._install(table, idx, PROMOTED)
         self._refresh()
 
@@ -344,11 +363,11 @@ class Device:
             # compressed copy is freed.
             kind = table.get(idx) & KIND_MASK
             if kind == PROMOTED:
-                self.tier.put((table, idx), page)
+                self.tier.put((table, idx), (None, page, DIRTY, False))
                 return
             if self._tier_room():
                 self._release(table, idx)
-                self._to_dram(table, idx, page)
+                self._to_dram(table, idx, (None, page, DIRTY, False))
                 if kind in (DEVICE, FALLBACK):
                     self.counters.faults += 1
                     self.counters.promotions += 1
@@ -369,12 +388,9 @@ class Device:
         word, blob, algo, huge = enc
         if word is not None:
             old = self._release(table, idx)
-            if word == ZERO_WORD:
-                if old & KIND_MASK in (DEVICE, FALLBACK, PROMOTED):
-                    self.counters.zero_released_pages += 1
-            else:
-                table.same_words[idx] = word
-            self._install(table, idx, SAME)
+            if word == ZERO_WORD and old & KIND_MASK in (DEVICE, FALLBACK, PROMOTED):
+                self.counters.zero_released_pages += 1
+            self._install(table, idx, pack(SAME, same_handle(word, self.words)))
             self._refresh()
             return True
 
@@ -465,7 +481,13 @@ class Device:
         if key is None:
             return False
         table, idx = key
-        if not self._store(table, idx, self._encode(self.tier.peek(key)), demoting=True):
+        kept = self.tier.peek(key)
+        algo = kept[2]
+        if algo == DIRTY:
+            kept = self._encode(kept[1])
+        elif algo != self._algo and algo != _NONE_ID:
+            kept = self._encode(BY_ID[algo].decompress(kept[1]))   # the compressor changed
+        if not self._store(table, idx, kept, demoting=True):
             return False
         self.counters.demotions += 1
         return True
@@ -523,12 +545,17 @@ class Device:
             idx = first + k
             lo = start if k == 0 else 0
             hi = min(PAGE_SIZE, start + n - k * PAGE_SIZE)
-            old = self._peek(table, idx)
-            page = b"".join((old[:lo], view[done:done + hi - lo], old[hi:]))
             self.counters.writes += 1
             try:
+                # a whole page needs no merge; a partial one over a poisoned page is EIO
+                if hi - lo == PAGE_SIZE:
+                    page = bytes(view[done:done + PAGE_SIZE])
+                else:
+                    old = self._peek(table, idx)
+                    page = b"".join((old[:lo], view[done:done + hi - lo], old[hi:]))
                 self._write_page(table, idx, page)
             except DeviceError:
+                # pages before this one were stored: a short count, not a failure
                 if done:
                     return done
                 raise

@@ -13,8 +13,10 @@ the pool handle (0 = hole):
     bit  5    huge (stored uncompressed)
     bits 6-63 handle into the device pool or the fallback pool
 
-The rare extras live in side dicts: the repeated word of a same-filled page
-that is not zero, and the cost an injected ratio added to a page.
+A same-filled page keeps its repeated word in the handle bits: inline when it
+is a sign-extended 57-bit number (zero, -1, small integers: nearly all of
+them), else as an index into the device's `WordStore`, 8 bytes more. The rare
+extra lives in a side dict: the cost an injected ratio added to a page.
 """
 
 from __future__ import annotations
@@ -28,10 +30,67 @@ ALGO_SHIFT = 3
 HUGE_BIT = 1 << 5
 HANDLE_SHIFT = 6
 
+_INLINE_LIMIT = 1 << 56          # same-filled words in [-2^56, 2^56) live in the table word
+_INLINE_MASK = (1 << 57) - 1
+_WORD_MASK = (1 << 64) - 1
+
 CHUNK_BITS = 9
 CHUNK = 1 << CHUNK_BITS
 _LOW = CHUNK - 1
 _EMPTY = bytes(8 * CHUNK)
+
+
+def same_handle(word: bytes, store: WordStore) -> int:
+    """The handle bits of a same-filled page repeating the 8-byte `word`."""
+    value = int.from_bytes(word, "little", signed=True)
+    if -_INLINE_LIMIT <= value < _INLINE_LIMIT:
+        return (value & _INLINE_MASK) << 1
+    return store.put(value & _WORD_MASK) << 1 | 1
+
+
+def same_word_of(handle: int, store: WordStore) -> bytes:
+    if handle & 1:
+        return store.get(handle >> 1).to_bytes(8, "little")
+    value = handle >> 1
+    if value >= _INLINE_LIMIT:                 # sign-extend the 57-bit form
+        value -= 1 << 57
+    return value.to_bytes(8, "little", signed=True)
+
+
+class WordStore:
+    """The repeated words that do not fit in a table word, 8 bytes each.
+
+    Freed entries are reused first: their list is threaded through the array
+    itself, as zsmalloc threads its free list through free objects."""
+
+    __slots__ = ("_free", "_words", "live")
+
+    def __init__(self) -> None:
+        self._words = array("Q")
+        self._free = 0              # index + 1 of the first free entry; 0 if none
+        self.live = 0
+
+    def put(self, value: int) -> int:
+        self.live += 1
+        if self._free:
+            i = self._free - 1
+            self._free = self._words[i]
+            self._words[i] = value
+            return i
+        self._words.append(value)
+        return len(self._words) - 1
+
+    def get(self, i: int) -> int:
+        return self._words[i]
+
+    def free(self, i: int) -> None:
+        self.live -= 1
+        self._words[i] = self._free
+        self._free = i + 1
+
+    @property
+    def metadata_bytes(self) -> int:
+        return 8 * len(self._words)
 
 
 def pack(kind: int, handle: int = 0, algo: int = 0, huge: bool = False) -> int:
@@ -58,14 +117,13 @@ class PageTable:
     """A file's slots and its share of the device (kept by device.py)."""
 
     __slots__ = ("__weakref__", "_chunks", "_used", "count", "extra", "name",
-                 "physical_bytes", "promoted_pages", "same_words", "stored_pages")
+                 "physical_bytes", "promoted_pages", "stored_pages")
 
     def __init__(self, name: str = "") -> None:
         self.name = name                   # for event lines; the namespace keeps it current
         self._chunks: dict[int, array[int]] = {}
         self._used: dict[int, int] = {}    # non-hole words per chunk
         self.count = 0                     # non-hole slots
-        self.same_words: dict[int, bytes] = {}
         self.extra: dict[int, int] = {}
         self.stored_pages = 0              # same + compressed + huge
         self.physical_bytes = 0            # class-size charges (+ injected extra)

@@ -419,3 +419,78 @@ def test_comp_threads_knob():
     with pytest.raises(DeviceError) as e:
         dev.set("comp_threads", "-1")
     assert e.value.errno == errno.EINVAL and dev.config.comp_threads == 2
+
+
+def test_a_partial_page_over_a_poisoned_one_gives_a_short_count():
+    """The merge read used to sit outside the error handling: the pages before it were
+    stored, yet the whole write failed."""
+    dev, t = make(dram=0)
+    dev.write(t, 0, text_page(1) * 2)
+    dev.inject_poison(t, 1)
+    assert dev.write(t, 0, bytes(P + 1)) == P
+    assert dev.read(t, 0, P) == bytes(P)
+    with pytest.raises(DeviceError) as e:
+        dev.write(t, P, b"x")
+    assert e.value.errno == errno.EIO
+
+
+def _counting_encoder(dev: Device) -> list[int]:
+    calls = [0]
+    real = dev._encode
+
+    def encode(page: bytes) -> Any:
+        calls[0] += 1
+        return real(page)
+
+    dev._encode = encode
+    return calls
+
+
+def test_an_unchanged_promoted_page_goes_back_without_compression():
+    dev, t = make(dram=8 * P)
+    dev.write(t, 0, text_page(1))
+    blob = dev.pool.get(t.get(0) >> 6)
+    calls = _counting_encoder(dev)
+    assert dev.read(t, 0, P) == text_page(1)          # promoted: the pool copy is freed
+    assert kind_of(t.get(0)) == PROMOTED and dev.pool.stored_bytes == 0
+    assert dev.read(t, 0, P) == text_page(1)          # a hit, served from the tier
+    assert dev.demote(None) == 1
+    assert calls[0] == 0, "the compressed form the device had goes back as it was"
+    assert kind_of(t.get(0)) == DEVICE and dev.pool.get(t.get(0) >> 6) == blob
+    check_accounting(dev, [t])
+
+
+def test_a_changed_page_or_compressor_is_compressed_once_at_demotion():
+    dev, t = make(dram=8 * P, mode="direct")
+    dev.set("dram", "0")
+    dev.write(t, 0, text_page(1))
+    dev.write(t, P, text_page(2))
+    dev.set("dram", "32K")
+    calls = _counting_encoder(dev)
+    dev.write(t, 0, text_page(3))                     # a write fault: into DRAM, dirty
+    assert calls[0] == 0 and kind_of(t.get(0)) == PROMOTED
+    dev.set("mode", "zswap")
+    assert dev.read(t, P, P) == text_page(2)           # clean, promoted
+    dev.set("compressor", "zstd")
+    calls = _counting_encoder(dev)
+    assert dev.demote(None) == 2
+    assert calls[0] == 2, "the dirty page and the one whose compressor changed"
+    assert algo_of(t.get(0)) == algo_of(t.get(1)) == 1
+    assert dev.read(t, 0, 2 * P) == text_page(3) + text_page(2)
+    check_accounting(dev, [t])
+
+
+def test_same_filled_pages_of_any_word_cost_no_dict_entry():
+    dev, t = make()
+    narrow = [bytes(8), b"\xff" * 8, (12345).to_bytes(8, "little"), b"\x01" * 8]
+    wide = [bytes.fromhex("deadbeefdeadbeef"), b"\x80" + bytes(7), bytes(7) + b"\x7f"]
+    for i, word in enumerate(narrow + wide):
+        dev.write(t, i * P, word * (P // 8))
+    assert dev.words.live == 3, "only words outside the 57-bit inline form use the store"
+    for i, word in enumerate(narrow + wide):
+        assert dev.read(t, i * P, P) == word * (P // 8)
+        assert kind_of(t.get(i)) == SAME
+    dev.discard(t, 0, 64)
+    assert dev.words.live == 0
+    dev.write(t, 0, wide[0] * (P // 8))
+    assert dev.words.metadata_bytes == 24, "freed entries are reused"
