@@ -299,12 +299,65 @@ def dd_pass(target: Path, data_file: Path) -> dict[str, float]:
             "read_mbps": round(size / 1e6 / (t2 - t1), 1)}
 
 
+def swap_row(quick: bool, rounds: int) -> dict[str, Any]:
+    """The row that matters most: the built-in workload in a memory-limited cgroup,
+    swapping through a direct-I/O loop device on the baseline's file, on cramfs with
+    default options, and on zram, in alternating rounds."""
+    from .experiment import CramTarget, NullTarget, Target, ZramTarget, run_target
+    from .swap import unavailable
+
+    why = unavailable()
+    if why:
+        say(f"no swap row: {why}")
+        return {"skipped": why}
+    size = (64 << 20) if quick else (256 << 20)
+    limit = (24 << 20) if quick else (96 << 20)
+    command = [sys.executable, "-m", "cramfs.workload", "--size", str(size), "--passes", "2"]
+    targets: list[Target] = [NullTarget(2 * size), CramTarget([], None, 2 * size)]
+    if ZramTarget.unavailable("lz4") is None:
+        targets.append(ZramTarget("lz4", 2 * size))
+    runs: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets}
+    for _ in range(rounds):
+        for t in targets:
+            _, summary = run_target(t, command, limit, 0.2)
+            if summary["workload_exit_status"] != 0:
+                raise RuntimeError(f"swap row: the workload failed on {t.name}: {summary}")
+            runs[t.name].append(summary)
+    row: dict[str, Any] = {"workload": f"{format_size(size)} in a {format_size(limit)} cgroup, "
+                           "2 passes", "rounds": rounds}
+    for name, rs in runs.items():
+        walls = [r["wall_time_s"] for r in rs]
+        peaks = [r["ratio_at_peak"] for r in rs if r["ratio_at_peak"] not in (None, float("inf"))]
+        row[name] = {"wall_s": round(statistics.median(walls), 2),
+                     "wall_range": [min(walls), max(walls)],
+                     "ratio_at_peak": round(statistics.median(peaks), 2) if peaks else None,
+                     "peak_rss": max(r["peak_rss"] for r in rs)}
+
+    def paired(a: str, b: str, key: str) -> dict[str, Any]:
+        xs = [x[key] / y[key] for x, y in zip(runs[a], runs[b], strict=True)
+              if x[key] and y[key] and y[key] != float("inf")]
+        return {"median": round(statistics.median(xs), 2),
+                "range": [round(min(xs), 2), round(max(xs), 2)]} if xs else {}
+
+    row["cramfs_vs_baseline"] = paired("cramfs", "baseline", "wall_time_s")
+    if "zram" in runs:
+        row["cramfs_vs_zram"] = paired("cramfs", "zram", "wall_time_s")
+        row["ratio_vs_zram"] = paired("cramfs", "zram", "ratio_at_peak")
+    say(f"swap: cramfs {row['cramfs']['wall_s']} s, baseline {row['baseline']['wall_s']} s "
+        f"({row['cramfs_vs_baseline'].get('median')}x)")
+    return row
+
+
 def run(quick: bool, out: Path, only: list[str] | None = None) -> dict[str, Any]:
     size = (32 << 20) if quick else (256 << 20)
     runtime = 1.0 if quick else 2.0
     rounds = 1 if quick else 5
     jobs = [j for j in JOBS if (not quick or j.name in QUICK)
             and (not only or any(o in j.name for o in only))]
+    if only and not jobs:                       # `--only swap`: the swap row alone
+        result = {"quick": quick, "rounds": rounds, "swap": swap_row(quick, rounds)}
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        return result
     py = sys.executable
     cramfs = str(Path(py).parent / "cramfs")
     # dram=0: reads are served in place, so the read figures measure the store itself
@@ -390,11 +443,35 @@ def run(quick: bool, out: Path, only: list[str] | None = None) -> dict[str, Any]
     finally:
         for m in mounts:
             m.close()
+    if not only or any("swap" in o for o in only):
+        results["swap"] = swap_row(quick, rounds)
     out.write_text(json.dumps(results, indent=1) + "\n")
     return results
 
 
+def swap_table(sw: dict[str, Any]) -> list[str]:
+    if "skipped" in sw:
+        return [f"swap row skipped: {sw['skipped']}"]
+    lines = [f"swap row ({sw['workload']}, median of {sw['rounds']} alternating rounds, "
+             "range in brackets):", "",
+             "| target | wall time s | ratio at peak | peak workload RSS |", "|---|---|---|---|"]
+    for name in ("baseline", "cramfs", "zram"):
+        if name in sw:
+            t = sw[name]
+            lo, hi = t["wall_range"]
+            lines.append(f"| {name} | {t['wall_s']} ({lo}-{hi}) | {t['ratio_at_peak'] or '-'} | "
+                         f"{format_size(t['peak_rss'])} |")
+    for key in ("cramfs_vs_baseline", "cramfs_vs_zram", "ratio_vs_zram"):
+        v = sw.get(key)
+        if v:
+            lines.append(f"{key.replace('_', ' ')}: {v['median']} ({v['range'][0]}-"
+                         f"{v['range'][1]})")
+    return lines
+
+
 def table(r: dict[str, Any]) -> str:
+    if "jobs" not in r:
+        return "\n".join(swap_table(r["swap"])) + "\n"
     lines = ["| workload | cramfs IOPS | cramfs MB/s | baseline IOPS | vs baseline (range) |"
              " vs 1-thread lz4 | zram IOPS |", "|---|---|---|---|---|---|---|"]
     for name, row in r["jobs"].items():
@@ -432,6 +509,8 @@ def table(r: dict[str, Any]) -> str:
                  f"{format_size(r['baseline_peak_rss'])}; cramfs RSS holding the real data "
                  f"{format_size(rd['daemon_rss'])} for {format_size(rd['physical_used'])} "
                  "physical_used")
+    if "swap" in r:
+        lines += ["", *swap_table(r["swap"])]
     return "\n".join(lines) + "\n"
 
 
@@ -441,10 +520,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="a few seconds, for the test suite")
     p.add_argument("--out", type=Path, default=Path("bench-results.json"), help="JSON file")
     p.add_argument("--only", action="append", metavar="TEXT",
-                   help="run only the fio jobs whose name contains TEXT (repeatable)")
+                   help="run only the jobs whose name contains TEXT (repeatable); "
+                   "`--only swap` runs the swap row alone")
     args = p.parse_args(argv)
-    if args.only and not any(o in j.name for j in JOBS for o in args.only):
-        p.error(f"no job matches {args.only}; jobs: {', '.join(j.name for j in JOBS)}")
+    names = [j.name for j in JOBS] + ["swap"]
+    if args.only and not any(o in n for n in names for o in args.only):
+        p.error(f"no job matches {args.only}; jobs: {', '.join(names)}")
     try:
         results = run(args.quick, args.out, args.only)
     except (RuntimeError, OSError, subprocess.CalledProcessError) as e:

@@ -27,6 +27,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Protocol
 
+from . import zram
 from .cgroup import CgroupUnavailable, MemoryCgroup
 from .child import Daemon
 from .levels import LEVELS
@@ -36,7 +37,6 @@ from .workload import EXIT_MISMATCH
 
 FIELDS = ("target", "time", "physical_used", "logical_stored", "ratio", "danger", "promotions",
           "demotions", "refusals", "fallback_pages", "pswpin", "pswpout", "rss")
-ZRAM = Path("/sys/block/zram0")
 
 
 def say(msg: str) -> None:
@@ -101,6 +101,38 @@ class CramTarget:
             self._tmp = None
 
 
+class NullTarget:
+    """The benchmark's do-nothing pyfuse3 filesystem with the same loop swap on it:
+    the same stack without cramfs."""
+
+    name = "baseline"
+
+    def __init__(self, swap_size: int) -> None:
+        self.swap_size = swap_size
+        self._daemon: Daemon | None = None
+        self._tmp: Path | None = None
+
+    def setup(self) -> None:
+        self._tmp = Path(tempfile.mkdtemp(prefix="cramfs-null-"))
+        self._daemon = Daemon([sys.executable, "-m", "cramfs.nullfs"], self._tmp)
+        swap_up(self._tmp, self.swap_size, echo=lambda line: say(f"+ {line}"), any_fs=True)
+
+    def sample(self) -> dict[str, Any]:
+        return {"physical_used": 0, "logical_stored": 0, "ratio": float("inf"), "danger": "",
+                "promotions": 0, "demotions": 0, "refusals": 0, "fallback_pages": 0}
+
+    def teardown(self) -> None:
+        if self._tmp is not None:
+            swap_down(self._tmp, echo=lambda line: say(f"+ {line}"))
+        if self._daemon is not None:
+            self._daemon.close()
+            self._daemon = None
+        if self._tmp is not None:
+            with suppress(OSError):
+                self._tmp.rmdir()
+            self._tmp = None
+
+
 class ZramTarget:
     """The kernel's zram0 as swap, same algorithm and size; reset afterwards."""
 
@@ -113,28 +145,22 @@ class ZramTarget:
 
     @staticmethod
     def unavailable(algorithm: str) -> str | None:
-        if not ZRAM.exists():
-            return "/sys/block/zram0 is not present"
-        if algorithm not in (ZRAM / "comp_algorithm").read_text().replace("[", " ") \
-                .replace("]", " ").split():
-            return f"zram0 has no {algorithm} compressor"
-        if int((ZRAM / "disksize").read_text()) != 0 or "/dev/zram0" in active_swaps():
-            return "zram0 is already in use; not touching it"
-        return None
+        return zram.unavailable(algorithm) or (
+            "zram0 is already in use; not touching it" if zram.DEVICE in active_swaps()
+            else None)
 
     def setup(self) -> None:
         echo = lambda line: say(f"+ {line}")  # noqa: E731
         self._ours = True
-        echo(f"echo {self.algorithm} > {ZRAM}/comp_algorithm")
-        (ZRAM / "comp_algorithm").write_text(self.algorithm)
-        echo(f"echo {self.swap_size} > {ZRAM}/disksize")
-        (ZRAM / "disksize").write_text(str(self.swap_size))
-        run(["mkswap", "/dev/zram0"], echo)
-        run(["swapon", "-p", str(top_priority()), "/dev/zram0"], echo)
+        echo(f"echo {self.algorithm} > {zram.ZRAM}/comp_algorithm")
+        echo(f"echo {self.swap_size} > {zram.ZRAM}/disksize")
+        zram.set_up(self.swap_size, self.algorithm)
+        run(["mkswap", zram.DEVICE], echo)
+        run(["swapon", "-p", str(top_priority()), zram.DEVICE], echo)
 
     def sample(self) -> dict[str, Any]:
-        mm = [int(v) for v in (ZRAM / "mm_stat").read_text().split()]
-        orig, used = mm[0], mm[2]
+        mm = zram.mm_stat()
+        orig, used = mm["orig_data_size"], mm["mem_used_total"]
         return {"physical_used": used, "logical_stored": orig,
                 "ratio": round(orig / used, 2) if used else float("inf"), "danger": "",
                 "promotions": 0, "demotions": 0, "refusals": 0, "fallback_pages": 0}
@@ -142,10 +168,10 @@ class ZramTarget:
     def teardown(self) -> None:
         if not self._ours:
             return
-        if "/dev/zram0" in active_swaps():
-            run(["swapoff", "/dev/zram0"], lambda line: say(f"+ {line}"))
-        say(f"+ echo 1 > {ZRAM}/reset")
-        (ZRAM / "reset").write_text("1")
+        if zram.DEVICE in active_swaps():
+            run(["swapoff", zram.DEVICE], lambda line: say(f"+ {line}"))
+        say(f"+ echo 1 > {zram.ZRAM}/reset")
+        zram.reset()
         self._ours = False
 
 

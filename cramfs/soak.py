@@ -43,6 +43,7 @@ from pathlib import Path
 from .cgroup import CgroupUnavailable, MemoryCgroup, detect
 from .child import Daemon, is_mounted
 from .swap import active_swaps, loops_backed_by, swap_down, swap_up
+from .swap import unavailable as swap_unavailable
 from .units import PAGE_SIZE
 
 P = PAGE_SIZE
@@ -288,7 +289,7 @@ class Soak:
     # ------------------------------------------------------------ swap
 
     def swap(self) -> None:
-        reason = _swap_unavailable()
+        reason = swap_unavailable()
         if reason:
             self.report.skipped.append(f"swap: {reason}")
             return
@@ -358,21 +359,6 @@ def _rss(pid: int) -> int:
     except OSError:
         pass
     return 0
-
-
-def _swap_unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root"
-    for tool in ("losetup", "mkswap", "swapon", "swapoff"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed"
-    if not Path("/dev/loop-control").exists():
-        return "no loop devices"
-    try:
-        detect()
-    except CgroupUnavailable as e:
-        return str(e)
-    return None
 
 
 def leftovers(mounts: list[Path]) -> list[str]:

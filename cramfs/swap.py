@@ -12,12 +12,15 @@ loop device that does not sit on this slot file.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from .cgroup import CgroupUnavailable, detect
 from .units import parse_size
 
 Echo = Callable[[str], None]
@@ -51,6 +54,22 @@ def loops_backed_by(path: Path) -> list[str]:
     return sorted(found)
 
 
+def unavailable() -> str | None:
+    """Why swap through a loop device in a memory cgroup cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "swap needs root"
+    for tool in ("losetup", "mkswap", "swapon", "swapoff"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    if not Path("/dev/loop-control").exists():
+        return "no loop devices (/dev/loop-control missing)"
+    try:
+        detect()
+    except CgroupUnavailable as e:
+        return str(e)
+    return None
+
+
 def top_priority() -> int:
     """A priority above every active swap, so the kernel fills this one first."""
     prios = list(active_swaps().values())
@@ -58,11 +77,13 @@ def top_priority() -> int:
 
 
 def swap_up(mount: Path, size: int, name: str = DEFAULT_NAME, priority: int | None = None,
-            echo: Echo = _echo) -> str:
+            echo: Echo = _echo, any_fs: bool = False) -> str:
+    """Swap on a slot file of a cramfs mount (of any filesystem with `any_fs`, as the
+    benchmark's baseline does)."""
     path = mount / name
     if loops_backed_by(path) or path.exists():
         raise RuntimeError(f"{path} is already set up; run `swap down {mount}` first")
-    if not (mount / ".cram").is_dir():
+    if not any_fs and not (mount / ".cram").is_dir():
         raise RuntimeError(f"{mount} is not a cramfs mount")
     prio = priority if priority is not None else top_priority()
     try:

@@ -44,11 +44,16 @@ def borrowed(size: int, algorithm: str = "lz4") -> Iterator[str]:
     if why:
         raise RuntimeError(why)
     try:
-        (ZRAM / "comp_algorithm").write_text(algorithm)
-        (ZRAM / "disksize").write_text(str(size))
+        set_up(size, algorithm)
         yield DEVICE
     finally:
         reset()
+
+
+def set_up(size: int, algorithm: str) -> None:
+    """Initialise an idle zram0; whoever calls this must reset() it afterwards."""
+    (ZRAM / "comp_algorithm").write_text(algorithm)
+    (ZRAM / "disksize").write_text(str(size))
 
 
 def reset() -> None:

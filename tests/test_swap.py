@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,26 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from cramfs.cgroup import CgroupUnavailable, detect
+from cramfs.cgroup import detect
 from cramfs.swap import active_swaps, loops_backed_by, swap_down, swap_up
+from cramfs.swap import unavailable as swap_unavailable
 
 from .conftest import mount_unavailable
 
 
 def _swap_unavailable() -> str | None:
-    reason = mount_unavailable()
-    if reason:
-        return reason
-    for tool in ("losetup", "mkswap", "swapon", "swapoff"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed"
-    if not Path("/dev/loop-control").exists():
-        return "no loop devices (/dev/loop-control missing)"
-    try:
-        detect()
-    except CgroupUnavailable as e:
-        return str(e)
-    return None
+    return mount_unavailable() or swap_unavailable()
 
 
 pytestmark = pytest.mark.skipif(_swap_unavailable() is not None,
