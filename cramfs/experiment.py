@@ -65,12 +65,14 @@ class CramTarget:
 
     def __init__(self, options: list[str], mount: Path | None, swap_size: int) -> None:
         self.options = options
+        self.given = mount            # the user's mount; None: a fresh one per setup()
         self.mount = mount
         self.swap_size = swap_size
         self._daemon: Daemon | None = None
         self._tmp: str | None = None
 
     def setup(self) -> None:
+        self.mount = self.given
         if self.mount is None:
             self._tmp = tempfile.mkdtemp(prefix="cramfs-exp-")
             self.mount = Path(self._tmp)
