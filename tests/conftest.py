@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cramfs.child import Daemon, is_mounted, unmount
+from cramfs.lab.child import Daemon, is_mounted, unmount
 
 __all__ = ["CRAMFS", "Mount", "is_mounted", "mount_unavailable", "start_mount", "unmount"]
 

@@ -18,7 +18,7 @@ from .conftest import mount_unavailable
                     reason=mount_unavailable() or "fio is not installed")
 def test_quick_benchmark_runs_and_reports(tmp_path):
     out = tmp_path / "bench.json"
-    r = subprocess.run([sys.executable, "-m", "cramfs.bench", "--quick", "--out", str(out)],
+    r = subprocess.run([sys.executable, "-m", "cramfs.lab.bench", "--quick", "--out", str(out)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     doc = json.loads(out.read_text())

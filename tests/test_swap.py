@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from cramfs.cgroup import detect
-from cramfs.swap import active_swaps, loops_backed_by, swap_down, swap_up
-from cramfs.swap import unavailable as swap_unavailable
+from cramfs.lab.cgroup import detect
+from cramfs.lab.swap import active_swaps, loops_backed_by, swap_down, swap_up
+from cramfs.lab.swap import unavailable as swap_unavailable
 
 from .conftest import mount_unavailable
 
@@ -55,7 +55,7 @@ def clean_host():
 def test_swap_experiment_end_to_end(tmp_path, clean_host):
     out = tmp_path / "results"
     size = 256 << 20
-    cmd = [sys.executable, "-m", "cramfs.experiment", "--size", str(size),
+    cmd = [sys.executable, "-m", "cramfs.lab.experiment", "--size", str(size),
            "--limit", str(size // 3), "--swap-size", "768M", "--interval", "0.2",
            "--out", str(out), "--compare", "zram"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
@@ -80,7 +80,7 @@ def test_swap_experiment_end_to_end(tmp_path, clean_host):
 
 
 def test_interrupted_experiment_tears_down(tmp_path, clean_host):
-    proc = subprocess.Popen([sys.executable, "-m", "cramfs.experiment", "--size", "512M",
+    proc = subprocess.Popen([sys.executable, "-m", "cramfs.lab.experiment", "--size", "512M",
                              "--out", str(tmp_path / "r")], stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60

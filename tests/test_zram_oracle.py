@@ -20,10 +20,10 @@ from pathlib import Path
 import lz4.block
 import pytest
 
-from cramfs import zram
 from cramfs.compressors import COMPRESSORS
 from cramfs.config import DeviceConfig
 from cramfs.device import Device, same_word
+from cramfs.lab import zram
 from cramfs.pool import ArenaPool
 from cramfs.units import PAGE_SIZE
 from cramfs.zsgeometry import CHAIN_SIZES, ZS_HANDLE_SIZE, geometry

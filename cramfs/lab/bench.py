@@ -30,9 +30,9 @@ from typing import Any
 
 import lz4.block
 
+from ..units import PAGE_SIZE, format_size
 from . import zram
 from .child import Daemon
-from .units import PAGE_SIZE, format_size
 
 
 @dataclass(frozen=True)
@@ -188,9 +188,9 @@ def thread_scaling(data: bytes) -> dict[str, float]:
     and the device's per-page encoder split over threads for a 256-page request."""
     import threading
 
-    from . import parallel
-    from .config import DeviceConfig
-    from .device import encoder
+    from .. import parallel
+    from ..config import DeviceConfig
+    from ..device import encoder
 
     def best(fn: Any) -> float:
         times = []
@@ -228,10 +228,10 @@ def write_cost(data: bytes, writes: int) -> dict[str, float]:
     The difference is the Python bookkeeping a FUSE write pays on top of the transport."""
     import random
 
-    from .compressors import COMPRESSORS
-    from .config import DeviceConfig
-    from .device import Device
-    from .namespace import Namespace
+    from ..compressors import COMPRESSORS
+    from ..config import DeviceConfig
+    from ..device import Device
+    from ..namespace import Namespace
 
     pages = [data[i:i + PAGE_SIZE] for i in range(0, min(len(data), 256 * PAGE_SIZE),
                                                   PAGE_SIZE)]
@@ -261,9 +261,9 @@ def metadata_per_page(pages: int) -> dict[str, float]:
 
     Counted two ways in a fresh device: the tables' own size (page-table chunks
     and per-zspage arrays), and the growth of this process's anonymous RSS."""
-    from .config import DeviceConfig
-    from .device import Device
-    from .namespace import Namespace
+    from ..config import DeviceConfig
+    from ..device import Device
+    from ..namespace import Namespace
 
     def rss_anon() -> int:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -312,7 +312,7 @@ def swap_row(quick: bool, rounds: int) -> dict[str, Any]:
         return {"skipped": why}
     size = (64 << 20) if quick else (256 << 20)
     limit = (24 << 20) if quick else (96 << 20)
-    command = [sys.executable, "-m", "cramfs.workload", "--size", str(size), "--passes", "2"]
+    command = [sys.executable, "-m", "cramfs.lab.workload", "--size", str(size), "--passes", "2"]
     targets: list[Target] = [NullTarget(2 * size), CramTarget([], None, 2 * size)]
     if ZramTarget.unavailable("lz4") is None:
         targets.append(ZramTarget("lz4", 2 * size))
@@ -369,7 +369,7 @@ def run(quick: bool, out: Path, only: list[str] | None = None) -> dict[str, Any]
     mounts: list[Mounted] = []
     try:
         # one at a time, so a failure to mount the second still closes the first
-        mounts.append(Mounted("baseline", [py, "-m", "cramfs.nullfs"]))
+        mounts.append(Mounted("baseline", [py, "-m", "cramfs.lab.nullfs"]))
         mounts.append(Mounted("cramfs", [cramfs, *cram_opts]))
         with zram_device(4 * size) as zram:
             for job in jobs:
@@ -436,7 +436,7 @@ def run(quick: bool, out: Path, only: list[str] | None = None) -> dict[str, Any]
         results["lz4_real_data"] = lz4_rates(real)
         results["thread_scaling"] = thread_scaling(real)
         # in a fresh process, so memory freed earlier in this one cannot hide growth
-        code = ("import json; from cramfs.bench import metadata_per_page as m; "
+        code = ("import json; from cramfs.lab.bench import metadata_per_page as m; "
                 f"print(json.dumps(m({1 << 16 if quick else 1 << 20})))")
         results["metadata"] = json.loads(subprocess.run(
             [py, "-c", code], capture_output=True, text=True, check=True).stdout)

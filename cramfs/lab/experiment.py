@@ -27,12 +27,12 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..levels import LEVELS
+from ..units import format_size, parse_size
 from . import zram
 from .cgroup import CgroupUnavailable, MemoryCgroup
 from .child import Daemon
-from .levels import LEVELS
 from .swap import active_swaps, run, swap_down, swap_up, top_priority
-from .units import format_size, parse_size
 from .workload import EXIT_MISMATCH
 
 FIELDS = ("target", "time", "physical_used", "logical_stored", "ratio", "danger", "promotions",
@@ -116,7 +116,7 @@ class NullTarget:
 
     def setup(self) -> None:
         self._tmp = Path(tempfile.mkdtemp(prefix="cramfs-null-"))
-        self._daemon = Daemon([sys.executable, "-m", "cramfs.nullfs"], self._tmp)
+        self._daemon = Daemon([sys.executable, "-m", "cramfs.lab.nullfs"], self._tmp)
         swap_up(self._tmp, self.swap_size, echo=lambda line: say(f"+ {line}"), any_fs=True)
 
     def sample(self) -> dict[str, Any]:
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="workload command after --; default: the built-in workload")
     args = p.parse_args(argv)
     command = [c for c in args.command if c != "--"] or [
-        sys.executable, "-m", "cramfs.workload", "--size", str(args.size)]
+        sys.executable, "-m", "cramfs.lab.workload", "--size", str(args.size)]
     limit = args.limit or args.size // 3
     out = args.out or Path("results") / time.strftime("%Y%m%d-%H%M%S")
     opts = ",".join(args.options)

@@ -18,7 +18,7 @@ from typing import Any
 import pyfuse3
 import trio
 
-from .daemon import serve_until_unmounted
+from ..daemon import serve_until_unmounted
 
 ROOT = pyfuse3.ROOT_INODE
 

@@ -40,11 +40,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..units import PAGE_SIZE
 from .cgroup import CgroupUnavailable, MemoryCgroup, detect
 from .child import Daemon, is_mounted
 from .swap import active_swaps, loops_backed_by, swap_down, swap_up
 from .swap import unavailable as swap_unavailable
-from .units import PAGE_SIZE
 
 P = PAGE_SIZE
 CRAMFS = str(Path(sys.executable).parent / "cramfs")
@@ -300,7 +300,7 @@ class Soak:
             group = MemoryCgroup(f"cramfs-soak-{os.getpid()}", size // 3)
             while self.running():
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "cramfs.workload", "--size", str(size),
+                    [sys.executable, "-m", "cramfs.lab.workload", "--size", str(size),
                      "--passes", "1", "--seed", str(random.randrange(1 << 30))],
                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
                 group.add(proc.pid)

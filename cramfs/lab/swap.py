@@ -20,8 +20,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from ..units import parse_size
 from .cgroup import CgroupUnavailable, detect
-from .units import parse_size
 
 Echo = Callable[[str], None]
 DEFAULT_NAME = "swap0"

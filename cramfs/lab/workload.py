@@ -18,7 +18,7 @@ import time
 import zlib
 from array import array
 
-from .units import parse_size
+from ..units import parse_size
 
 CHUNK = 64 << 10
 EXIT_MISMATCH = 3
