@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 from . import hostmem
 from .config import SETTINGS
-from .device import Counters, DeviceError
+from .device import DeviceError
 from .namespace import Inode, Namespace
 from .pool import ClassStats
+from .stats import BYTES, FRACTION, IO_STAT, MM_STAT, NUMERIC, STATS, Stat
 from .units import PAGE_SIZE, format_size, parse_decimal, parse_int, parse_size, shown
 
 Show = Callable[[Namespace], str]
@@ -43,44 +44,35 @@ class Attribute:
 
 def _fmt(value: float | int | str) -> str:
     if isinstance(value, float):
-        return f"{value:.2f}"
+        return "inf" if value == float("inf") else f"{value:.2f}"
     return str(value)
+
+
+def _shown(stat: Stat, value: float | int | str) -> str:
+    """A value as status shows it: sizes also in zramctl's units, fill in percent."""
+    if stat.unit == BYTES:
+        return f"{value} ({format_size(int(value))})"
+    if stat.unit == FRACTION:
+        return f"{float(value):.1%}"
+    return _fmt(value)
 
 
 def _status(ns: Namespace) -> str:
     dev = ns.device
-    s = dev.stats()
-    sized = ("advertised", "physical", "physical_used", "logical_stored", "compressed_bytes",
-             "effective_capacity", "mem_used_max", "fallback_bytes", "promoted_bytes")
-    lines = []
-    for key in ("advertised", "physical", "physical_used", "logical_stored", "compressed_bytes",
-                "ratio", "required_ratio", "effective_capacity", "fill", "danger", "compressor",
-                "mode", "mem_used_max"):
-        value = s[key]
-        if key in sized:
-            lines.append(f"{key}: {value} ({format_size(int(value))})")
-        elif key == "fill":
-            lines.append(f"fill: {float(value):.1%}")
-        else:
-            lines.append(f"{key}: {_fmt(value)}")
-    lines.append(f"write_control: {dev.config.show('write_control')}")
-    lines.append(f"files: {len(ns.by_name)}")
-    for key in ("stored_pages", "same_filled_pages", "compressed_pages",
-                "stored_incompressible_pages", "fallback_pages", "promoted_pages",
-                "poisoned_now"):
-        lines.append(f"{key}: {s[key]}")
-    limit = dev.config.fallback_limit
-    lines.append(f"fallback_bytes: {s['fallback_bytes']} "
-                 f"({format_size(int(s['fallback_bytes']))})")
-    lines.append(f"fallback_limit: {limit} ({format_size(limit)})")
-    for key in ("fallback_limit_hit", "promotions_skipped"):
-        lines.append(f"{key}: {s[key]}")
+    s = ns.stats()
+    lines = [f"{st.name}: {_shown(st, s[st.name])}" for st in STATS if st.status]
+    for name in ("write_control", "fallback_limit"):
+        setting = dev.config.show(name)
+        lines.append(f"{name}: {setting}" if not setting.isdigit()
+                     else f"{name}: {setting} ({format_size(int(setting))})")
+    for name in ("fallback_limit_hit", "promotions_skipped"):
+        lines.append(f"{name}: {s[name]}")
     over = dev.overflow_at_ratio()
     if over:
         lines.append(
             f"warning: at ratio {dev.ratio:.2f} (needed {s['required_ratio']:.2f}) filling the "
-            f"advertised {format_size(dev.config.advertised)} would overflow the device by "
-            f"{over} bytes ({format_size(over)})")
+            f"advertised {format_size(dev.config.advertised)} would leave the device {over} "
+            f"physical bytes short ({format_size(over)})")
     faults = dev.active_faults()
     if faults:
         lines.append(f"injected: {', '.join(faults)}")
@@ -88,69 +80,43 @@ def _status(ns: Namespace) -> str:
 
 
 def _stat(ns: Namespace) -> str:
-    s = ns.device.stats()
-    return "".join(f"{k} {_fmt(v)}\n" for k, v in s.items() if not isinstance(v, str))
+    s = ns.stats()
+    return "".join(f"{st.name} {_fmt(s[st.name])}\n" for st in NUMERIC)
 
 
 def _stat_json(ns: Namespace) -> str:
+    """Settings, then every statistic, typed: numbers are numbers; mm_stat and io_stat
+    are objects with zram's field names."""
     dev = ns.device
-    doc: dict[str, object] = {k: dev.config.show(k) for k in SETTINGS}
-    doc.update(dev.stats())
+    doc: dict[str, object] = {k: getattr(dev.config, k) for k in SETTINGS}
+    s = ns.stats()
+    doc.update({st.name: s[st.name] for st in STATS})
     if doc["ratio"] == float("inf"):
         doc["ratio"] = None   # JSON has no infinity; null means "no physical usage yet"
-    doc["files"] = len(ns.by_name)
     doc["injected"] = dev.active_faults()
-    doc["io_stat"] = dev.io_stat()
-    doc["mm_stat"] = dev.mm_stat()
+    doc["mm_stat"] = dict(zip(MM_STAT, map(int, dev.mm_stat().split()), strict=True))
+    doc["io_stat"] = dict(zip(IO_STAT, map(int, dev.io_stat().split()), strict=True))
     return json.dumps(doc, indent=1) + "\n"
 
 
-_GAUGE_HELP = {
-    "advertised": "Static capacity the device claims, in bytes.",
-    "physical": "Real capacity, in bytes.",
-    "physical_used": "Bytes the device really holds, allocator overhead included.",
-    "logical_stored": "Bytes of page slots held by the device.",
-    "compressed_bytes": "Sum of compressed object sizes, in bytes.",
-    "ratio": "logical_stored / physical_used.",
-    "required_ratio": "advertised / physical: the ratio needed to fill the advertised size.",
-    "effective_capacity": "physical * ratio, in bytes.",
-    "fill": "physical_used / physical.",
-    "overflow_at_ratio": "Bytes by which filling the advertised size at today's ratio "
-                         "would overflow the device.",
-    "mem_used_max": "Peak physical_used, in bytes.",
-}
-
-
-# Byte-valued gauges whose names do not say so; Prometheus wants the unit as a suffix.
-_BYTE_GAUGES = frozenset({"advertised", "physical", "physical_used", "logical_stored",
-                          "effective_capacity", "overflow_at_ratio", "mem_used_max"})
+def metric_families(ns: Namespace) -> list[tuple[Stat, float]]:
+    """(row, value) for every numeric statistic: what .cram/metrics and the exporter show."""
+    s = ns.stats()
+    return [(st, float(s[st.name])) for st in NUMERIC]
 
 
 def _metrics(ns: Namespace) -> str:
-    """Prometheus text exposition: cramfs_ prefix, base units, counters end in _total."""
+    """Prometheus text exposition 0.0.4, from the statistics table."""
     dev = ns.device
-    stats = dev.stats()
-    counters = set(Counters.__dataclass_fields__)
     out = []
-
-    def emit(name: str, kind: str, help_: str, value: float, labels: str = "") -> None:
-        out.append(f"# HELP {name} {help_}\n# TYPE {name} {kind}\n")
-        text = "+Inf" if value == float("inf") else repr(value) if isinstance(value, float) \
-            else str(value)
-        out.append(f"{name}{labels} {text}\n")
-
-    for key, value in stats.items():
-        if isinstance(value, str):
-            continue
-        if key in counters:
-            emit(f"cramfs_{key}_total", "counter", f"Pages or events counted as {key}.", value)
-        else:
-            name = f"cramfs_{key}" + ("_bytes" if key in _BYTE_GAUGES else "")
-            emit(name, "gauge", _GAUGE_HELP.get(key, f"Current {key}."), value)
-    emit("cramfs_danger_level", "gauge", "0 ok, 1 warn, 2 critical, 3 full.", dev.levels.level)
-    emit("cramfs_files", "gauge", "Slot files on the mount.", len(ns.by_name))
-    emit("cramfs_info", "gauge", "Device mode and compressor.", 1,
-         f'{{mode="{dev.config.mode}",algorithm="{dev.config.compressor}"}}')
+    for st, value in metric_families(ns):
+        text = "+Inf" if value == float("inf") else str(int(value)) if value.is_integer() \
+            else repr(value)
+        out.append(f"# HELP {st.metric_name} {st.help}\n# TYPE {st.metric_name} {st.kind}\n"
+                   f"{st.metric_name} {text}\n")
+    out.append("# HELP cramfs_info Device mode and compressor.\n# TYPE cramfs_info gauge\n"
+               f'cramfs_info{{mode="{dev.config.mode}",algorithm="{dev.config.compressor}",'
+               f'danger="{dev.danger}"}} 1\n')
     return "".join(out)
 
 
@@ -323,11 +289,18 @@ ATTRIBUTES: dict[str, Attribute] = {a.name: a for a in (
 
 
 def file_xattrs(ns: Namespace, inode: Inode) -> dict[str, str]:
-    """Per-file accounting under the three charging models the RFC discusses."""
+    """Per-file accounting under the three charging models the RFC discusses.
+
+    full: the pages the device holds for the file, whole (same-filled ones included).
+    compressed: the file's own objects, each at its size class (same-filled pages
+    cost nothing, as in zram); all files' compressed charges plus the device's
+    unattributed_bytes make physical_used.
+    scaled: the fuzzy charge, full divided by the device-wide ratio; never above full.
+    Promoted pages sit in host DRAM: no model charges them to the device."""
     t = inode.table
     full = t.stored_pages * PAGE_SIZE
     ratio = ns.device.ratio
-    scaled = int(full / ratio) if ratio else 0
+    scaled = full if ratio <= 1 else int(full / ratio)
     return {
         "user.cram.stored_pages": str(t.stored_pages),
         "user.cram.physical_bytes": str(t.physical_bytes),

@@ -63,6 +63,7 @@ _NONE_ID = COMPRESSORS["none"].ident
 _WORDS = PAGE_SIZE // 8
 _LOW_BITS = (1 << HANDLE_SHIFT) - 1
 _WIDE_WORD = 1 << HANDLE_SHIFT       # a same-filled word kept in the WordStore
+_INJECTED_POISON = pack(POISONED, algo=1)   # told apart from overflow's poison
 _MAX_GROWTH = MAX_ZSPAGE_PAGES * PAGE_SIZE      # the most one store can add to a pool
 
 
@@ -159,6 +160,8 @@ class Device:
         self.inflate = 1.0                   # injected cost factor for new pages
         self.mem_used_max = 0
         self._extra = 0                      # sum of injected extra charges
+        self.charged = 0                     # sum of the files' compressed charges
+        self.injected_poison = 0             # poisoned pages that inject made, not overflow
         self._level_listeners: list[Callable[[str], None]] = []
         # every table that may hold device pages, for compaction to rewrite
         self._tables: weakref.WeakSet[PageTable] = weakref.WeakSet()
@@ -248,6 +251,7 @@ class Device:
         if kind == DEVICE:
             table.stored_pages += 1
             table.physical_bytes += charge + extra
+            self.charged += charge + extra
             if extra:
                 table.extra[idx] = extra
                 self._extra += extra
@@ -258,6 +262,8 @@ class Device:
             table.stored_pages += 1
         elif kind == PROMOTED:
             table.promoted_pages += 1
+        elif word == _INJECTED_POISON:
+            self.injected_poison += 1
 
     def _release(self, table: PageTable, idx: int) -> int:
         """Make a slot a hole and free whatever it held; return the old word."""
@@ -271,6 +277,7 @@ class Device:
             extra = table.extra.pop(idx, 0) if table.extra else 0
             table.stored_pages -= 1
             table.physical_bytes -= charge + extra
+            self.charged -= charge + extra
             self._extra -= extra
             if word & HUGE_BIT:
                 self.huge_pages -= 1
@@ -283,6 +290,8 @@ class Device:
         elif kind == PROMOTED:
             self.tier.pop((table, idx))
             table.promoted_pages -= 1
+        elif word == _INJECTED_POISON:
+            self.injected_poison -= 1
         return word
 
     # ------------------------------------------------------------ page paths
@@ -669,7 +678,7 @@ class Device:
         if not table.get(idx):
             self.reject("inject", f"{_page(table, idx)} holds no data")
         self._release(table, idx)
-        self._install(table, idx, POISONED)
+        self._install(table, idx, _INJECTED_POISON)
         self.counters.poisoned_pages += 1
         self.events.add("inject", f"poison {_page(table, idx)}")
         self._refresh()
@@ -685,8 +694,8 @@ class Device:
             faults.append(f"ratio {self.inflate:g}")
         if self.config.physical != self.mount_physical:
             faults.append(f"physical {self.config.physical}")
-        if self.pages[POISONED]:
-            faults.append(f"poisoned_pages {self.pages[POISONED]}")
+        if self.injected_poison:
+            faults.append(f"poisoned_pages {self.injected_poison}")
         return faults
 
     def close(self) -> None:
@@ -719,20 +728,25 @@ class Device:
         return max(0, need - self.config.physical)
 
     def stats(self) -> dict[str, int | float | str]:
+        """Every statistic of stats.STATS the device knows (all but `files`)."""
         c = self.config
         ratio = self.ratio
         effective = c.advertised if ratio in (0.0, float("inf")) else int(c.physical * ratio)
+        used = self.physical_used
         out: dict[str, int | float | str] = {
             "advertised": c.advertised,
             "physical": c.physical,
-            "physical_used": self.physical_used,
+            "physical_used": used,
             "logical_stored": self.logical_stored,
             "compressed_bytes": self.pool.stored_bytes,
+            "charged_bytes": self.charged,
+            "unattributed_bytes": used - self.charged,
             "ratio": round(ratio, 2) if ratio != float("inf") else ratio,
             "required_ratio": round(c.advertised / c.physical, 2),
             "effective_capacity": effective,
             "fill": round(self.fill, 4),
             "danger": self.danger,
+            "danger_level": self.levels.level,
             "overflow_at_ratio": self.overflow_at_ratio(),
             "compressor": c.compressor,
             "mode": c.mode,

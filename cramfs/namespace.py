@@ -225,6 +225,10 @@ class Namespace:
         last = (off + length) // PAGE_SIZE
         return self.device.discard(inode.table, first, max(0, last - first))
 
+    def stats(self) -> dict[str, int | float | str]:
+        """The device's statistics and the namespace's own (files)."""
+        return {**self.device.stats(), "files": len(self.by_name)}
+
     def statvfs(self) -> dict[str, int]:
         """df's view: the advertised size, with Use% the real physical fill."""
         dev = self.device

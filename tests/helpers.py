@@ -44,6 +44,7 @@ def check_accounting(dev: Device, tables: list[PageTable]) -> None:
         assert t.physical_bytes == mine
         charges += mine
     assert counts == dev.pages
+    assert dev.charged == charges, "every charge belongs to a file"
     assert len(dev.tier) == dev.pages[PROMOTED]
     assert dev.physical_used == dev.pool.used_bytes + sum(sum(t.extra.values()) for t in tables)
     assert charges <= dev.physical_used

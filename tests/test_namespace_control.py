@@ -13,6 +13,7 @@ from cramfs.config import DeviceConfig
 from cramfs.control import ATTRIBUTES, file_xattrs
 from cramfs.device import Device, DeviceError
 from cramfs.namespace import Namespace
+from cramfs.stats import STATS
 from cramfs.units import PAGE_SIZE
 
 from .helpers import random_page, text_page
@@ -118,7 +119,13 @@ def test_read_only_control_files(ns):
     stats = dict(line.split() for line in show(ns, "stat").splitlines())
     assert stats["writes"] == "2" and stats["same_filled_pages"] == "1"
     doc = json.loads(show(ns, "stat.json"))
-    assert doc["files"] == 1 and doc["warn_at"] == "75%" and doc["physical_used"] > 0
+    assert doc["files"] == 1 and doc["warn_at"] == 0.75 and doc["physical_used"] > 0
+    assert doc["write_control"] is True and doc["compressor"] == "lz4"
+    assert doc["mm_stat"]["orig_data_size"] == 2 * P and doc["mm_stat"]["same_pages"] == 1
+    assert doc["io_stat"] == {"failed_reads": 0, "failed_writes": 0, "invalid_io": 0,
+                              "notify_free": 0}
+    for st in STATS:                        # one table: every row, typed
+        assert st.name in doc and isinstance(doc[st.name], str) == (st.unit == "text")
     assert show(ns, "danger") == "ok\n"
     assert show(ns, "comp_algorithm") == "[lz4] zstd none\n"
     assert int(show(ns, "effective_capacity")) > 16 * P
@@ -194,9 +201,43 @@ def test_xattrs_charging_models(ns):
     # the file is charged its objects' size classes; the device also holds the
     # unused rest of the zspages they sit in
     assert P < int(x["user.cram.physical_bytes"]) <= ns.device.physical_used
-    assert int(x["user.cram.charge_scaled"]) == int(2 * P / ns.device.ratio)
+    assert int(x["user.cram.charge_scaled"]) == min(2 * P, int(2 * P / ns.device.ratio))
     ns.read(f, 0, P)
     assert file_xattrs(ns, f)["user.cram.promoted_pages"] == "1"
+
+
+def test_charges_add_up_and_scaled_never_exceeds_full(ns):
+    files = [ns.create(n, 0o600, 0, 0) for n in "abc"]
+    # one object of about 1.5 KiB holds a whole 3-page zspage: ratio below 1
+    ns.write(files[0], 0, random_page(7)[:1500] + bytes(P - 1500))
+    x = file_xattrs(ns, files[0])
+    assert ns.device.ratio < 1
+    assert int(x["user.cram.charge_scaled"]) <= int(x["user.cram.charge_full"])
+    ns.write(files[1], 0, b"".join(random_page(i) for i in range(3)))
+    ns.write(files[2], 0, bytes(P) + b"\x07" * P)             # same-filled: no compressed charge
+    charges = [int(file_xattrs(ns, f)["user.cram.charge_compressed"]) for f in files]
+    assert charges[2] == 0
+    s = ns.stats()
+    assert sum(charges) + int(s["unattributed_bytes"]) == ns.device.physical_used
+    assert "unattributed_bytes" in show(ns, "status")
+    for f in files:
+        x = file_xattrs(ns, f)
+        assert int(x["user.cram.charge_scaled"]) <= int(x["user.cram.charge_full"])
+
+
+def test_injected_means_injected(ns):
+    dev = Device(DeviceConfig(advertised=1 << 20, physical=8 * P, write_control=False,
+                              overflow="poison", dram=0))
+    nsp = Namespace(dev)
+    f = nsp.create("a", 0o600, 0, 0)
+    for i in range(12):                                       # overflow poisons some
+        nsp.write(f, i * P, random_page(i))
+    assert dev.pages[5] > 0
+    assert "injected" not in show(nsp, "status") and show(nsp, "inject") == "none\n"
+    g = nsp.create("b", 0o600, 0, 0)
+    nsp.write(g, 0, bytes(P - 1) + b"x")
+    dev.inject_poison(g.table, 0)
+    assert show(nsp, "inject") == "poisoned_pages 1\n"
 
 
 def test_attribute_modes():
@@ -206,16 +247,25 @@ def test_attribute_modes():
 
 
 def test_metrics_exposition(ns):
+    from prometheus_client.parser import text_string_to_metric_families
+
     f = ns.create("a", 0o600, 0, 0)
     ns.write(f, 0, text_page(1))
     text = show(ns, "metrics")
-    samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
-    assert samples["cramfs_physical_used_bytes"] == str(ns.device.physical_used)
-    assert samples["cramfs_writes_total"] == "1"
-    assert samples["cramfs_danger_level"] == "0"
-    assert samples['cramfs_info{mode="zswap",algorithm="lz4"}'] == "1"
-    for name in samples:
-        base = name.split("{")[0]
-        assert f"# TYPE {base} " in text
-        if base.endswith("_total"):
-            assert f"# TYPE {base} counter" in text
+    families = {fam.name: fam for fam in text_string_to_metric_families(text)}
+    samples = {s.name: s for fam in families.values() for s in fam.samples}
+    assert samples["cramfs_physical_used_bytes"].value == ns.device.physical_used
+    assert samples["cramfs_written_pages_total"].value == 1
+    assert samples["cramfs_danger_level"].value == 0
+    assert samples["cramfs_info"].labels == {"mode": "zswap", "algorithm": "lz4",
+                                             "danger": "ok"}
+    for fam in families.values():
+        assert fam.documentation and "Current" not in fam.documentation, fam.name
+        if fam.type == "counter":
+            assert fam.samples[0].name.endswith("_total"), fam.name
+        if fam.unit == "" and fam.type == "gauge" and "bytes" in fam.documentation.lower():
+            assert fam.name.endswith("_bytes") or "ratio" in fam.name, fam.name
+    byte_rows = [st for st in STATS if st.unit == "bytes"]
+    assert all(st.metric_name.endswith("_bytes") for st in byte_rows)
+    page_counters = [st for st in STATS if st.kind == "counter" and st.unit == "pages"]
+    assert all(st.metric_name.endswith("_pages_total") for st in page_counters)

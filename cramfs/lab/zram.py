@@ -15,11 +15,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..stats import MM_STAT
+
 ZRAM = Path("/sys/block/zram0")
 DEVICE = "/dev/zram0"
-MM_STAT_FIELDS = ("orig_data_size", "compr_data_size", "mem_used_total", "mem_limit",
-                  "mem_used_max", "same_pages", "pages_compacted", "huge_pages",
-                  "huge_pages_since")
+MM_STAT_FIELDS = MM_STAT          # zram's order, as .cram/mm_stat has it
 _BLKDISCARD = 0x1277          # _IO(0x12, 119)
 
 
