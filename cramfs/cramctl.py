@@ -1,7 +1,16 @@
 """`cramctl`: zramctl for cramfs mounts.
 
-Reads only the control files, so it works on any cramfs mount, whoever started
-it. Mounts are found through /proc/self/mountinfo (fstype fuse.cramfs).
+    cramctl [list] [options] [MOUNTPOINT]     the device table (the default command)
+    cramctl status MOUNTPOINT                 a mount's status file
+    cramctl set MOUNTPOINT KNOB VALUE         write a knob, or say why it cannot be
+    cramctl watch MOUNTPOINT                  refresh the status until Ctrl-C
+    cramctl exporter [--listen ADDR:PORT]     serve every mount's metrics over HTTP
+
+argparse cannot mix an optional positional with subcommands, so cramctl picks
+the command itself: a first word that names no command starts `list`, so
+`cramctl /mnt/cram` and `cramctl -o DATA,TOTAL` list, as zramctl does.
+It reads only the control files, so it works on any cramfs mount, whoever
+started it; mounts are found in the mount table (type fuse.cramfs).
 """
 
 from __future__ import annotations
@@ -13,26 +22,52 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from .config import SETTINGS, DeviceConfig
+from .procfs import mounts
+from .stats import BY_NAME, BYTES
 from .units import format_size
 
 FSTYPE = "fuse.cramfs"
 
-# column -> (stat.json key, is a byte count)
-COLUMNS: dict[str, tuple[str, bool]] = {
-    "MOUNTPOINT": ("mountpoint", False),
-    "ADVERTISED": ("advertised", True),
-    "PHYSICAL": ("physical", True),
-    "DATA": ("logical_stored", True),
-    "COMPR": ("compressed_bytes", True),
-    "TOTAL": ("physical_used", True),
-    "RATIO": ("ratio", False),
-    "DANGER": ("danger", False),
-    "MODE": ("mode", False),
-    "ALGORITHM": ("compressor", False),
-}
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    key: str          # a stat.json key: the statistics table's, a setting, or mountpoint
+    help: str
+
+    @property
+    def sized(self) -> bool:
+        return self.key in BY_NAME and BY_NAME[self.key].unit == BYTES
+
+
+# zramctl's columns first, under zramctl's names, then cramfs's own
+COLUMNS: dict[str, Column] = {c.name: c for c in (
+    Column("MOUNTPOINT", "mountpoint", "where the device is mounted"),
+    Column("ALGORITHM", "compressor", "compressor of new pages"),
+    Column("DISKSIZE", "advertised", "the advertised capacity"),
+    Column("DATA", "logical_stored", "uncompressed size of the stored data"),
+    Column("COMPR", "compressed_bytes", "compressed size of the stored data"),
+    Column("TOTAL", "physical_used", "memory used, allocator overhead included"),
+    Column("ZERO-PAGES", "same_filled_pages", "same-filled pages (zeros and others)"),
+    Column("MEM-LIMIT", "physical", "the physical capacity"),
+    Column("MEM-USED", "mem_used_max", "peak memory used"),
+    Column("MIGRATED", "pages_compacted", "pages given back by compaction"),
+    Column("COMP-RATIO", "ratio", "DATA / TOTAL"),
+    Column("DANGER", "danger", "ok, warn, critical or full"),
+    Column("FILL", "fill", "TOTAL / MEM-LIMIT"),
+    Column("REQUIRED", "required_ratio", "the ratio needed to fill DISKSIZE"),
+    Column("FALLBACK", "fallback_pages", "refused pages kept in host memory"),
+    Column("PROMOTED", "promoted_pages", "pages in the DRAM tier"),
+    Column("MODE", "mode", "zswap or direct"),
+)}
+DEFAULT_COLUMNS = ("MOUNTPOINT", "ALGORITHM", "DISKSIZE", "DATA", "COMPR", "TOTAL",
+                   "COMP-RATIO", "DANGER")
+COMMANDS = ("list", "status", "set", "watch", "exporter")
 _DANGER_COLOUR = {"ok": "32", "warn": "33", "critical": "31", "full": "1;41"}
 
 
@@ -40,103 +75,130 @@ class CtlError(Exception):
     """A failure to show as one line, exit status 1."""
 
 
-def _unescape(field: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as octal
-    return field.encode().decode("unicode_escape") if "\\" in field else field
-
-
-def find_mounts(mountinfo: str = "/proc/self/mountinfo") -> list[str]:
-    mounts = []
-    with open(mountinfo) as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            if right.split()[0] == FSTYPE:
-                mounts.append(_unescape(left.split()[4]))
-    return mounts
+def find_mounts() -> list[str]:
+    return [m.mountpoint for m in mounts() if m.fstype == FSTYPE]
 
 
 def read_stats(mount: str) -> dict[str, Any]:
     try:
-        doc = json.loads((Path(mount) / ".cram" / "stat.json").read_text())
+        doc: dict[str, Any] = json.loads((Path(mount) / ".cram" / "stat.json").read_text())
     except OSError as e:
         raise CtlError(f"{mount}: cannot read .cram/stat.json: {e.strerror}") from None
     doc["mountpoint"] = mount
     return doc
 
 
-def _cell(doc: dict[str, Any], column: str, raw: bytes | bool) -> str:
-    key, sized = COLUMNS[column]
-    value = doc.get(key)
+def _cell(doc: dict[str, Any], col: Column, exact: bool) -> str:
+    value = doc.get(col.key)
     if value is None:
-        return "-" if key != "ratio" else "inf"
-    if sized and not raw:
+        return "inf" if col.key == "ratio" else "-"
+    if col.sized and not exact:
         return format_size(int(value))
-    if key == "ratio":
-        return f"{float(value):.2f}"
+    if col.key == "fill":
+        return f"{float(value):.1%}"
+    if isinstance(value, float):
+        return f"{value:.2f}"
     return str(value)
 
 
-def table(docs: list[dict[str, Any]], columns: list[str], raw: bool) -> str:
-    rows = [columns] + [[_cell(d, c, raw) for c in columns] for d in docs]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
+def table(docs: list[dict[str, Any]], columns: list[Column], exact: bool, raw: bool,
+          headings: bool) -> str:
+    rows = [[c.name for c in columns]] if headings else []
+    rows += [[_cell(d, c, exact) for c in columns] for d in docs]
+    if raw:          # lsblk's --raw: single spaces, no alignment
+        return "".join(" ".join(r) + "\n" for r in rows)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(columns))] if rows else []
     lines = []
     for r in rows:
         cells = [v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in
                  enumerate(zip(r, widths, strict=True))]
         lines.append(" ".join(cells).rstrip())
-    return "\n".join(lines) + "\n"
+    return "".join(line + "\n" for line in lines)
+
+
+def _columns(args: argparse.Namespace) -> list[Column]:
+    if args.output_all:
+        return list(COLUMNS.values())
+    names = [c.strip().upper() for c in args.output.split(",")] if args.output \
+        else list(DEFAULT_COLUMNS)
+    unknown = [c for c in names if c not in COLUMNS]
+    if unknown:
+        raise CtlError(f"unknown column {unknown[0]!r}; columns: {', '.join(COLUMNS)}")
+    return [COLUMNS[c] for c in names]
+
+
+def _json_value(doc: dict[str, Any], col: Column, exact: bool) -> Any:
+    value = doc.get(col.key)
+    if value is None or (col.sized and exact) or not col.sized:
+        return value
+    return format_size(int(value))
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    columns = [c.strip().upper() for c in args.output.split(",")] if args.output \
-        else list(COLUMNS)
-    unknown = [c for c in columns if c not in COLUMNS]
-    if unknown:
-        raise CtlError(f"unknown column {unknown[0]!r}; columns: {', '.join(COLUMNS)}")
-    docs = [read_stats(m) for m in find_mounts()]
+    columns = _columns(args)
+    found = find_mounts()
+    if args.mount is not None:
+        mount = os.path.abspath(args.mount)
+        if mount not in found:
+            raise CtlError(f"{args.mount} is not a cramfs mount")
+        found = [mount]
+    docs = [read_stats(m) for m in found]
     if args.json:
-        out = [{c.lower(): d.get(COLUMNS[c][0]) for c in columns} for d in docs]
+        out = [{c.name.lower(): _json_value(d, c, args.bytes) for c in columns} for d in docs]
         print(json.dumps({"cramfs": out}, indent=2))
     elif docs:
-        sys.stdout.write(table(docs, columns, args.bytes))
+        sys.stdout.write(table(docs, columns, args.bytes, args.raw, not args.noheadings))
     return 0
 
 
-def _ctl_path(mount: str, name: str) -> Path:
-    path = Path(mount) / ".cram" / name
-    if not (Path(mount) / ".cram").is_dir():
+def _ctl_dir(mount: str) -> Path:
+    path = Path(mount) / ".cram"
+    if not path.is_dir():
         raise CtlError(f"{mount} is not a cramfs mount")
     return path
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    sys.stdout.write(_ctl_path(args.mount, "status").read_text())
+    sys.stdout.write((_ctl_dir(args.mount) / "status").read_text())
     return 0
 
 
-def cmd_set(args: argparse.Namespace) -> int:
-    path = _ctl_path(args.mount, args.key)
+def check_knob(doc: dict[str, Any], key: str, value: str) -> None:
+    """Say what is wrong before writing: an unknown knob, or the value the daemon would
+    refuse, with the same parser and cross-checks (from the mount's current settings)."""
+    setting = SETTINGS.get(key)
+    if setting is None:
+        raise CtlError(f"unknown knob {key!r}; knobs: "
+                       f"{', '.join(n for n, s in SETTINGS.items() if s.runtime)}")
+    if not setting.runtime:
+        raise CtlError(f"{key} is fixed for the life of the mount (a mount option)")
+    current = DeviceConfig(**{n: doc[n] for n in SETTINGS if n in doc})
     try:
-        with open(path, "w") as f:
+        current.with_value(key, value)
+    except ValueError as e:
+        raise CtlError(f"invalid value for {key}: {e}") from None
+
+
+def cmd_set(args: argparse.Namespace) -> int:
+    ctl = _ctl_dir(args.mount)
+    check_knob(read_stats(args.mount), args.key, args.value)
+    try:
+        with open(ctl / args.key, "w") as f:
             f.write(args.value + "\n")
     except OSError as e:
-        reason = f"{args.key}: {e.strerror}"
-        if e.errno == errno.EINVAL:   # the device wrote why to events
-            lines = _ctl_path(args.mount, "events").read_text().splitlines()
-            rejected = [ln for ln in lines if " rejected " in ln]
-            if rejected:
-                reason = rejected[-1].split(" rejected ", 1)[1]
-        raise CtlError(reason) from None
+        if e.errno in (errno.EACCES, errno.EPERM):
+            raise CtlError(f"{args.key}: not permitted (knobs are root's)") from None
+        raise CtlError(f"{args.key}: {e.strerror}") from None
     return 0
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
     tty = sys.stdout.isatty()
+    ctl = _ctl_dir(args.mount)
     try:
         while True:
-            status = _ctl_path(args.mount, "status").read_text()
             lines = []
-            for line in status.splitlines():
+            for line in (ctl / "status").read_text().splitlines():
                 key, _, value = line.partition(": ")
                 if key == "danger" and tty:
                     line = f"{key}: \x1b[{_DANGER_COLOUR.get(value, '0')}m{value}\x1b[0m"
@@ -154,37 +216,64 @@ def cmd_watch(args: argparse.Namespace) -> int:
         return 0
 
 
+def cmd_exporter(args: argparse.Namespace) -> int:
+    from .exporter import serve
+
+    return serve(args.listen)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         print(f"cramctl: {message}", file=sys.stderr)
         sys.exit(2)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="cramctl", description="Show and set cramfs devices, like zramctl.")
-    p.add_argument("--bytes", "-b", action="store_true", help="print sizes in bytes")
-    p.add_argument("--json", "-J", action="store_true", help="JSON output")
-    p.add_argument("--output", "-o", help=f"columns, comma-separated: {','.join(COLUMNS)}")
-    p.set_defaults(func=cmd_list)
-    sub = p.add_subparsers(dest="command", parser_class=_Parser)
-    s = sub.add_parser("status", help="print a mount's status file")
-    s.add_argument("mount")
-    s.set_defaults(func=cmd_status)
-    s = sub.add_parser("set", help="write a knob; prints the reason when it is refused")
-    s.add_argument("mount")
-    s.add_argument("key")
-    s.add_argument("value")
-    s.set_defaults(func=cmd_set)
-    s = sub.add_parser("watch", help="refresh the status once a second until Ctrl-C")
-    s.add_argument("mount")
-    s.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
-    s.add_argument("--count", type=int, help=argparse.SUPPRESS)
-    s.set_defaults(func=cmd_watch)
+def _parser(name: str, help_: str, func: Callable[[argparse.Namespace], int]) -> _Parser:
+    p = _Parser(prog=f"cramctl {name}", description=help_)
+    p.set_defaults(func=func)
     return p
 
 
+def build_parsers() -> dict[str, _Parser]:
+    out: dict[str, _Parser] = {}
+    p = out["list"] = _parser("list", "List cramfs devices, as zramctl does.", cmd_list)
+    p.add_argument("mount", nargs="?", metavar="MOUNTPOINT", help="only this device")
+    p.add_argument("-b", "--bytes", action="store_true", help="print sizes in bytes")
+    p.add_argument("-n", "--noheadings", action="store_true", help="no header line")
+    p.add_argument("-r", "--raw", action="store_true", help="single spaces, no alignment")
+    p.add_argument("-J", "--json", action="store_true", help="JSON output")
+    p.add_argument("-o", "--output", metavar="LIST",
+                   help="columns, comma-separated: " + ", ".join(COLUMNS))
+    p.add_argument("--output-all", action="store_true", help="every column")
+    p = out["status"] = _parser("status", "Print a mount's status file.", cmd_status)
+    p.add_argument("mount", metavar="MOUNTPOINT")
+    p = out["set"] = _parser("set", "Write a knob; says why it cannot be set.", cmd_set)
+    p.add_argument("mount", metavar="MOUNTPOINT")
+    p.add_argument("key", metavar="KNOB")
+    p.add_argument("value", metavar="VALUE")
+    p = out["watch"] = _parser("watch", "Refresh the status once a second until Ctrl-C.",
+                               cmd_watch)
+    p.add_argument("mount", metavar="MOUNTPOINT")
+    p.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    p.add_argument("--count", type=int, help=argparse.SUPPRESS)
+    p = out["exporter"] = _parser("exporter", "Serve every mounted device's metrics for "
+                                  "Prometheus (text or OpenMetrics).", cmd_exporter)
+    p.add_argument("--listen", default="127.0.0.1:9431", metavar="ADDR:PORT",
+                   help="where to listen (default 127.0.0.1:9431)")
+    return out
+
+
+def usage() -> str:
+    return (__doc__ or "").split("\n\n")[1] + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-h", "--help"):
+        sys.stdout.write("usage:\n" + usage())
+        return 0
+    command, rest = (argv[0], argv[1:]) if argv and argv[0] in COMMANDS else ("list", argv)
+    args = build_parsers()[command].parse_args(rest)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -76,10 +76,10 @@ STATS: tuple[Stat, ...] = (
        "zram huge_pages, zswap stored_incompressible_pages"),
     _g("fallback_pages", PAGES, "Pages write control refused, kept in host memory."),
     _g("fallback_bytes", BYTES, "Host memory those pages take (their size classes)."),
-    _g("promoted_pages", PAGES, "Pages in the host-DRAM tier."),
+    _g("promoted_pages", PAGES, "Pages in the host-DRAM tier.", metric="dram_tier_pages"),
     _g("promoted_bytes", BYTES, "Whole pages in the DRAM tier, as charged against dram."),
     _g("poisoned_now", PAGES, "Poisoned pages: reads give EIO until they are rewritten.",
-       metric="poisoned_pages"),
+       metric="poisoned_now_pages"),
     _c("reads", "read_pages_total", "Pages read."),
     _c("writes", "written_pages_total", "Pages written."),
     _c("faults", "faults_total", "Accesses that faulted (every zswap-mode read of a stored "

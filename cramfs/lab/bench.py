@@ -30,6 +30,7 @@ from typing import Any
 
 import lz4.block
 
+from ..procfs import status_bytes
 from ..units import PAGE_SIZE, format_size
 from . import zram
 from .child import Daemon
@@ -102,17 +103,11 @@ class Mounted:
             self.dir.rmdir()
             raise
 
-    def _status_kib(self, key: str) -> int:
-        for line in Path(f"/proc/{self.daemon.proc.pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-        return 0
-
     def peak_rss(self) -> int:
-        return self._status_kib("VmHWM")
+        return status_bytes(self.daemon.proc.pid, "VmHWM")
 
     def rss(self) -> int:
-        return self._status_kib("VmRSS")
+        return status_bytes(self.daemon.proc.pid, "VmRSS")
 
     def set(self, knob: str, value: object) -> None:
         (self.dir / ".cram" / knob).write_text(f"{value}\n")
@@ -266,10 +261,7 @@ def metadata_per_page(pages: int) -> dict[str, float]:
     from ..namespace import Namespace
 
     def rss_anon() -> int:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024
-        return 0
+        return status_bytes("self", "RssAnon")
 
     chunk = gather_real_pages(1 << 20)
     ns = Namespace(Device(DeviceConfig(advertised=1 << 42, physical=1 << 40, dram=0)))

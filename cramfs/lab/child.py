@@ -15,11 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..procfs import is_mounted
 
-def is_mounted(path: Path) -> bool:
-    """From mountinfo, not stat: a mount whose daemon died fails every stat."""
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == str(path) for line in f)
+__all__ = ["Daemon", "is_mounted", "unmount"]
 
 
 def unmount(path: Path) -> None:

@@ -40,6 +40,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..procfs import status_bytes
 from ..units import PAGE_SIZE
 from .cgroup import CgroupUnavailable, MemoryCgroup, detect
 from .child import Daemon, is_mounted
@@ -327,7 +328,7 @@ class Soak:
                     self.report.daemon_deaths += 1
                 self.stop.set()
                 return
-            rss = _rss(daemon.proc.pid)
+            rss = status_bytes(daemon.proc.pid, "VmRSS")
             if rss > self.report.peak_rss:
                 try:
                     doc = json.loads((self.mount / ".cram" / "stat.json").read_text())
@@ -349,16 +350,6 @@ def _payload(rng: random.Random, length: int) -> bytes:
         words = (b"page ", b"slot ", b"swap ", b"zram ", b"cram ", b"tier ")
         return b"".join(rng.choice(words) for _ in range(length // 5 + 1))[:length]
     return rng.randbytes(length)
-
-
-def _rss(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def leftovers(mounts: list[Path]) -> list[str]:
@@ -388,7 +379,7 @@ def run(seconds: float, quick: bool) -> Report:
         spare = Daemon([CRAMFS, "--foreground", "--log", str(base / "spare.log"),
                         "-o", "physical=64M"], spare_mp)
         soak = Soak(main_mp, spare_mp, seconds, quick)
-        soak.report.empty_rss = _rss(daemon.proc.pid)
+        soak.report.empty_rss = status_bytes(daemon.proc.pid, "VmRSS")
         threads = [threading.Thread(target=fn, args=args, name=fn.__name__) for fn, args in (
             (soak.exerciser, ("fsx-buffered", False, 1)),
             (soak.exerciser, ("fsx-direct", True, 2)),

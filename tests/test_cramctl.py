@@ -1,0 +1,148 @@
+"""cramctl against real mounts: the zramctl-like table, its flags and grammar, `set`'s
+errors, and the Prometheus exporter over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from cramfs.cramctl import COLUMNS, DEFAULT_COLUMNS
+from cramfs.procfs import mounts
+
+from .conftest import mount_unavailable
+
+pytestmark = [pytest.mark.mount,
+              pytest.mark.skipif(mount_unavailable() is not None,
+                                 reason=mount_unavailable() or "")]
+CRAMCTL = str(Path(sys.executable).parent / "cramctl")
+
+
+def ctl(*args: str, user: str | None = None) -> subprocess.CompletedProcess[str]:
+    prefix = ["setpriv", "--reuid", user, "--regid", user, "--clear-groups"] if user else []
+    return subprocess.run([*prefix, CRAMCTL, *args], capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_list_grammar_and_flags(mounter):
+    a = mounter("-o", "physical=64M")
+    b = mounter("-o", "physical=32M")
+    (a.path / "f").write_bytes(b"x" * 10000)
+    r = ctl()
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and lines[0].split() == list(DEFAULT_COLUMNS)
+    assert {ln.split()[0] for ln in lines[1:]} >= {str(a.path), str(b.path)}
+    # a first word that is no command is a mountpoint: `cramctl [list] [MOUNTPOINT]`
+    for argv in ((str(a.path),), ("list", str(a.path))):
+        rows = ctl(*argv, "-n", "-o", "MOUNTPOINT,MEM-LIMIT").stdout.splitlines()
+        assert rows == [f"{a.path} 64M"] or [r.split() for r in rows] == [[str(a.path), "64M"]]
+    rows = ctl(str(b.path), "-b", "-r", "-n", "-o", "mem-limit,data").stdout.splitlines()
+    assert rows == [f"{32 << 20} 0"]
+    every = ctl(str(a.path), "--output-all").stdout.splitlines()[0].split()
+    assert every == list(COLUMNS)
+    doc = json.loads(ctl(str(a.path), "-J", "-b", "--output-all").stdout)
+    row = doc["cramfs"][0]
+    assert row["mountpoint"] == str(a.path) and row["mem-limit"] == 64 << 20
+    assert row["data"] == 3 * 4096 and isinstance(row["comp-ratio"], float)
+    doc = json.loads(ctl(str(a.path), "-J", "-o", "mem-limit").stdout)
+    assert doc == {"cramfs": [{"mem-limit": "64M"}]}
+
+
+def test_list_errors_are_one_line(mnt, tmp_path):
+    for argv, fragment, code in (((str(tmp_path),), "is not a cramfs mount", 1),
+                                 (("-o", "BOGUS"), "unknown column 'BOGUS'", 1),
+                                 (("--frobnicate",), "unrecognized arguments", 2)):
+        r = ctl(*argv)
+        assert r.returncode == code and fragment in r.stderr
+        assert len(r.stderr.splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_set_says_what_is_wrong(mnt):
+    cases = [(("dram", "4X"), "invalid value for dram: not a size: '4X' (use bytes"),
+             (("warn_at", "95%"), "invalid value for warn_at: need 0% < warn_at < critical_at"),
+             (("colour", "blue"), "unknown knob 'colour'; knobs: compressor"),
+             (("chain_size", "4"), "chain_size is fixed for the life of the mount")]
+    for (key, value), fragment in cases:
+        r = ctl("set", str(mnt.path), key, value)
+        assert r.returncode == 1 and fragment in r.stderr, r.stderr
+    assert ctl("set", str(mnt.path), "dram", "1M").returncode == 0
+    assert mnt.ctl("dram") == f"{1 << 20}\n"
+
+
+def test_set_by_another_user_is_not_permitted():
+    """With allow_other another user reads the device but may not turn its knobs."""
+    from .conftest import start_mount
+
+    base = Path(tempfile.mkdtemp(prefix="cramctl-"))
+    base.chmod(0o755)
+    m = start_mount(base / "mnt", "-o", "allow_other")
+    try:
+        assert ctl(str(m.path), "-n", "-o", "danger", user="65534").stdout == "ok\n"
+        r = ctl("set", str(m.path), "dram", "1M", user="65534")
+        assert r.returncode == 1 and "dram: not permitted" in r.stderr, r.stderr
+    finally:
+        m.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_mountinfo_is_unescaped(tmp_path):
+    fake = tmp_path / "mountinfo"
+    fake.write_text("36 35 0:32 / /mnt/with\\040space rw - fuse.cramfs cram\\040x rw\n")
+    (entry,) = mounts(str(fake))
+    assert entry.mountpoint == "/mnt/with space" and entry.source == "cram x"
+    assert entry.fstype == "fuse.cramfs"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_exporter_serves_every_mount(mounter):
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as om
+    from prometheus_client.parser import text_string_to_metric_families as text
+
+    a, b = mounter(), mounter("-o", "compressor=zstd")
+    (a.path / "f").write_bytes(b"y" * 5000)
+    port = _free_port()
+    proc = subprocess.Popen([CRAMCTL, "exporter", "--listen", f"127.0.0.1:{port}"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                plain = urllib.request.urlopen(url, timeout=5).read().decode()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.1)
+        fams = {f.name: f for f in text(plain)}
+        used = {s.labels["mountpoint"]: s.value
+                for s in fams["cramfs_physical_used_bytes"].samples}
+        assert used[str(a.path)] > 0 and used[str(b.path)] == 0
+        written = {s.labels["mountpoint"]: s.value for s in fams["cramfs_written_pages"].samples
+                   if s.name.endswith("_total")}
+        assert written[str(a.path)] == 2
+        info = {s.labels["mountpoint"]: s.labels for s in fams["cramfs_info"].samples}
+        assert info[str(b.path)]["compressor"] == "zstd"
+        req = urllib.request.Request(url, headers={
+            "Accept": "application/openmetrics-text; version=1.0.0; charset=utf-8"})
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            assert "openmetrics" in resp.headers["Content-Type"]
+            body = resp.read().decode()
+        assert body.rstrip().endswith("# EOF")
+        om_fams = {f.name: f for f in om(body)}
+        assert om_fams["cramfs_written_pages"].type == "counter"
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=15) == 0
