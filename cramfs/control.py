@@ -73,6 +73,9 @@ def _status(ns: Namespace) -> str:
             f"warning: at ratio {dev.ratio:.2f} (needed {s['required_ratio']:.2f}) filling the "
             f"advertised {format_size(dev.config.advertised)} would leave the device {over} "
             f"physical bytes short ({format_size(over)})")
+    if 0 < dev.ratio < 1:
+        lines.append("note: ratio below 1: the few pages stored hold whole zspages (a zspage "
+                     "is 1-8 pages, zsmalloc's unit); it rises as the zspages fill")
     faults = dev.active_faults()
     if faults:
         lines.append(f"injected: {', '.join(faults)}")
