@@ -60,11 +60,20 @@ def start_mount(path: Path, *args: str) -> Mount:
     return Mount(path, *args)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """One rule for the `mount` marker: every test that mounts (through the fixtures or
+    by its own mark) carries it, so `pytest -m "not mount"` runs every layer that needs
+    no root; and each one skips, saying why, where this machine cannot mount."""
+    reason = mount_unavailable()
+    for item in items:
+        if {"mounter", "mnt"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.mount)
+        if reason and item.get_closest_marker("mount"):
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
 @pytest.fixture
 def mounter(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
-    reason = mount_unavailable()
-    if reason:
-        pytest.skip(reason)
     mounts: list[Mount] = []
 
     def make(*args: str) -> Mount:

@@ -11,11 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import mount_unavailable
 
-
-@pytest.mark.skipif(mount_unavailable() is not None or shutil.which("fio") is None,
-                    reason=mount_unavailable() or "fio is not installed")
+@pytest.mark.mount
+@pytest.mark.skipif(shutil.which("fio") is None, reason="fio is not installed")
 def test_quick_benchmark_runs_and_reports(tmp_path):
     out = tmp_path / "bench.json"
     r = subprocess.run([sys.executable, "-m", "cramfs.lab.bench", "--quick", "--out", str(out)],

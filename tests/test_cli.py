@@ -13,10 +13,9 @@ import pytest
 
 from cramfs.cli import UsageError, parse
 
-from .conftest import CRAMFS, is_mounted, mount_unavailable, unmount
+from .conftest import CRAMFS, is_mounted, unmount
 
-needs_mount = pytest.mark.skipif(mount_unavailable() is not None,
-                                 reason=mount_unavailable() or "")
+needs_mount = pytest.mark.mount      # root and /dev/fuse; conftest skips where absent
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

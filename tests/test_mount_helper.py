@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import is_mounted, mount_unavailable, unmount
+from .conftest import is_mounted, unmount
 from .test_cli import _daemon_pid, _wait_gone
 
-pytestmark = pytest.mark.skipif(mount_unavailable() is not None,
-                                reason=mount_unavailable() or "")
+pytestmark = pytest.mark.mount
 ROOT = Path(__file__).resolve().parent.parent
 HELPER = Path("/sbin/mount.fuse.cramfs")
 

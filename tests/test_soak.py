@@ -8,11 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import mount_unavailable
-
-pytestmark = [pytest.mark.mount,
-              pytest.mark.skipif(mount_unavailable() is not None,
-                                 reason=mount_unavailable() or "")]
+pytestmark = pytest.mark.mount
 SOAK = Path(__file__).resolve().parent.parent / "scripts" / "soak"
 
 

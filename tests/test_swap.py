@@ -29,8 +29,8 @@ def _swap_unavailable() -> str | None:
     return mount_unavailable() or swap_unavailable()
 
 
-pytestmark = pytest.mark.skipif(_swap_unavailable() is not None,
-                                reason=_swap_unavailable() or "")
+pytestmark = [pytest.mark.mount, pytest.mark.skipif(_swap_unavailable() is not None,
+                                                    reason=_swap_unavailable() or "")]
 
 
 def host_state() -> tuple[set[str], set[str], set[str], set[str]]:

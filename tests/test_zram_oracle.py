@@ -258,8 +258,8 @@ def _run_both(mounter: Callable[..., Mount], dev: str, pages: list[bytes], chain
         buf.close()
 
 
+@pytest.mark.mount          # zram needs root too
 @needs_zram
-@pytest.mark.mount
 @pytest.mark.parametrize("data", ["synthetic", "boundaries"])
 def test_same_pages_same_mm_stat_as_kernel_zram(mounter, data):
     """The whole stack, kernel path included, on pages both lz4s compress alike."""
@@ -297,6 +297,7 @@ def kernel_sizes(dev: str, pages: list[bytes]) -> list[int]:
     return sizes
 
 
+@pytest.mark.mount          # zram needs root too
 @needs_zram
 def test_real_data_replayed_with_the_kernels_sizes_is_exact():
     """Real binaries and text. The kernel's lz4 (lib/lz4) and lz4 1.9.4 parse real
@@ -354,8 +355,8 @@ def test_real_data_replayed_with_the_kernels_sizes_is_exact():
     dev_.close()
 
 
+@pytest.mark.mount          # zram needs root too
 @needs_zram
-@pytest.mark.mount
 def test_real_data_through_the_mount(mounter):
     """The whole stack on real data: what is independent of the compressor is exact.
     compr_data_size and what follows from it differ by lz4's version (the kernel's
