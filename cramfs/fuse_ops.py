@@ -35,8 +35,8 @@ R = TypeVar("R")
 ROOT_INO = pyfuse3.ROOT_INODE
 CTL_DIR_INO = 2
 CTL_DIR = ".cram"
-_CTL_INO = {name: 3 + i for i, name in enumerate(ATTRIBUTES)}
-_CTL_BY_INO = {ino: ATTRIBUTES[name] for name, ino in _CTL_INO.items()}
+CTL_INO = {name: 3 + i for i, name in enumerate(ATTRIBUTES)}
+CTL_BY_INO = {ino: ATTRIBUTES[name] for name, ino in CTL_INO.items()}
 _FILE_TIMEOUT = 1.0     # every change to a slot file goes through us, so caching is safe
 _READY = select.POLLIN | select.POLLRDNORM
 _NOTIFIED = select.POLLPRI | select.POLLERR
@@ -121,7 +121,7 @@ class CramOperations(pyfuse3.Operations):
         return a
 
     def _ctl_attr(self, ino: int) -> pyfuse3.EntryAttributes:
-        attr = _CTL_BY_INO[ino]
+        attr = CTL_BY_INO[ino]
         a = pyfuse3.EntryAttributes()
         # Control files change behind the kernel's back: never cache their size.
         self._stamp(a, ino, stat.S_IFREG | attr.mode, 0)
@@ -147,7 +147,7 @@ class CramOperations(pyfuse3.Operations):
             return self._dir_attr(ino, 0o755)
         if ino == CTL_DIR_INO:
             return self._dir_attr(ino, 0o755)
-        if ino in _CTL_BY_INO:
+        if ino in CTL_BY_INO:
             return self._ctl_attr(ino)
         return self._file_attr(self.ns.get(ino))
 
@@ -162,9 +162,9 @@ class CramOperations(pyfuse3.Operations):
     def lookup(self, parent_inode: int, name: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
         text = os.fsdecode(name)
         if parent_inode == CTL_DIR_INO:
-            if text not in _CTL_INO:
+            if text not in CTL_INO:
                 raise FUSEError(errno.ENOENT)
-            return self._ctl_attr(_CTL_INO[text])
+            return self._ctl_attr(CTL_INO[text])
         if parent_inode != ROOT_INO:
             raise FUSEError(errno.ENOTDIR)
         if text == CTL_DIR:
@@ -185,7 +185,7 @@ class CramOperations(pyfuse3.Operations):
     @guarded
     def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: Any,
                       fh: int | None, ctx: Any) -> pyfuse3.EntryAttributes:
-        if inode in _CTL_BY_INO:
+        if inode in CTL_BY_INO:
             # `echo 1 > knob` opens with O_TRUNC, which arrives as a size change.
             if fields.update_size and not (fields.update_mode or fields.update_uid
                                            or fields.update_gid):
@@ -265,7 +265,7 @@ class CramOperations(pyfuse3.Operations):
     @guarded
     def readdir(self, fh: int, start_id: int, token: Any) -> None:
         if fh == CTL_DIR_INO:
-            for name, ino in _CTL_INO.items():
+            for name, ino in CTL_INO.items():
                 if ino > start_id and not pyfuse3.readdir_reply(
                         token, name.encode(), self._ctl_attr(ino), ino):
                     return
@@ -293,7 +293,7 @@ class CramOperations(pyfuse3.Operations):
 
     @guarded
     def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
-        attr = _CTL_BY_INO.get(inode)
+        attr = CTL_BY_INO.get(inode)
         if attr is not None:
             acc = flags & os.O_ACCMODE
             # Root passes every permission check, so enforce the file's role here.
