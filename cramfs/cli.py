@@ -55,13 +55,16 @@ class MountRequest:
         return opts
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of printing usage and exiting, so each
+    command prints one line and exits 2 its own way (cramfs and cramctl share it)."""
+
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="cramfs", description="Mount an emulated compressed-RAM device.",
+    p = Parser(prog="cramfs", description="Mount an emulated compressed-RAM device.",
                 epilog="Every --name VALUE is also accepted as -o name=VALUE.")
     p.add_argument("paths", nargs="+", metavar="[SOURCE] MOUNTPOINT",
                    help="where to mount; SOURCE is ignored (mount.fuse3 passes it)")

@@ -24,8 +24,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
+from .cli import Parser, UsageError
 from .config import SETTINGS, DeviceConfig
 from .procfs import mounts
 from .stats import BY_NAME, BYTES
@@ -222,20 +223,14 @@ def cmd_exporter(args: argparse.Namespace) -> int:
     return serve(args.listen)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        print(f"cramctl: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
-def _parser(name: str, help_: str, func: Callable[[argparse.Namespace], int]) -> _Parser:
-    p = _Parser(prog=f"cramctl {name}", description=help_)
+def _parser(name: str, help_: str, func: Callable[[argparse.Namespace], int]) -> Parser:
+    p = Parser(prog=f"cramctl {name}", description=help_)
     p.set_defaults(func=func)
     return p
 
 
-def build_parsers() -> dict[str, _Parser]:
-    out: dict[str, _Parser] = {}
+def build_parsers() -> dict[str, Parser]:
+    out: dict[str, Parser] = {}
     p = out["list"] = _parser("list", "List cramfs devices, as zramctl does.", cmd_list)
     p.add_argument("mount", nargs="?", metavar="MOUNTPOINT", help="only this device")
     p.add_argument("-b", "--bytes", action="store_true", help="print sizes in bytes")
@@ -273,7 +268,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write("usage:\n" + usage())
         return 0
     command, rest = (argv[0], argv[1:]) if argv and argv[0] in COMMANDS else ("list", argv)
-    args = build_parsers()[command].parse_args(rest)
+    try:
+        args = build_parsers()[command].parse_args(rest)
+    except UsageError as e:
+        print(f"cramctl: {e}", file=sys.stderr)
+        return 2
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from cramfs.procfs import mounts, status_bytes
+
 from .conftest import is_mounted, unmount
 from .test_cli import _daemon_pid, _wait_gone
 
@@ -32,9 +34,7 @@ def _mounted_then_unmounted(mp: Path, physical: int) -> None:
     try:
         assert is_mounted(mp)
         assert (mp / ".cram" / "physical").read_text() == f"{physical}\n"
-        source = [ln.split(" - ")[1].split()[1] for ln in
-                  Path("/proc/self/mountinfo").read_text().splitlines()
-                  if ln.split()[4] == str(mp)]
+        source = [m.source for m in mounts() if m.mountpoint == str(mp)]
         assert source == ["cram"]
         pid = _daemon_pid(mp)
         assert pid is not None
@@ -71,9 +71,7 @@ def _has_cap_sys_resource() -> bool:
 
 
 def test_daemon_is_locked_and_oom_protected(mnt):
-    status = dict(line.split(":", 1) for line in
-                  Path(f"/proc/{mnt.proc.pid}/status").read_text().splitlines())
-    assert int(status["VmLck"].split()[0]) > 0, "mlockall must lock the daemon's memory"
+    assert status_bytes(mnt.proc.pid, "VmLck") > 0, "mlockall must lock the daemon's memory"
     adj = Path(f"/proc/{mnt.proc.pid}/oom_score_adj").read_text().strip()
     log = mnt.log.read_text()
     if _has_cap_sys_resource():

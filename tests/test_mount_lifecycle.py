@@ -8,9 +8,10 @@ import os
 import stat
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
+
+from cramfs.procfs import status_bytes
 
 from .conftest import CRAMFS, unmount
 from .helpers import random_page, text_page
@@ -78,10 +79,7 @@ def test_events_are_root_only(mnt):
 
 
 def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
+    return status_bytes(pid, "VmRSS") // 1024
 
 
 def test_memory_comes_back_after_delete_and_compact(mounter):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import random
-from pathlib import Path
 
 from cramfs.config import DeviceConfig
 from cramfs.device import Device
 from cramfs.namespace import Namespace
+from cramfs.procfs import status_bytes
 
 from .helpers import check_accounting, text_page
 
@@ -71,10 +71,7 @@ def test_many_files_keep_exact_accounting():
 
 
 def _rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
+    return status_bytes(pid, "VmRSS")
 
 
 def test_a_terabyte_mount_starts_small_and_holes_stay_free(mounter):

@@ -21,6 +21,7 @@ import pytest
 from cramfs.lab.cgroup import detect
 from cramfs.lab.swap import active_swaps, loops_backed_by, swap_down, swap_up
 from cramfs.lab.swap import unavailable as swap_unavailable
+from cramfs.procfs import mounts
 
 from .conftest import mount_unavailable
 
@@ -37,11 +38,10 @@ def host_state() -> tuple[set[str], set[str], set[str], set[str]]:
     swaps = set(active_swaps())
     loops = set(subprocess.run(["losetup", "-a"], capture_output=True, text=True)
                 .stdout.splitlines())
-    mounts = {ln.split()[4] for ln in Path("/proc/self/mountinfo").read_text().splitlines()
-              if "fuse.cramfs" in ln}
+    cram = {m.mountpoint for m in mounts() if m.fstype == "fuse.cramfs"}
     _, root = detect()
     groups = {p.name for p in root.iterdir() if p.name.startswith("cramfs-exp-")}
-    return swaps, loops, mounts, groups
+    return swaps, loops, cram, groups
 
 
 @pytest.fixture

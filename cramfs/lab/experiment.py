@@ -202,13 +202,9 @@ def run_target(target: Target, command: list[str], limit: int,
             f"(limit {format_size(limit)}, cgroup v{cgroup.version})")
         in0, out0 = vmstat()
         t0 = time.monotonic()
-        procs_file = str(cgroup.path / "cgroup.procs")
-
-        def enter_cgroup() -> None:
-            with open(procs_file, "w") as f:
-                f.write(str(os.getpid()))
-
-        proc = subprocess.Popen(command, preexec_fn=enter_cgroup)
+        group = cgroup
+        # in the child before exec, so not one page of the workload is charged elsewhere
+        proc = subprocess.Popen(command, preexec_fn=lambda: group.add(os.getpid()))
         last_report = t0
         while True:
             done = proc.poll() is not None
