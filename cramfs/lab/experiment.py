@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import os
 import signal
@@ -28,15 +29,28 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..levels import LEVELS
+from ..stats import BY_NAME
 from ..units import format_size, parse_size
 from . import zram
 from .cgroup import CgroupUnavailable, MemoryCgroup
 from .child import Daemon
-from .swap import active_swaps, run, swap_down, swap_up, top_priority
+from .swap import active_swaps, run, swap_down, swap_up, swap_used, top_priority
 from .workload import EXIT_MISMATCH
 
-FIELDS = ("target", "time", "physical_used", "logical_stored", "ratio", "danger", "promotions",
-          "demotions", "refusals", "fallback_pages", "pswpin", "pswpout", "rss")
+# The device statistics sampled, by their names in the statistics table (stats.py).
+SAMPLED = ("physical", "physical_used", "logical_stored", "ratio", "danger", "promotions",
+           "demotions", "reject_write_control", "fallback_pages", "promoted_pages",
+           "stored_pages")
+FIELDS = ("target", "time", "running", *SAMPLED, "warn_at", "critical_at", "swap_used",
+          "pswpin", "pswpout", "rss")
+assert all(name in BY_NAME for name in SAMPLED)
+
+
+def _idle_sample() -> dict[str, Any]:
+    """What a target with no device statistics (the baseline; zram for most) reports."""
+    out: dict[str, Any] = dict.fromkeys(SAMPLED, 0)
+    out.update(ratio=float("inf"), danger="", warn_at=None, critical_at=None)
+    return out
 
 
 def say(msg: str) -> None:
@@ -50,6 +64,7 @@ def vmstat() -> tuple[int, int]:
 
 class Target(Protocol):
     name: str
+    swap_device: str         # the swap device, to read the kernel's Used from /proc/swaps
 
     def setup(self) -> None: ...
 
@@ -70,6 +85,7 @@ class CramTarget:
         self.swap_size = swap_size
         self._daemon: Daemon | None = None
         self._tmp: str | None = None
+        self.swap_device = ""
 
     def setup(self) -> None:
         self.mount = self.given
@@ -80,16 +96,17 @@ class CramTarget:
             opts = [a for o in self.options for a in ("-o", o)]
             say(f"mounting cramfs at {self.mount} {' '.join(opts)}")
             self._daemon = Daemon([str(cramfs), "--foreground", *opts], self.mount)
-        swap_up(self.mount, self.swap_size, echo=lambda line: say(f"+ {line}"))
+        self.swap_device = swap_up(self.mount, self.swap_size,
+                                   echo=lambda line: say(f"+ {line}"))
 
     def sample(self) -> dict[str, Any]:
         assert self.mount is not None
         s = json.loads((self.mount / ".cram" / "stat.json").read_text())
-        return {"physical_used": s["physical_used"], "logical_stored": s["logical_stored"],
-                "ratio": s["ratio"] if s["ratio"] is not None else float("inf"),
-                "danger": s["danger"], "promotions": s["promotions"],
-                "demotions": s["demotions"], "refusals": s["reject_write_control"],
-                "fallback_pages": s["fallback_pages"]}
+        out = {name: s[name] for name in SAMPLED}
+        if out["ratio"] is None:
+            out["ratio"] = float("inf")
+        out.update(warn_at=s["warn_at"], critical_at=s["critical_at"])
+        return out
 
     def teardown(self) -> None:
         if self.mount is not None and (self.mount / ".cram").is_dir():
@@ -113,15 +130,16 @@ class NullTarget:
         self.swap_size = swap_size
         self._daemon: Daemon | None = None
         self._tmp: Path | None = None
+        self.swap_device = ""
 
     def setup(self) -> None:
         self._tmp = Path(tempfile.mkdtemp(prefix="cramfs-null-"))
         self._daemon = Daemon([sys.executable, "-m", "cramfs.lab.nullfs"], self._tmp)
-        swap_up(self._tmp, self.swap_size, echo=lambda line: say(f"+ {line}"), any_fs=True)
+        self.swap_device = swap_up(self._tmp, self.swap_size,
+                                   echo=lambda line: say(f"+ {line}"), any_fs=True)
 
     def sample(self) -> dict[str, Any]:
-        return {"physical_used": 0, "logical_stored": 0, "ratio": float("inf"), "danger": "",
-                "promotions": 0, "demotions": 0, "refusals": 0, "fallback_pages": 0}
+        return _idle_sample()
 
     def teardown(self) -> None:
         if self._tmp is not None:
@@ -139,6 +157,7 @@ class ZramTarget:
     """The kernel's zram0 as swap, same algorithm and size; reset afterwards."""
 
     name = "zram"
+    swap_device = zram.DEVICE
 
     def __init__(self, algorithm: str, swap_size: int) -> None:
         self.algorithm = algorithm
@@ -163,9 +182,10 @@ class ZramTarget:
     def sample(self) -> dict[str, Any]:
         mm = zram.mm_stat()
         orig, used = mm["orig_data_size"], mm["mem_used_total"]
-        return {"physical_used": used, "logical_stored": orig,
-                "ratio": round(orig / used, 2) if used else float("inf"), "danger": "",
-                "promotions": 0, "demotions": 0, "refusals": 0, "fallback_pages": 0}
+        out = _idle_sample()
+        out.update(physical_used=used, logical_stored=orig, stored_pages=orig // 4096,
+                   ratio=round(orig / used, 2) if used else float("inf"))
+        return out
 
     def teardown(self) -> None:
         if not self._ours:
@@ -210,7 +230,8 @@ def run_target(target: Target, command: list[str], limit: int,
             done = proc.poll() is not None
             now = time.monotonic()
             pin, pout = vmstat()
-            row = {"target": target.name, "time": round(now - t0, 3), **target.sample(),
+            row = {"target": target.name, "time": round(now - t0, 3), "running": not done,
+                   **target.sample(), "swap_used": swap_used(target.swap_device),
                    "pswpin": pin - in0, "pswpout": pout - out0, "rss": cgroup.rss()}
             rows.append(row)
             if now - last_report >= 2 or done:
@@ -236,8 +257,17 @@ def run_target(target: Target, command: list[str], limit: int,
 
 
 def summarize(rows: list[dict[str, Any]], wall: float, status: int) -> dict[str, Any]:
-    stored = [r for r in rows if r["physical_used"] > 0]
-    levels = [r["danger"] for r in rows if r["danger"]]
+    """Figures comparable across targets: ratios are taken while the workload runs (after
+    it exits, the kernel frees its swap and only zram hears of it)."""
+    running = [r for r in rows if r["running"]] or rows
+    stored = [r for r in running if r["physical_used"] > 0]
+    times = [r["time"] for r in rows]
+    spans = [b - a for a, b in itertools.pairwise(times)] + [0.0]
+    time_in: dict[str, float] = {}
+    for r, span in zip(rows, spans, strict=True):
+        if r["danger"]:
+            time_in[r["danger"]] = time_in.get(r["danger"], 0.0) + span
+    last = rows[-1] if rows else {}
     return {
         "wall_time_s": round(wall, 2),
         "workload_exit_status": status,
@@ -245,17 +275,23 @@ def summarize(rows: list[dict[str, Any]], wall: float, status: int) -> dict[str,
         "peak_physical_used": max((r["physical_used"] for r in rows), default=0),
         "peak_logical_stored": max((r["logical_stored"] for r in rows), default=0),
         "peak_rss": max((r["rss"] for r in rows), default=0),
+        "peak_fallback_pages": max((r["fallback_pages"] for r in rows), default=0),
+        "peak_dram_tier_pages": max((r["promoted_pages"] for r in rows), default=0),
+        "peak_swap_used": max((r["swap_used"] for r in rows), default=0),
         "final_ratio": stored[-1]["ratio"] if stored else None,
         # the ratio when the device held the most: comparable across targets
         "ratio_at_peak": max(stored, key=lambda r: r["logical_stored"])["ratio"]
         if stored else None,
-        "swapped_out_bytes": rows[-1]["pswpout"] * 4096 if rows else 0,
-        "swapped_in_bytes": rows[-1]["pswpin"] * 4096 if rows else 0,
-        "promotions": rows[-1]["promotions"] if rows else 0,
-        "demotions": rows[-1]["demotions"] if rows else 0,
-        "refusals": rows[-1]["refusals"] if rows else 0,
-        "danger_share": {lv: round(levels.count(lv) / len(levels), 3) for lv in LEVELS}
-        if levels else {},
+        "swapped_out_bytes": last.get("pswpout", 0) * 4096,
+        "swapped_in_bytes": last.get("pswpin", 0) * 4096,
+        "promotions": last.get("promotions", 0),
+        "demotions": last.get("demotions", 0),
+        "refusals": last.get("reject_write_control", 0),
+        "seconds_per_level": {lv: round(time_in.get(lv, 0.0), 2) for lv in LEVELS}
+        if time_in else {},
+        # what a FUSE device never hears: swap slots the kernel freed (no discard reaches it)
+        "device_stored_after_exit": last.get("logical_stored", 0),
+        "kernel_swap_used_after_exit": last.get("swap_used", 0),
     }
 
 

@@ -45,6 +45,16 @@ def active_swaps() -> dict[str, int]:
     return {f[0]: int(f[4]) for f in (line.split() for line in lines)}
 
 
+def swap_used(device: str) -> int:
+    """The kernel's Used for one swap device, in bytes (0 if it is not a swap)."""
+    if not device:
+        return 0
+    for fields in (line.split() for line in Path("/proc/swaps").read_text().splitlines()[1:]):
+        if fields[0] == device:
+            return int(fields[3]) * 1024
+    return 0
+
+
 def loops_backed_by(path: Path) -> list[str]:
     found = []
     for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
