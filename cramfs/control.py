@@ -270,6 +270,7 @@ ATTRIBUTES: dict[str, Attribute] = {a.name: a for a in (
               + "\n"),
     Attribute("effective_capacity", lambda ns: f"{ns.device.stats()['effective_capacity']}\n"),
     Attribute("danger", lambda ns: ns.device.danger + "\n"),
+    Attribute("pressure", lambda ns: f"{ns.device.pressure}\n"),
     Attribute("mm_stat", lambda ns: ns.device.mm_stat() + "\n"),
     Attribute("io_stat", lambda ns: ns.device.io_stat() + "\n"),
     Attribute("stat", _stat),

@@ -36,7 +36,7 @@ from . import parallel
 from .compressors import BY_ID, COMPRESSORS, describe
 from .config import SETTINGS, DeviceConfig
 from .events import EventLog
-from .levels import CRITICAL, LevelTracker
+from .levels import CRITICAL, LevelTracker, pressure, pressure_band
 from .pagetable import (
     DEVICE,
     FALLBACK,
@@ -153,6 +153,7 @@ class Device:
         self.tier: DramTier[tuple[PageTable, int], Encoded] = DramTier()
         self.words = WordStore()             # same-filled words too wide for a table word
         self.levels = LevelTracker()
+        self.pressure = 0                    # the RFC's 0-1000, quantised (levels.pressure)
         self.events = EventLog(clock=clock)
         self.counters = Counters()
         self.pages = [0] * 6                 # live slots by kind (index 0 unused)
@@ -180,6 +181,8 @@ class Device:
         of settings, level or injected faults)."""
         c = self.config
         low, high = self.levels.quiet_band(c.warn_at, c.critical_at, c.hysteresis)
+        low, high = pressure_band(self.levels.level, self.pressure, c.warn_at, c.critical_at,
+                                  low, high)
         self._quiet_low = low * c.physical
         self._quiet_high = high * c.physical
         # Below this usage a store needs no questions: it fits whatever its
@@ -225,23 +228,34 @@ class Device:
         self._tables.add(table)
         return table
 
-    def on_level_change(self, listener: Callable[[str], None]) -> None:
+    def on_change(self, listener: Callable[[str], None]) -> None:
+        """Call `listener("danger")` when the level changes and `listener("pressure")`
+        when the quantised pressure does: what poll() waiters wait for."""
         self._level_listeners.append(listener)
 
-    def _refresh(self, overflowed: bool = False) -> None:
+    def _refresh(self, overflowed: bool = False, settings: bool = False) -> None:
+        """Track the peak, the level and the pressure after usage or `settings` changed."""
         used = self.pool.used_bytes + self._extra
         if used > self.mem_used_max:
             self.mem_used_max = used
-        if not overflowed and self._quiet_low <= used < self._quiet_high:
+        if not (overflowed or settings) and self._quiet_low <= used < self._quiet_high:
             return
         c = self.config
         old = self.levels.name
+        changed = []
         if self.levels.update(used / c.physical, c.warn_at, c.critical_at, c.hysteresis,
                               overflowed):
-            self._band()
             self.events.add("level", f"{old} -> {self.levels.name} fill={self.fill:.1%}")
-            for listener in self._level_listeners:
-                listener(self.levels.name)
+            changed.append("danger")
+        now = pressure(self.levels.level, used / c.physical, c.warn_at, c.critical_at)
+        if now != self.pressure:
+            self.pressure = now
+            changed.append("pressure")
+        if changed:
+            self._band()
+            for what in changed:
+                for listener in self._level_listeners:
+                    listener(what)
 
     def _install(self, table: PageTable, idx: int, word: int, charge: int = 0,
                  extra: int = 0) -> None:
@@ -648,7 +662,7 @@ class Device:
         self._configured()
         self.events.add("knob", f"{name}={self.config.show(name)}")
         self._enforce_budget()
-        self._refresh()
+        self._refresh(settings=True)
 
     def reject(self, what: str, why: str) -> NoReturn:
         """Log a refused control write and raise EINVAL with the reason."""
@@ -665,7 +679,7 @@ class Device:
     def _set_physical(self, size: int) -> None:
         self.config = self.config.with_value("physical", str(size))
         self._configured()
-        self._refresh()
+        self._refresh(settings=True)
 
     def inject_physical(self, size: int) -> None:
         try:
@@ -747,6 +761,7 @@ class Device:
             "fill": round(self.fill, 4),
             "danger": self.danger,
             "danger_level": self.levels.level,
+            "pressure": self.pressure,
             "overflow_at_ratio": self.overflow_at_ratio(),
             "compressor": c.compressor,
             "mode": c.mode,

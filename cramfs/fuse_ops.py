@@ -79,19 +79,26 @@ class CramOperations(pyfuse3.Operations):
         self.ns = ns
         self._handles: dict[int, Inode | ControlHandle] = {}
         self._next_fh = 1
-        self._generation = 0
-        self._pollers: dict[int, pyfuse3.PollHandle] = {}
+        self._generation = {"danger": 0, "pressure": 0}
+        self._pollers: dict[int, tuple[str, pyfuse3.PollHandle]] = {}
         self._mounted_ns = time.time_ns()
-        ns.device.on_level_change(self._level_changed)
+        ns.device.on_change(self._changed)
         ns.on_names_dropped.append(self._forget_names)
 
     # ------------------------------------------------------------ helpers
 
-    def _level_changed(self, _level: str) -> None:
-        self._generation += 1
-        pollers, self._pollers = self._pollers, {}
-        for handle in pollers.values():
-            handle.notify()
+    def _changed(self, what: str) -> None:
+        """sysfs_notify: wake the poll() waiters of `what` (danger or pressure); every
+        other control file's waiters wake with danger, as before."""
+        self._generation[what] += 1
+        for fh, (name, handle) in list(self._pollers.items()):
+            if self._watches(name) == what:
+                del self._pollers[fh]
+                handle.notify()
+
+    @staticmethod
+    def _watches(name: str) -> str:
+        return name if name == "pressure" else "danger"
 
     @staticmethod
     def _forget_names(names: list[str]) -> None:
@@ -300,7 +307,8 @@ class CramOperations(pyfuse3.Operations):
             if (acc != os.O_RDONLY and not attr.store) or (acc != os.O_WRONLY
                                                            and not attr.show):
                 raise FUSEError(errno.EACCES)
-            return self._file_info(self._new_fh(ControlHandle(attr, seen=self._generation)))
+            seen = self._generation[self._watches(attr.name)]
+            return self._file_info(self._new_fh(ControlHandle(attr, seen=seen)))
         if inode in (ROOT_INO, CTL_DIR_INO):
             raise FUSEError(errno.EISDIR)
         node = self.ns.live(inode)
@@ -324,7 +332,7 @@ class CramOperations(pyfuse3.Operations):
         # consistent state and a poll() waiter re-reading from 0 sees a fresh one.
         if off == 0 or h.content is None or h.attr.stream:
             h.content = h.attr.show(self.ns).encode()
-            h.seen = self._generation
+            h.seen = self._generation[self._watches(h.attr.name)]
         return h.content[off:off + size]
 
     @guarded
@@ -355,9 +363,10 @@ class CramOperations(pyfuse3.Operations):
         if isinstance(h, Inode):
             return _READY | select.POLLOUT | select.POLLWRNORM
         if poll_handle is not None:
-            self._pollers[fh] = poll_handle
+            self._pollers[fh] = (h.attr.name, poll_handle)
         # sysfs_notify semantics: POLLPRI|POLLERR until the reader reads again.
-        return _READY | (_NOTIFIED if h.seen != self._generation else 0)
+        changed = h.seen != self._generation[self._watches(h.attr.name)]
+        return _READY | (_NOTIFIED if changed else 0)
 
     # ------------------------------------------------------------ xattrs and statfs
 

@@ -10,6 +10,35 @@ from __future__ import annotations
 
 LEVELS = ("ok", "warn", "critical", "full")
 OK, WARN, CRITICAL, FULL = range(4)
+PRESSURE_MAX = 1000        # the RFC's cram_set_pressure range is 0-1000
+PRESSURE_STEP = 50
+_STEPS = PRESSURE_MAX // PRESSURE_STEP
+
+
+def pressure(level: int, fill: float, warn_at: float, critical_at: float) -> int:
+    """The RFC's pressure: 0 at ok, 1000 at critical or worse (where write control
+    refuses), and in warn linear in fill from warn_at (0) to critical_at (1000),
+    quantised down to steps of 50. The level's hysteresis applies at both ends."""
+    if level >= CRITICAL:
+        return PRESSURE_MAX
+    if level == OK:
+        return 0
+    step = int((fill - warn_at) / (critical_at - warn_at) * _STEPS)
+    return max(0, min(step, _STEPS - 1)) * PRESSURE_STEP
+
+
+def pressure_band(level: int, value: int, warn_at: float, critical_at: float,
+                  low: float, high: float) -> tuple[float, float]:
+    """Narrow the level's quiet band [low, high) to the fills that keep `value`."""
+    if level != WARN:
+        return low, high
+    width = (critical_at - warn_at) / _STEPS
+    step = value // PRESSURE_STEP
+    if step > 0:
+        low = max(low, warn_at + step * width)
+    if step < _STEPS - 1:
+        high = min(high, warn_at + (step + 1) * width)
+    return low, high
 
 
 class LevelTracker:

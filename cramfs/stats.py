@@ -61,6 +61,8 @@ STATS: tuple[Stat, ...] = (
     Stat("danger", TEXT, INFO, "Danger level: ok, warn, critical or full."),
     _g("danger_level", COUNT, "Danger level as a number: 0 ok, 1 warn, 2 critical, 3 full.",
        status=False),
+    _g("pressure", COUNT, "The RFC's pressure, 0-1000 in steps of 50: 0 at ok, linear in fill "
+       "from warn_at to critical_at, 1000 (write control refuses) at critical or worse."),
     _g("overflow_at_ratio", BYTES, "Physical bytes short if the advertised size were filled "
        "at today's ratio.", metric="overflow_at_ratio_bytes"),
     Stat("compressor", TEXT, INFO, "Compressor of new pages."),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 from cramfs.device import Device
+from cramfs.levels import pressure
 from cramfs.pagetable import DEVICE, KIND_MASK, PROMOTED, PageTable, handle_of
 from cramfs.units import PAGE_SIZE
 
@@ -49,3 +50,7 @@ def check_accounting(dev: Device, tables: list[PageTable]) -> None:
     assert dev.physical_used == dev.pool.used_bytes + sum(sum(t.extra.values()) for t in tables)
     assert charges <= dev.physical_used
     assert dev.mem_used_max >= dev.physical_used
+    # the hot path skips the level and pressure while fill stays in their quiet band:
+    # whatever it skipped, they must be what the fill calls for
+    c = dev.config
+    assert dev.pressure == pressure(dev.levels.level, dev.fill, c.warn_at, c.critical_at)

@@ -9,6 +9,7 @@ import pytest
 
 from cramfs.config import DeviceConfig
 from cramfs.device import Device, DeviceError
+from cramfs.levels import pressure
 from cramfs.pagetable import (
     DEVICE,
     FALLBACK,
@@ -191,7 +192,7 @@ def test_dram_knob_shrink_demotes_at_once():
 def test_levels_with_hysteresis():
     dev, t = make(write_control=False)
     seen = []
-    dev.on_level_change(seen.append)
+    dev.on_change(lambda what: seen.append(dev.danger) if what == "danger" else None)
     for i in range(12):                      # 12/16 = 75%
         dev.write(t, i * P, random_page(i))
     assert dev.danger == "warn"
@@ -494,3 +495,30 @@ def test_same_filled_pages_of_any_word_cost_no_dict_entry():
     assert dev.words.live == 0
     dev.write(t, 0, wide[0] * (P // 8))
     assert dev.words.metadata_bytes == 24, "freed entries are reused"
+
+
+def test_pressure_follows_fill_in_steps_of_50_and_wakes_only_on_change():
+    dev, t = make(advertised=1 << 22, physical=400 * P, dram=0, fallback="none",
+                  hysteresis=0.02)
+    seen: list[tuple[str, int]] = []
+    dev.on_change(lambda what: seen.append((what, dev.pressure)))
+    values = []
+    i = 0
+    while not dev.refusing:
+        dev.write(t, i * P, random_page(i))            # one whole page each
+        i += 1
+        values.append(dev.pressure)
+        check_accounting(dev, [t])
+    assert values[0] == 0 and values[-1] == 1000
+    assert values == sorted(values) and all(v % 50 == 0 for v in values)
+    assert set(values) == set(range(0, 1000, 50)) | {1000}, "every step passed through"
+    changes = [v for what, v in seen if what == "pressure"]
+    assert changes == sorted(set(values) - {0}), "one wake-up per change, none without"
+    # hysteresis: just below critical_at it stays 1000, as write control keeps refusing
+    dev.discard(t, 0, 4)
+    assert dev.pressure == 1000 and dev.refusing
+    dev.discard(t, 0, 60)
+    assert dev.pressure < 1000 and not dev.refusing
+    check_accounting(dev, [t])
+    dev.set("warn_at", "10%")                            # a knob moves it at once
+    assert dev.pressure == pressure(dev.levels.level, dev.fill, 0.10, 0.90)

@@ -75,6 +75,35 @@ def test_poll_wakes_on_level_change(mounter):
         os.close(fd)
 
 
+def test_pressure_file_polls_only_on_a_step_change(mounter):
+    """64 pages of physical; warn at 75% (48 pages), critical at 90% (57.6): each
+    incompressible page past warn moves the RFC's pressure by a step or more."""
+    m = mounter(*SMALL)
+    fd = os.open(m.path / ".cram" / "pressure", os.O_RDONLY)
+    danger = os.open(m.path / ".cram" / "danger", os.O_RDONLY)
+    try:
+        assert os.read(fd, 100) == b"0\n" and os.read(danger, 100) == b"ok\n"
+        p = select.poll()
+        p.register(fd, select.POLLPRI | select.POLLERR)
+        write_pages(m.path / "f", [random_page(i) for i in range(30)])     # 47%: ok
+        assert p.poll(0) == [], "no step changed"
+        write_pages(m.path / "f", [random_page(i) for i in range(30, 52)], start=30)
+        assert p.poll(0) and p.poll(0)[0][1] & select.POLLPRI
+        os.lseek(fd, 0, os.SEEK_SET)
+        value = int(os.read(fd, 100))
+        assert 0 < value < 1000 and value % 50 == 0
+        assert p.poll(0) == [], "reading again clears the notification"
+        write_pages(m.path / "f", [random_page(i) for i in range(52, 60)], start=52)
+        os.lseek(fd, 0, os.SEEK_SET)
+        assert os.read(fd, 100) == b"1000\n" and m.ctl("danger") == "critical\n"
+        s = m.stat()
+        assert s["pressure"] == 1000 and "pressure: 1000" in m.ctl("status")
+        assert "cramfs_pressure 1000" in m.ctl("metrics")
+    finally:
+        os.close(fd)
+        os.close(danger)
+
+
 def test_bavail_falls_to_zero_while_refusing(mounter):
     m = mounter(*SMALL)
     assert os.statvfs(m.path).f_bavail > 0
