@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import hostmem
+from .compressors import COMPRESSORS
 from .config import SETTINGS
 from .device import DeviceError
 from .namespace import Inode, Namespace
@@ -225,6 +226,63 @@ def _parse_inject(ns: Namespace, line: str) -> Callable[[], None]:
                "'physical SIZE', 'poison FILE PAGE' or 'clear'")
 
 
+def _keywords(ns: Namespace, name: str, text: str, allowed: tuple[str, ...]) -> dict[str, str]:
+    """zram's `key=value key=value` input, every key known and none twice."""
+    out: dict[str, str] = {}
+    for token in text.split():
+        key, eq, value = token.partition("=")
+        if not eq or key not in allowed or key in out or not value:
+            ns.device.reject(name, f"expected {' '.join(k + '=...' for k in allowed)}, "
+                             f"got {shown(token)}")
+        out[key] = value
+    return out
+
+
+def _priority(ns: Namespace, name: str, args: dict[str, str]) -> None:
+    if args.get("priority", "1") != "1":
+        ns.device.reject(name, "cramfs has one secondary algorithm: priority=1")
+
+
+def _store_idle(ns: Namespace, text: str) -> None:
+    arg = text.strip()
+    try:
+        older_than = None if arg == "all" else parse_int(arg)
+    except ValueError as e:
+        ns.device.reject("idle", f"{e}; expected 'all' or an age in seconds")
+    ns.device.mark_idle(older_than)
+
+
+def _store_recomp_algorithm(ns: Namespace, text: str) -> None:
+    args = _keywords(ns, "recomp_algorithm", text, ("algo", "priority"))
+    if "algo" not in args:
+        ns.device.reject("recomp_algorithm", "expected algo=NAME [priority=1]")
+    _priority(ns, "recomp_algorithm", args)
+    ns.device.set_recomp_algorithm(args["algo"])
+
+
+def _show_recomp_algorithm(ns: Namespace) -> str:
+    algo = ns.device.recomp_algorithm
+    if algo is None:
+        return ""
+    return "#1: " + " ".join(f"[{n}]" if n == algo else n for n in COMPRESSORS
+                             if n != "none") + "\n"
+
+
+def _store_recompress(ns: Namespace, text: str) -> None:
+    args = _keywords(ns, "recompress", text, ("type", "max_pages", "threshold", "priority"))
+    kind = args.get("type")
+    if kind not in ("idle", "huge", "huge_idle"):
+        ns.device.reject("recompress", "expected type=idle|huge|huge_idle "
+                         "[max_pages=N] [threshold=BYTES]")
+    _priority(ns, "recompress", args)
+    try:
+        max_pages = parse_int(args["max_pages"]) if "max_pages" in args else None
+        threshold = parse_size(args["threshold"]) if "threshold" in args else 0
+    except ValueError as e:
+        ns.device.reject("recompress", str(e))
+    ns.device.recompress(kind, max_pages, threshold)
+
+
 def _store_compact(ns: Namespace, text: str) -> None:
     _expect(ns, "compact", text, "1", "compact")
     ns.device.compact()
@@ -287,6 +345,9 @@ ATTRIBUTES: dict[str, Attribute] = {a.name: a for a in (
     Attribute("discard", store=_store_discard),
     Attribute("demote", store=_store_demote),
     Attribute("compact", store=_store_compact),
+    Attribute("idle", store=_store_idle),
+    Attribute("recomp_algorithm", _show_recomp_algorithm, _store_recomp_algorithm),
+    Attribute("recompress", store=_store_recompress),
     Attribute("pool", _show_pool),
     Attribute("inject", _show_inject, _store_inject),
 )}

@@ -46,6 +46,7 @@ from .pagetable import (
     POISONED,
     PROMOTED,
     SAME,
+    TRIED,
     PageTable,
     WordStore,
     algo_of,
@@ -104,6 +105,9 @@ class Counters:
     huge_pages_since: int = 0
     pages_compacted: int = 0
     fallback_limit_hit: int = 0      # refused pages that host memory had no room for
+    recompressed_pages: int = 0      # kept in the secondary algorithm
+    recompress_saved_bytes: int = 0  # compressed bytes those pages shed
+    recompress_skipped_pages: int = 0  # tried without gain, marked until rewritten
     promotions_skipped: int = 0      # faults served in place: the DRAM tier could not demote
 
     def as_dict(self) -> dict[str, int]:
@@ -163,6 +167,9 @@ class Device:
         self._extra = 0                      # sum of injected extra charges
         self.charged = 0                     # sum of the files' compressed charges
         self.injected_poison = 0             # poisoned pages that inject made, not overflow
+        self.tracking = False                # per-page access ages kept (idle, recompress)
+        self.recomp_algorithm: str | None = None
+        self._epoch = time.monotonic()
         self._level_listeners: list[Callable[[str], None]] = []
         # every table that may hold device pages, for compaction to rewrite
         self._tables: weakref.WeakSet[PageTable] = weakref.WeakSet()
@@ -225,6 +232,8 @@ class Device:
     def table(self, name: str = "") -> PageTable:
         """A new file's page table, known to the device so compaction can rewrite it."""
         table = PageTable(name)
+        if self.tracking:
+            table.track(self._now())
         self._tables.add(table)
         return table
 
@@ -266,6 +275,8 @@ class Device:
             table.stored_pages += 1
             table.physical_bytes += charge + extra
             self.charged += charge + extra
+            if self.tracking:
+                table.renew(idx, self._now())
             if extra:
                 table.extra[idx] = extra
                 self._extra += extra
@@ -347,6 +358,8 @@ class Device:
             return self._peek(table, idx, touch=True)
         if data is None:
             data = self._decode(word)
+        if self.tracking:
+            table.touch(idx, self._now())
         if self.config.mode == "zswap":
             # Every access faults; the page goes back to DRAM and the compressed
             # copy is released (zswap loads are exclusive).
@@ -648,6 +661,94 @@ class Device:
         self.events.add("compact", f"{len(moves)} objects moved, {freed} pages freed")
         self._refresh()
         return freed
+
+    # ------------------------------------------------------------ idle and recompression
+
+    def _now(self) -> int:
+        """Seconds since the device started, plus 1: an access age (0 means idle)."""
+        return int(time.monotonic() - self._epoch) + 1
+
+    def _track(self) -> None:
+        """Start keeping access ages (4 bytes a page) from the first use on; pages
+        already stored count as accessed now, their history being unknown."""
+        if not self.tracking:
+            now = self._now()
+            for table in list(self._tables):
+                table.track(now)
+            self.tracking = True
+
+    def mark_idle(self, older_than: int | None) -> int:
+        """zram's idle: mark every stored page idle (None), or those not accessed for
+        at least `older_than` seconds. Same-filled pages are never idle, as in zram."""
+        self._track()
+        cutoff = self._now() - (older_than or 0)
+        marked = 0
+        for table in list(self._tables):
+            for idx, word in table.items():
+                if word & KIND_MASK != DEVICE:
+                    continue
+                age = table.age(idx)
+                if age & ~TRIED and (older_than is None or age & ~TRIED <= cutoff):
+                    table.set_age(idx, age & TRIED)
+                    marked += 1
+        what = "all" if older_than is None else f"not accessed for {older_than} s"
+        self.events.add("idle", f"{what}: {marked} pages marked idle")
+        return marked
+
+    def set_recomp_algorithm(self, name: str) -> None:
+        if name not in COMPRESSORS or name == "none":
+            self.reject("recomp_algorithm", f"algo must be one of "
+                        f"{', '.join(n for n in COMPRESSORS if n != 'none')}, got {shown(name)}")
+        self.recomp_algorithm = name
+        self.events.add("knob", f"recomp_algorithm={name} priority=1")
+
+    def recompress(self, kind: str, max_pages: int | None = None, threshold: int = 0) -> int:
+        """zram's recompress: try the secondary algorithm on idle, huge or huge-and-idle
+        pages. A page is kept recompressed only if it shrinks into a smaller size class;
+        one that does not is marked and not tried again until it is rewritten.
+        `max_pages` bounds the pages tried; `threshold` skips objects smaller than it."""
+        if self.recomp_algorithm is None:
+            self.reject("recompress", "no recomp_algorithm set")
+        self._track()
+        second = COMPRESSORS[self.recomp_algorithm]
+        want_idle, want_huge = kind in ("idle", "huge_idle"), kind in ("huge", "huge_idle")
+        tried = done = 0
+        for table in list(self._tables):
+            for idx, word in table.items():
+                if max_pages is not None and tried >= max_pages:
+                    break
+                if word & KIND_MASK != DEVICE or algo_of(word) == second.ident:
+                    continue
+                age = table.age(idx)
+                if age & TRIED or (want_idle and age & ~TRIED) or (
+                        want_huge and not word & HUGE_BIT):
+                    continue
+                blob = self.pool.get(word >> HANDLE_SHIFT)
+                if len(blob) < threshold:
+                    continue
+                tried += 1
+                new = second.compress(BY_ID[algo_of(word)].decompress(blob))
+                gains = len(new) < self.config.huge_threshold and (
+                    self.pool.charge(len(new)) < self.pool.charge(len(blob)))
+                # a smaller class may still need a fresh zspage: never past capacity
+                room = self.config.physical - self.physical_used + (
+                    PAGE_SIZE if word & HUGE_BIT else 0)
+                if gains and self.pool.cost(len(new)) > room:
+                    continue                        # left for a later run, not marked
+                if gains:
+                    self._store(table, idx, (None, new, second.ident, False), demoting=False,
+                                force=True)
+                    table.set_age(idx, age)         # recompression is no access
+                    self.counters.recompressed_pages += 1
+                    self.counters.recompress_saved_bytes += len(blob) - len(new)
+                    done += 1
+                else:
+                    table.set_age(idx, age | TRIED)
+                    self.counters.recompress_skipped_pages += 1
+        self.events.add("recompress", f"type={kind}: {tried} pages tried, {done} "
+                        f"recompressed with {second.name}")
+        self._refresh()
+        return done
 
     # ------------------------------------------------------------ knobs and faults
 

@@ -30,6 +30,7 @@ ALGO_SHIFT = 3
 HUGE_BIT = 1 << 5
 HANDLE_SHIFT = 6
 
+TRIED = 1 << 31                  # in an access age: recompression gained nothing
 _INLINE_LIMIT = 1 << 56          # same-filled words in [-2^56, 2^56) live in the table word
 _INLINE_MASK = (1 << 57) - 1
 _WORD_MASK = (1 << 64) - 1
@@ -116,13 +117,16 @@ def is_huge(word: int) -> bool:
 class PageTable:
     """A file's slots and its share of the device (kept by device.py)."""
 
-    __slots__ = ("__weakref__", "_chunks", "_used", "count", "extra", "name",
+    __slots__ = ("__weakref__", "_ages", "_chunks", "_used", "count", "extra", "name",
                  "physical_bytes", "promoted_pages", "stored_pages")
 
     def __init__(self, name: str = "") -> None:
         self.name = name                   # for event lines; the namespace keeps it current
         self._chunks: dict[int, array[int]] = {}
         self._used: dict[int, int] = {}    # non-hole words per chunk
+        # Per-page access ages, allocated only once idle tracking or recompression is
+        # used (tracking()): 4 bytes a page, chunk for chunk with the words.
+        self._ages: dict[int, array[int]] | None = None
         self.count = 0                     # non-hole slots
         self.extra: dict[int, int] = {}
         self.stored_pages = 0              # same + compressed + huge
@@ -161,6 +165,8 @@ class PageTable:
                 self._used[key] = left
             else:
                 del self._chunks[key], self._used[key]
+                if self._ages is not None:
+                    self._ages.pop(key, None)
         return word
 
     def items(self) -> Iterator[tuple[int, int]]:
@@ -183,6 +189,47 @@ class PageTable:
             out += [base + i for i in range(lo, hi) if chunk[i]]
         return out
 
+    # ------------------------------------------------------------ access ages
+    # An age is the second (since the device started, plus 1) of the page's last
+    # access; 0 marks the page idle, as zram's ZRAM_IDLE flag does. The top bit
+    # marks a page recompression tried without gain, until it is rewritten.
+
+    @property
+    def tracking(self) -> bool:
+        return self._ages is not None
+
+    def track(self, now: int) -> None:
+        """Start tracking: every page present counts as accessed `now`."""
+        if self._ages is None:
+            self._ages = {key: array("I", [now]) * CHUNK for key in self._chunks}
+
+    def _age_chunk(self, idx: int) -> array[int]:
+        assert self._ages is not None
+        key = idx >> CHUNK_BITS
+        ages = self._ages.get(key)
+        if ages is None:
+            ages = self._ages[key] = array("I", bytes(4 * CHUNK))
+        return ages
+
+    def touch(self, idx: int, now: int) -> None:
+        """An access: not idle any more (a recompression mark stays)."""
+        ages = self._age_chunk(idx)
+        ages[idx & _LOW] = now | ages[idx & _LOW] & TRIED
+
+    def renew(self, idx: int, now: int) -> None:
+        """A new page in the slot: accessed now, never tried."""
+        self._age_chunk(idx)[idx & _LOW] = now
+
+    def age(self, idx: int) -> int:
+        """The raw age word: 0 idle; TRIED set if recompression gained nothing."""
+        assert self._ages is not None
+        ages = self._ages.get(idx >> CHUNK_BITS)
+        return ages[idx & _LOW] if ages is not None else 0
+
+    def set_age(self, idx: int, value: int) -> None:
+        self._age_chunk(idx)[idx & _LOW] = value
+
     @property
     def metadata_bytes(self) -> int:
-        return len(self._chunks) * 8 * CHUNK
+        ages = len(self._ages) * 4 * CHUNK if self._ages is not None else 0
+        return len(self._chunks) * 8 * CHUNK + ages

@@ -112,6 +112,12 @@ STATS: tuple[Stat, ...] = (
        "zram huge_pages_since"),
     _c("pages_compacted", "compacted_pages_total", "Pages compaction gave back.",
        "zram pages_compacted"),
+    _c("recompressed_pages", "recompressed_pages_total", "Pages recompressed with the "
+       "secondary algorithm and kept so."),
+    _c("recompress_saved_bytes", "recompress_saved_bytes_total", "Compressed bytes those "
+       "pages shed.", unit=BYTES),
+    _c("recompress_skipped_pages", "recompress_skipped_pages_total", "Pages recompression "
+       "tried without gain, marked until rewritten."),
 )
 BY_NAME: dict[str, Stat] = {s.name: s for s in STATS}
 NUMERIC = tuple(s for s in STATS if s.unit != TEXT)

@@ -9,6 +9,7 @@ are checked after every step.
 from __future__ import annotations
 
 import errno
+import os
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -44,6 +45,9 @@ op = st.one_of(
     st.tuples(st.just("discard"), st.integers(0, FILE_PAGES), st.integers(0, 6)),
     st.tuples(st.just("demote"), st.integers(0, 4)),
     st.tuples(st.just("compact")),
+    st.tuples(st.just("idle"), st.sampled_from([None, 0, 5])),
+    st.tuples(st.just("recompress"), st.sampled_from(["idle", "huge", "huge_idle"]),
+              st.sampled_from([None, 1, 3])),
     st.tuples(st.just("set"), st.sampled_from([
         ("mode", "zswap"), ("mode", "direct"), ("dram", "0"), ("dram", "8K"), ("dram", "64K"),
         ("compressor", "zstd"), ("compressor", "lz4"), ("compressor", "none"),
@@ -64,6 +68,7 @@ configs: st.SearchStrategy[dict[str, Any]] = st.builds(
 
 def run(cfg: dict, ops: list) -> None:
     dev = Device(DeviceConfig(advertised=1 << 20, **cfg))
+    dev.set_recomp_algorithm("zstd")
     table = dev.table("f")
     model = bytearray()
     poisoned_possible = cfg["overflow"] == "poison"
@@ -109,6 +114,10 @@ def run(cfg: dict, ops: list) -> None:
             dev.demote(o[1])
         elif name == "compact":
             dev.compact()
+        elif name == "idle":
+            dev.mark_idle(o[1])
+        elif name == "recompress":
+            dev.recompress(o[1], max_pages=o[2])
         elif name == "set":
             dev.set(*o[1])
         check_accounting(dev, [table])
@@ -124,7 +133,7 @@ def run(cfg: dict, ops: list) -> None:
             assert poisoned_possible and e.errno == errno.EIO
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=int(os.environ.get("CRAMFS_EXAMPLES", "150")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(configs, st.lists(op, max_size=40))
 def test_reads_return_last_acknowledged_write(cfg, ops):
     run(cfg, ops)
