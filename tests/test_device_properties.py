@@ -133,7 +133,9 @@ def run(cfg: dict, ops: list) -> None:
             assert poisoned_possible and e.errno == errno.EIO
 
 
-@settings(max_examples=int(os.environ.get("CRAMFS_EXAMPLES", "150")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# CRAMFS_EXAMPLES=3000 for a longer search than the suite's
+@settings(max_examples=int(os.environ.get("CRAMFS_EXAMPLES", "150")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(configs, st.lists(op, max_size=40))
 def test_reads_return_last_acknowledged_write(cfg, ops):
     run(cfg, ops)
