@@ -65,6 +65,8 @@ COLUMNS: dict[str, Column] = {c.name: c for c in (
     Column("FALLBACK", "fallback_pages", "refused pages kept in host memory"),
     Column("PROMOTED", "promoted_pages", "pages in the DRAM tier"),
     Column("MODE", "mode", "zswap or direct"),
+    Column("PRESSURE", "pressure", "the RFC's pressure, 0-1000"),
+    Column("RECOMP", "recompressed_pages", "pages kept in the secondary algorithm"),
 )}
 DEFAULT_COLUMNS = ("MOUNTPOINT", "ALGORITHM", "DISKSIZE", "DATA", "COMPR", "TOTAL",
                    "COMP-RATIO", "DANGER")
