@@ -261,9 +261,7 @@ def _store_recomp_algorithm(ns: Namespace, text: str) -> None:
 
 
 def _show_recomp_algorithm(ns: Namespace) -> str:
-    algo = ns.device.recomp_algorithm
-    if algo is None:
-        return ""
+    algo = ns.device.recomp_algorithm        # none chosen yet: no brackets
     return "#1: " + " ".join(f"[{n}]" if n == algo else n for n in COMPRESSORS
                              if n != "none") + "\n"
 

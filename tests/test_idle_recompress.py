@@ -113,7 +113,7 @@ def test_the_control_files(tmp_path):
         with pytest.raises(DeviceError) as e:
             store(name, bad)
         assert e.value.errno == errno.EINVAL, (name, bad)
-    assert ATTRIBUTES["recomp_algorithm"].show(ns) == ""
+    assert ATTRIBUTES["recomp_algorithm"].show(ns) == "#1: lz4 zstd\n", "none chosen"
     store("recomp_algorithm", "algo=zstd priority=1")
     assert ATTRIBUTES["recomp_algorithm"].show(ns) == "#1: lz4 [zstd]\n"
     for bad in ("type=cold", "type=huge max_pages=x", "type=huge bogus=1",
