@@ -10,9 +10,9 @@ all at the same time:
   discards at random offsets and sizes, every read compared with the model;
 - fio verify jobs (random 4 KiB writes, then every block read back and checked);
 - a knob loop that flips compressor, dram, mode, comp_threads, warn_at and
-  critical_at, demotes, compacts, injects ratio and physical and clears them
-  (never poison), sends hostile control input that must be refused, and
-  resets an idle second mount;
+  critical_at, demotes, compacts, marks pages idle and recompresses them,
+  injects ratio and physical and clears them (never poison), sends hostile
+  control input that must be refused, and resets an idle second mount;
 - where the machine has loop devices, swap and a memory cgroup, a swap workload
   in a cgroup a third of its size, on a loop device over a slot file, checking
   its own data.
@@ -239,10 +239,13 @@ class Soak:
             ("demote", ["8", "all"]), ("compact", ["1"]),
             ("inject", ["ratio 1.5", "ratio 2", "physical 224M", "physical 128M", "clear",
                         "clear"]),
+            ("idle", ["all", "0", "5"]), ("recomp_algorithm", ["algo=zstd", "algo=lz4"]),
+            ("recompress", ["type=huge", "type=idle max_pages=64", "type=huge_idle"]),
         ]
         hostile = [("dram", "٣M"), ("dram", "1_0"), ("warn_at", "१०%"), ("dram", "2^70"),
                    ("inject", "ratio 2\nbogus"), ("inject", "poison"), ("critical_at", "1e1"),
                    ("comp_threads", "+1"), ("dram", "1" * 8192), ("mode", "sideways")]
+        self.ctl("recomp_algorithm", "algo=zstd\n")     # recompress needs one first
         while self.running():
             roll = rng.random()
             if roll < 0.6:
