@@ -118,7 +118,8 @@ def _metrics(ns: Namespace) -> str:
             else repr(value)
         out.append(f"# HELP {st.metric_name} {st.help}\n# TYPE {st.metric_name} {st.kind}\n"
                    f"{st.metric_name} {text}\n")
-    out.append("# HELP cramfs_info Device mode and compressor.\n# TYPE cramfs_info gauge\n"
+    out.append("# HELP cramfs_info Device mode, compressor and danger level.\n"
+               "# TYPE cramfs_info gauge\n"
                f'cramfs_info{{mode="{dev.config.mode}",algorithm="{dev.config.compressor}",'
                f'danger="{dev.danger}"}} 1\n')
     return "".join(out)

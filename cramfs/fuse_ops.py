@@ -68,7 +68,7 @@ def guarded(fn: Callable[Concatenate[CramOperations, P], R],
 class ControlHandle:
     attr: Attribute
     content: bytes | None = None   # the snapshot a reader reads in pieces
-    seen: int = 0          # level-change generation the reader has seen (sysfs_notify)
+    seen: int = 0          # generation of what it watches the reader has seen (sysfs_notify)
 
 
 class CramOperations(pyfuse3.Operations):
