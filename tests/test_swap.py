@@ -57,7 +57,9 @@ def test_swap_experiment_end_to_end(tmp_path, clean_host):
     size = 256 << 20
     cmd = [sys.executable, "-m", "cramfs.lab.experiment", "--size", str(size),
            "--limit", str(size // 3), "--swap-size", "768M", "--interval", "0.2",
-           "--out", str(out), "--compare", "zram"]
+           "--out", str(out), "--compare", "zram",
+           "--at", "0.5s", "inject=ratio 2", "--at", "1s", "inject=clear",
+           "--at", "999s", "dram=1M"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -72,6 +74,11 @@ def test_swap_experiment_end_to_end(tmp_path, clean_host):
     assert cram["promotions"] > 0
     assert cram["final_ratio"] > 1
     assert (out / "plot.png").stat().st_size > 10_000
+    sched = cram["schedule"]
+    assert [(e["file"], e["value"], e["result"]) for e in sched] == [
+        ("inject", "ratio 2", "ok"), ("inject", "clear", "ok"),
+        ("dram", "1M", "not reached: the workload ended first")]
+    assert 0.5 <= sched[0]["applied_at"] < 2 and "schedule" not in summary.get("zram", {})
     assert "swapped out" in r.stderr and "danger" in r.stderr      # progress lines
     if Path("/sys/block/zram0").exists() and "skipping the zram comparison" not in r.stderr:
         assert summary["zram"]["workload_exit_status"] == 0
@@ -130,3 +137,4 @@ def test_swap_down_is_idempotent_and_only_touches_its_own(mnt, tmp_path, clean_h
     finally:
         swap_down(mnt.path, echo=lines.append)
         subprocess.run(["losetup", "-d", other], capture_output=True)
+

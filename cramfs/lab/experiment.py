@@ -3,6 +3,7 @@
     python -m cramfs.experiment --out results/run1                 # built-in 256M workload
     python -m cramfs.experiment -o physical=256M --compare zram    # and the same on zram
     python -m cramfs.experiment --limit 512M -- stress-ng --vm 1 --vm-bytes 1G -t 30
+    python -m cramfs.experiment --at 2s inject='ratio 4' --at 6s inject=clear
 
 It mounts a fresh cramfs (or uses --mount), swaps on a slot file through a
 direct-I/O loop device, runs the workload in a fresh memory-limited cgroup,
@@ -18,6 +19,7 @@ import csv
 import itertools
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -25,12 +27,14 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..control import ATTRIBUTES
 from ..levels import LEVELS
 from ..stats import BY_NAME
-from ..units import format_size, parse_size
+from ..units import format_size, parse_decimal, parse_size
 from . import zram
 from .cgroup import CgroupUnavailable, MemoryCgroup
 from .child import Daemon
@@ -210,9 +214,55 @@ def _interrupts_as_exceptions() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
-def run_target(target: Target, command: list[str], limit: int,
-               interval: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+@dataclass(frozen=True)
+class Scheduled:
+    """`--at WHEN FILE=VALUE`: write VALUE to .cram/FILE WHEN seconds into the workload."""
+
+    at: float
+    file: str
+    value: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.file}={self.value}"
+
+
+def parse_at(when: str, assignment: str) -> Scheduled:
+    """Check a schedule entry fully before anything runs; ValueError says what is wrong."""
+    text = when.strip().removesuffix("s")
+    try:
+        at = parse_decimal(text)
+    except ValueError:
+        raise ValueError(f"--at wants seconds such as 10s or 2.5, got {when!r}") from None
+    name, eq, value = assignment.partition("=")
+    attr = ATTRIBUTES.get(name)
+    if not eq or attr is None or attr.store is None:
+        writable = ", ".join(n for n, a in ATTRIBUTES.items() if a.store)
+        raise ValueError(f"--at wants FILE=VALUE with a writable .cram file ({writable}), "
+                         f"got {assignment!r}")
+    return Scheduled(at, name, value)
+
+
+def _apply(mount: Path, entry: Scheduled, now: float) -> dict[str, Any]:
+    try:
+        with open(mount / ".cram" / entry.file, "w") as f:
+            f.write(entry.value + "\n")
+        result = "ok"
+    except OSError as e:
+        result = os.strerror(e.errno or 0)
+    say(f"+ {now:.1f}s: echo {shlex.quote(entry.value)} > .cram/{entry.file}: {result}")
+    return {"at": entry.at, "applied_at": round(now, 3), "file": entry.file,
+            "value": entry.value, "result": result}
+
+
+def run_target(target: Target, command: list[str], limit: int, interval: float,
+               schedule: tuple[Scheduled, ...] = (),
+               ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Run the workload on one target, sampling it; a cramfs target also gets the
+    schedule's control writes, each as soon as its time has come."""
     rows: list[dict[str, Any]] = []
+    applied: list[dict[str, Any]] = []
+    pending = sorted(schedule, key=lambda e: e.at) if isinstance(target, CramTarget) else []
     cgroup = None
     proc: subprocess.Popen[bytes] | None = None
     try:
@@ -229,6 +279,9 @@ def run_target(target: Target, command: list[str], limit: int,
         while True:
             done = proc.poll() is not None
             now = time.monotonic()
+            while pending and not done and pending[0].at <= now - t0:
+                assert isinstance(target, CramTarget) and target.mount is not None
+                applied.append(_apply(target.mount, pending.pop(0), now - t0))
             pin, pout = vmstat()
             row = {"target": target.name, "time": round(now - t0, 3), "running": not done,
                    **target.sample(), "swap_used": swap_used(target.swap_device),
@@ -246,7 +299,12 @@ def run_target(target: Target, command: list[str], limit: int,
         wall = time.monotonic() - t0
         status = proc.returncode
         proc = None
-        return rows, summarize(rows, wall, status)
+        result = summarize(rows, wall, status)
+        if schedule and isinstance(target, CramTarget):
+            result["schedule"] = applied + [
+                {"at": e.at, "file": e.file, "value": e.value,
+                 "result": "not reached: the workload ended first"} for e in pending]
+        return rows, result
     finally:
         if proc is not None and proc.poll() is None:
             proc.kill()
@@ -297,6 +355,8 @@ def summarize(rows: list[dict[str, Any]], wall: float, status: int) -> dict[str,
 
 def write_results(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any],
                   limit: int) -> None:
+    marks = [(e["applied_at"], f"{e['file']}={e['value']}")
+             for e in summary.get("cramfs", {}).get("schedule", []) if "applied_at" in e]
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "timeline.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS)
@@ -305,7 +365,7 @@ def write_results(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any]
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     from .plot import plot_timeline
 
-    plot_timeline(rows, out / "plot.png", limit)
+    plot_timeline(rows, out / "plot.png", limit, marks)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -320,10 +380,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--swap-size", type=parse_size, default=1 << 30, help="swap file size (1G)")
     p.add_argument("--compare", choices=["zram"], help="run the same on kernel zram too")
     p.add_argument("--interval", type=float, default=0.2, help="sampling period in seconds")
+    p.add_argument("--at", nargs=2, action="append", default=[], metavar=("WHEN", "FILE=VALUE"),
+                   help="at WHEN seconds into the workload (10s, 2.5), write VALUE to "
+                   ".cram/FILE, e.g. --at 10s inject='ratio 4' (repeatable)")
     p.add_argument("--out", type=Path, help="results folder (results/DATE-TIME)")
     p.add_argument("command", nargs=argparse.REMAINDER,
                    help="workload command after --; default: the built-in workload")
     args = p.parse_args(argv)
+    try:
+        schedule = tuple(parse_at(when, what) for when, what in args.at)
+    except ValueError as e:
+        p.error(str(e))
     command = [c for c in args.command if c != "--"] or [
         sys.executable, "-m", "cramfs.lab.workload", "--size", str(args.size)]
     limit = args.limit or args.size // 3
@@ -348,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _interrupts_as_exceptions():
             for target in targets:
-                rows, result = run_target(target, command, limit, args.interval)
+                rows, result = run_target(target, command, limit, args.interval, schedule)
                 all_rows += rows
                 summary[target.name] = result
     except KeyboardInterrupt:
