@@ -27,6 +27,8 @@ from .units import (
 from .zsgeometry import CHAIN_SIZES, DEFAULT_CHAIN_SIZE, geometry
 
 DEFAULT_DRAM = 64 << 20
+MAX_LATENCY_US = 10_000_000      # 10 s a page: past that it is a typo
+MAX_BANDWIDTH = 1_000_000        # MB/s
 MODES = ("zswap", "direct")
 FALLBACKS = ("host", "none")
 OVERFLOWS = ("refuse", "poison", "drop")
@@ -90,6 +92,12 @@ SETTINGS: dict[str, Setting] = {
                 "a refused page gets ENOSPC"),
         Setting("comp_threads", _int_in("comp_threads", 0, MAX_WORKERS), str,
                 "worker threads (de)compressing large requests; 0 keeps them inline"),
+        Setting("read_latency", _int_in("read_latency", 0, MAX_LATENCY_US), str,
+                "microseconds added per page read, emulating slower media"),
+        Setting("write_latency", _int_in("write_latency", 0, MAX_LATENCY_US), str,
+                "microseconds added per page written"),
+        Setting("bandwidth", _int_in("bandwidth", 0, MAX_BANDWIDTH), str,
+                "MB/s the emulated media moves at most, over all requests; 0: no cap"),
     )
 }
 
@@ -113,6 +121,9 @@ class DeviceConfig:
     dram: int = -1                    # -1: 64 MiB, or advertised if smaller
     fallback_limit: int = -1          # -1: as large as physical
     comp_threads: int = 0
+    read_latency: int = 0
+    write_latency: int = 0
+    bandwidth: int = 0
 
     def __post_init__(self) -> None:
         # defaults that depend on other settings, resolved once, at construction

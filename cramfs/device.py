@@ -170,6 +170,7 @@ class Device:
         self.tracking = False                # per-page access ages kept (idle, recompress)
         self.recomp_algorithm: str | None = None
         self._epoch = time.monotonic()
+        self._link_free = 0.0                # when the emulated media's link is next idle
         self._level_listeners: list[Callable[[str], None]] = []
         # every table that may hold device pages, for compaction to rewrite
         self._tables: weakref.WeakSet[PageTable] = weakref.WeakSet()
@@ -812,6 +813,19 @@ class Device:
         if self.injected_poison:
             faults.append(f"poisoned_pages {self.injected_poison}")
         return faults
+
+    def media_delay(self, write: bool, nbytes: int, now: float) -> float:
+        """Seconds a request of `nbytes` should take beyond the device's own work, on
+        the emulated media: each page's latency, then its transfer at `bandwidth`,
+        which requests share one after another (a link busy until `_link_free`)."""
+        c = self.config
+        latency = (c.write_latency if write else c.read_latency) * (
+            -(-nbytes // PAGE_SIZE)) / 1e6
+        if not c.bandwidth:
+            return latency
+        start = max(now + latency, self._link_free)
+        self._link_free = start + nbytes / (c.bandwidth * 1e6)
+        return self._link_free - now
 
     def close(self) -> None:
         """Give the pools' memory back (the memfd above all); safe twice."""

@@ -27,6 +27,7 @@ from . import control
 from .control import ATTRIBUTES, Attribute, file_xattrs
 from .device import DeviceError
 from .namespace import FIRST_FILE_INO, Inode, Namespace
+from .timer import sleep_precise
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -321,11 +322,31 @@ class CramOperations(pyfuse3.Operations):
         except KeyError:
             raise FUSEError(errno.EBADF) from None
 
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        data, delay = await self._read(fh, off, size)
+        await self._media(delay)
+        return data
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        done, delay = await self._write(fh, off, buf)
+        await self._media(delay)
+        return done
+
+    @staticmethod
+    async def _media(delay: float) -> None:
+        """The emulated media's latency, slept without holding up other requests."""
+        if delay > 0:
+            try:
+                await sleep_precise(delay)
+            except Exception:       # a failed timer only shortens the emulated delay
+                log.exception("media delay failed")
+
     @guarded
-    def read(self, fh: int, off: int, size: int) -> bytes:
+    def _read(self, fh: int, off: int, size: int) -> tuple[bytes, float]:
         h = self._handle(fh)
         if isinstance(h, Inode):
-            return self.ns.read(h, off, size)
+            data = self.ns.read(h, off, size)
+            return data, self.ns.device.media_delay(False, len(data), time.monotonic())
         assert h.attr.show is not None
         # A snapshot taken at the first read of this open file, whatever its offset,
         # and again at every read from 0, so a reader that reads in pieces sees one
@@ -333,15 +354,16 @@ class CramOperations(pyfuse3.Operations):
         if off == 0 or h.content is None or h.attr.stream:
             h.content = h.attr.show(self.ns).encode()
             h.seen = self._generation[self._watches(h.attr.name)]
-        return h.content[off:off + size]
+        return h.content[off:off + size], 0.0
 
     @guarded
-    def write(self, fh: int, off: int, buf: bytes) -> int:
+    def _write(self, fh: int, off: int, buf: bytes) -> tuple[int, float]:
         h = self._handle(fh)
         if isinstance(h, Inode):
-            return self.ns.write(h, off, buf)
+            done = self.ns.write(h, off, buf)
+            return done, self.ns.device.media_delay(True, done, time.monotonic())
         control.store(self.ns, h.attr, buf)
-        return len(buf)
+        return len(buf), 0.0
 
     @guarded
     def release(self, fh: int) -> None:

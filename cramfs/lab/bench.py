@@ -44,6 +44,7 @@ class Job:
     depth: int = 1
     loop: bool = False
     threads: int = 0        # cramfs's comp_threads for this job
+    latency: int = 0        # cramfs's read_latency for this job, µs a page
 
     @property
     def engine(self) -> str:
@@ -66,8 +67,11 @@ JOBS = (
     Job("1m read, comp_threads=1", "read", "1m", threads=1),
     Job("loop 4k randwrite QD1", "randwrite", "4k", loop=True),
     Job("loop 4k randread QD1", "randread", "4k", loop=True),
+    Job("4k randread QD1, read_latency=100", "randread", "4k", latency=100),
+    Job("4k randread QD1, read_latency=2000", "randread", "4k", latency=2000),
 )
-QUICK = ("4k randwrite QD1", "4k randread QD1", "128k write", "loop 4k randwrite QD1")
+QUICK = ("4k randwrite QD1", "4k randread QD1", "128k write", "loop 4k randwrite QD1",
+         "4k randread QD1, read_latency=2000")
 
 
 def say(msg: str) -> None:
@@ -76,7 +80,8 @@ def say(msg: str) -> None:
 
 def _median_run(runs: list[dict[str, float]]) -> dict[str, float]:
     return {"iops": round(statistics.median(r["iops"] for r in runs)),
-            "mbps": round(statistics.median(r["mbps"] for r in runs), 1)}
+            "mbps": round(statistics.median(r["mbps"] for r in runs), 1),
+            "lat_us": round(statistics.median(r["lat_us"] for r in runs), 1)}
 
 
 def fio(filename: str, job: Job, size: int, runtime: float) -> dict[str, float]:
@@ -88,7 +93,8 @@ def fio(filename: str, job: Job, size: int, runtime: float) -> dict[str, float]:
     if r.returncode != 0:
         raise RuntimeError(f"{shlex.join(cmd)}: {r.stderr.strip()[-500:]}")
     side = json.loads(r.stdout)["jobs"][0]["read" if job.reads else "write"]
-    return {"iops": round(side["iops"]), "mbps": round(side["bw_bytes"] / 1e6, 1)}
+    return {"iops": round(side["iops"]), "mbps": round(side["bw_bytes"] / 1e6, 1),
+            "lat_us": round(side["clat_ns"]["mean"] / 1e3, 1)}
 
 
 class Mounted:
@@ -370,6 +376,7 @@ def run(quick: bool, out: Path, only: list[str] | None = None) -> dict[str, Any]
                 # taken far apart would measure that drift.
                 runs: dict[str, list[dict[str, float]]] = {m.name: [] for m in mounts}
                 mounts[1].set("comp_threads", job.threads)
+                mounts[1].set("read_latency", job.latency)
                 for _ in range(rounds):
                     for m in mounts:
                         path = m.dir / "fio.dat"
@@ -390,6 +397,14 @@ def run(quick: bool, out: Path, only: list[str] | None = None) -> dict[str, Any]
                 say(f"{job.name}: cramfs {row['cramfs']['iops']} IOPS, baseline "
                     f"{row['baseline']['iops']} ({row['vs_baseline']}x)")
         mounts[1].set("comp_threads", 0)
+        mounts[1].set("read_latency", 0)
+        base = results["jobs"].get("4k randread QD1")
+        for job in jobs:
+            if job.latency and base:
+                # what the knob added to a read, against the same job without it
+                row = results["jobs"][job.name]
+                row["asked_us"] = job.latency
+                row["added_us"] = round(row["cramfs"]["lat_us"] - base["cramfs"]["lat_us"], 1)
         stats = mounts[1].stats()
         results["fio_data"] = {"ratio": stats.get("ratio"),
                                "physical_used": stats.get("physical_used")}
@@ -472,6 +487,11 @@ def table(r: dict[str, Any]) -> str:
         lines.append(f"| {name} | {row['cramfs']['iops']} | {row['cramfs']['mbps']} | "
                      f"{row['baseline']['iops']} | {row['vs_baseline']} ({lo}-{hi}) | "
                      f"{row.get('vs_lz4', '-')} | {z} |")
+    for name, row in r["jobs"].items():
+        if "added_us" in row:
+            lines.append(f"{name}: asked {row['asked_us']} µs a page, added "
+                         f"{row['added_us']} µs (mean completion latency "
+                         f"{row['cramfs']['lat_us']} µs)")
     rd = r["real_data"]
     lines.append("")
     lines.append(f"real data ({format_size(rd['bytes'])} of this machine's files, dd 1 MiB "
