@@ -98,6 +98,9 @@ SETTINGS: dict[str, Setting] = {
                 "microseconds added per page written"),
         Setting("bandwidth", _int_in("bandwidth", 0, MAX_BANDWIDTH), str,
                 "MB/s the emulated media moves at most, over all requests; 0: no cap"),
+        Setting("release_delay", _int_in("release_delay", 0, 60_000), str,
+                "milliseconds a freed page stays charged (pending release) before the "
+                "device gets it back, as the RFC's sample driver batches its frees"),
     )
 }
 
@@ -124,6 +127,7 @@ class DeviceConfig:
     read_latency: int = 0
     write_latency: int = 0
     bandwidth: int = 0
+    release_delay: int = 0
 
     def __post_init__(self) -> None:
         # defaults that depend on other settings, resolved once, at construction

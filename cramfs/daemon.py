@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pyfuse3
 import trio
@@ -60,7 +61,8 @@ def try_unmount(mountpoint: str) -> int:
     return errno.EBUSY if "busy" in r.stderr else errno.EPERM
 
 
-async def serve_until_unmounted(mountpoint: str) -> None:
+async def serve_until_unmounted(mountpoint: str,
+                                tick: Callable[[], None] | None = None) -> None:
     """pyfuse3's main loop, until the mount goes away.
 
     SIGTERM and SIGINT ask for a plain unmount, never a lazy one: a lazy detach
@@ -85,7 +87,18 @@ async def serve_until_unmounted(mountpoint: str) -> None:
                         log.warning("%s: cannot unmount %s: %s; still serving", name,
                                     mountpoint, os.strerror(err))
 
+        async def ticking(tick: Callable[[], None]) -> None:
+            # housekeeping that must happen while no request comes (pending releases)
+            while True:
+                await trio.sleep(0.01)
+                try:
+                    tick()
+                except Exception:
+                    log.exception("housekeeping failed; the daemon keeps serving")
+
         nursery.start_soon(on_signal)
+        if tick is not None:
+            nursery.start_soon(ticking, tick)
         await pyfuse3.main()   # returns once the kernel ends the session (umount)
         nursery.cancel_scope.cancel()
 
@@ -114,7 +127,7 @@ def serve(req: MountRequest, ready_fd: int | None) -> int:
         os.close(ready_fd)
         _detach_stdio()
     try:
-        trio.run(serve_until_unmounted, req.mountpoint)
+        trio.run(serve_until_unmounted, req.mountpoint, ns.device.tick)
     except BaseException:
         log.exception("main loop failed")
         pyfuse3.close(unmount=True)

@@ -24,6 +24,7 @@ drift from the slots.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import time
@@ -171,6 +172,9 @@ class Device:
         self.recomp_algorithm: str | None = None
         self._epoch = time.monotonic()
         self._link_free = 0.0                # when the emulated media's link is next idle
+        # freed device objects still charged, oldest first (release_delay)
+        self._pending: collections.deque[tuple[float, int]] = collections.deque()
+        self.pending_bytes = 0
         self._level_listeners: list[Callable[[str], None]] = []
         # every table that may hold device pages, for compaction to rewrite
         self._tables: weakref.WeakSet[PageTable] = weakref.WeakSet()
@@ -245,6 +249,8 @@ class Device:
 
     def _refresh(self, overflowed: bool = False, settings: bool = False) -> None:
         """Track the peak, the level and the pressure after usage or `settings` changed."""
+        if self._pending:
+            self.release_pending(time.monotonic())
         used = self.pool.used_bytes + self._extra
         if used > self.mem_used_max:
             self.mem_used_max = used
@@ -299,7 +305,16 @@ class Device:
         kind = word & KIND_MASK
         self.pages[kind] -= 1
         if kind == DEVICE:
-            charge = self.pool.free(word >> HANDLE_SHIFT)
+            handle = word >> HANDLE_SHIFT
+            if self.config.release_delay:
+                # the file lets go now; the device gets the memory back later
+                charge = self.pool.charge_of(handle)
+                deadline = max(time.monotonic() + self.config.release_delay / 1000,
+                               self._pending[-1][0] if self._pending else 0.0)
+                self._pending.append((deadline, handle))
+                self.pending_bytes += charge
+            else:
+                charge = self.pool.free(handle)
             extra = table.extra.pop(idx, 0) if table.extra else 0
             table.stored_pages -= 1
             table.physical_bytes -= charge + extra
@@ -460,9 +475,10 @@ class Device:
         if used + _MAX_GROWTH <= c.physical:
             fits = True             # far from full: no need to ask the pool
         else:
-            # a huge page owns its page, so overwriting one frees that page for sure
-            freed = (PAGE_SIZE if old & HUGE_BIT else 0) + table.extra.get(idx, 0) \
-                if old & KIND_MASK == DEVICE else 0
+            # a huge page owns its page, so overwriting one frees that page for sure,
+            # unless its release is delayed
+            whole = PAGE_SIZE if old & HUGE_BIT and not c.release_delay else 0
+            freed = whole + table.extra.get(idx, 0) if old & KIND_MASK == DEVICE else 0
             fits = used - freed + pool.cost(size) <= c.physical
 
         if c.write_control and (self.levels.level >= CRITICAL or not fits):
@@ -649,6 +665,8 @@ class Device:
         name them are rewritten here, in every file's table."""
         before = self.pool.used_bytes
         moves = self.pool.compact()
+        if moves and self._pending:
+            self._pending = collections.deque((t, rebase(h, moves)) for t, h in self._pending)
         if moves:
             for table in list(self._tables):
                 for idx, word in table.items():
@@ -814,6 +832,19 @@ class Device:
             faults.append(f"poisoned_pages {self.injected_poison}")
         return faults
 
+    def release_pending(self, now: float) -> None:
+        """Give the device back the freed objects whose release_delay has passed (all of
+        them with `now` = inf)."""
+        pending = self._pending
+        while pending and pending[0][0] <= now:
+            _, handle = pending.popleft()
+            self.pending_bytes -= self.pool.free(handle)
+
+    def tick(self) -> None:
+        """Called now and then by the adapter, so pending releases complete while idle."""
+        if self._pending:
+            self._refresh()
+
     def media_delay(self, write: bool, nbytes: int, now: float) -> float:
         """Seconds a request of `nbytes` should take beyond the device's own work, on
         the emulated media: each page's latency, then its transfer at `bandwidth`,
@@ -839,6 +870,7 @@ class Device:
     def reset(self) -> None:
         """Forget counters, faults and peaks; the caller has dropped every table."""
         assert not any(self.pages), "reset with live slots"
+        self.release_pending(float("inf"))
         self.counters = Counters()
         self.inflate = 1.0
         self._set_physical(self.mount_physical)
@@ -887,6 +919,8 @@ class Device:
             "compressed_pages": self.pages[DEVICE] - self.huge_pages,
             "fallback_pages": self.pages[FALLBACK],
             "fallback_bytes": self.fallback.used_bytes,
+            "pending_release_pages": len(self._pending),
+            "pending_release_bytes": self.pending_bytes,
             "promoted_pages": self.pages[PROMOTED],
             "promoted_bytes": self.pages[PROMOTED] * PAGE_SIZE,
             "poisoned_now": self.pages[POISONED],

@@ -90,6 +90,10 @@ class Pool(Protocol):
         """The bytes an object of `size` occupies (its class size)."""
         ...
 
+    def charge_of(self, handle: int) -> int:
+        """The charge of a stored object."""
+        ...
+
     def put(self, blob: bytes) -> int: ...
 
     def get(self, handle: int) -> bytes: ...
@@ -123,6 +127,9 @@ class ClassPool:
 
     def charge(self, size: int) -> int:
         return class_size(size)
+
+    def charge_of(self, handle: int) -> int:
+        return class_size(len(self._objects[handle]))
 
     def put(self, blob: bytes) -> int:
         handle = self._next
@@ -535,6 +542,9 @@ class ArenaPool:
     def charge(self, size: int) -> int:
         c = self._by_size[size]
         return c.size if c is not None else PAGE_SIZE
+
+    def charge_of(self, handle: int) -> int:
+        return self.charge(handle & _SIZE_MASK)
 
     def cost(self, size: int) -> int:
         c = self._by_size[size]

@@ -78,6 +78,9 @@ STATS: tuple[Stat, ...] = (
        "zram huge_pages, zswap stored_incompressible_pages"),
     _g("fallback_pages", PAGES, "Pages write control refused, kept in host memory."),
     _g("fallback_bytes", BYTES, "Host memory those pages take (their size classes)."),
+    _g("pending_release_pages", PAGES, "Freed pages still charged: release_delay has not "
+       "passed yet."),
+    _g("pending_release_bytes", BYTES, "Their size classes, still in physical_used."),
     _g("promoted_pages", PAGES, "Pages in the host-DRAM tier.", metric="dram_tier_pages"),
     _g("promoted_bytes", BYTES, "Whole pages in the DRAM tier, as charged against dram."),
     _g("poisoned_now", PAGES, "Poisoned pages: reads give EIO until they are rewritten.",

@@ -52,6 +52,7 @@ op = st.one_of(
         ("mode", "zswap"), ("mode", "direct"), ("dram", "0"), ("dram", "8K"), ("dram", "64K"),
         ("compressor", "zstd"), ("compressor", "lz4"), ("compressor", "none"),
         ("write_control", "on"), ("write_control", "off"),
+        ("release_delay", "1"), ("release_delay", "0"),
     ])),
 )
 

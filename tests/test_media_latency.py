@@ -89,3 +89,54 @@ def test_a_slow_read_holds_up_no_other(mounter):
         assert time.perf_counter() - start < 0.09
     finally:
         os.close(fd)
+
+
+def test_release_delay_keeps_freed_pages_charged_until_it_passes():
+    from .helpers import check_accounting, random_page, text_page
+
+    dev = Device(DeviceConfig(advertised=1 << 30, physical=1 << 24, dram=0,
+                              release_delay=60_000))
+    t = dev.table("f")
+    for i in range(40):
+        dev.write(t, i * P, text_page(i) if i % 2 else random_page(i))
+    used = dev.physical_used
+    dev.discard(t, 0, 20)
+    s = dev.stats()
+    assert s["pending_release_pages"] == 20 and s["pending_release_bytes"] > 0
+    assert dev.physical_used == used, "still charged"
+    assert dev.charged + s["unattributed_bytes"] == dev.physical_used
+    check_accounting(dev, [t])
+    dev.compact()                                   # pending objects move like the rest
+    check_accounting(dev, [t])
+    assert dev.read(t, 20 * P, 20 * P) == b"".join(
+        text_page(i) if i % 2 else random_page(i) for i in range(20, 40))
+    dev.release_pending(float("inf"))
+    assert dev.stats()["pending_release_pages"] == 0 and dev.physical_used < used
+    dev.drop(t)
+    dev.release_pending(float("inf"))
+    assert dev.physical_used == 0 and dev.pool.stored_bytes == 0
+
+
+def test_a_pending_release_completes_by_itself():
+    dev = Device(DeviceConfig(advertised=1 << 30, physical=1 << 24, dram=0,
+                              release_delay=20))
+    t = dev.table("f")
+    dev.write(t, 0, os.urandom(P))
+    dev.discard(t, 0, 1)
+    assert dev.physical_used == P
+    time.sleep(0.03)
+    dev.tick()                                      # what the daemon calls every 10 ms
+    assert dev.physical_used == 0
+
+
+@pytest.mark.mount
+def test_release_delay_through_a_mount(mounter):
+    m = mounter("-o", "release_delay=300,dram=0")
+    (m.path / "f").write_bytes(os.urandom(8 * P))
+    (m.path / "f").unlink()
+    s = m.stat()
+    assert s["pending_release_pages"] == 8 and s["physical_used"] == 8 * P
+    assert "pending_release_pages: 8" in m.ctl("status")
+    time.sleep(0.6)                                 # no request needed: the daemon ticks
+    s = m.stat()
+    assert s["pending_release_pages"] == 0 and s["physical_used"] == 0
