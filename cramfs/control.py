@@ -183,14 +183,19 @@ def _store_discard(ns: Namespace, text: str) -> None:
                              "released")
 
 
-def _store_demote(ns: Namespace, text: str) -> None:
+def _all_or_number(ns: Namespace, name: str, text: str, what: str) -> int | None:
+    """`all` (None) or a whole number, as zram's demote-like triggers take them."""
     arg = text.strip()
     try:
-        count = None if arg == "all" else parse_int(arg)
+        return None if arg == "all" else parse_int(arg)
     except ValueError as e:
-        ns.device.reject("demote", f"{e}; expected a page count or 'all'")
+        ns.device.reject(name, f"{e}; expected {what} or 'all'")
+
+
+def _store_demote(ns: Namespace, text: str) -> None:
+    count = _all_or_number(ns, "demote", text, "a page count")
     done = ns.device.demote(count)
-    ns.device.events.add("demote", f"{arg}: {done} pages demoted")
+    ns.device.events.add("demote", f"{text.strip()}: {done} pages demoted")
 
 
 def _parse_inject(ns: Namespace, line: str) -> Callable[[], None]:
@@ -245,12 +250,7 @@ def _priority(ns: Namespace, name: str, args: dict[str, str]) -> None:
 
 
 def _store_idle(ns: Namespace, text: str) -> None:
-    arg = text.strip()
-    try:
-        older_than = None if arg == "all" else parse_int(arg)
-    except ValueError as e:
-        ns.device.reject("idle", f"{e}; expected 'all' or an age in seconds")
-    ns.device.mark_idle(older_than)
+    ns.device.mark_idle(_all_or_number(ns, "idle", text, "an age in seconds"))
 
 
 def _store_recomp_algorithm(ns: Namespace, text: str) -> None:
