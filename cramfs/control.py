@@ -338,6 +338,7 @@ ATTRIBUTES: dict[str, Attribute] = {a.name: a for a in (
     Attribute("advertised", lambda ns: f"{ns.device.config.advertised}\n"),
     Attribute("physical", lambda ns: f"{ns.device.config.physical}\n"),
     Attribute("huge_threshold", lambda ns: f"{ns.device.config.huge_threshold}\n"),
+    Attribute("chain_size", lambda ns: f"{ns.device.config.chain_size}\n"),
     *(_knob(s.name) for s in SETTINGS.values() if s.runtime),
     Attribute("mem_used_max", lambda ns: f"{ns.device.mem_used_max}\n", _store_mem_used_max),
     Attribute("reset", store=_store_reset),
