@@ -372,19 +372,24 @@ class Device:
         kind = word & KIND_MASK
         if kind not in (DEVICE, FALLBACK):
             return self._peek(table, idx, touch=True)
+        zswap = self.config.mode == "zswap"
+        promote = zswap and self.config.dram >= PAGE_SIZE
+        # one copy out of the pool serves both the decompression and the promotion
+        blob = b""
+        if data is None or promote:
+            pool = self.pool if kind == DEVICE else self.fallback
+            blob = pool.get(word >> HANDLE_SHIFT)
         if data is None:
-            data = self._decode(word)
+            data = BY_ID[algo_of(word)].decompress(blob)
         if self.tracking:
             table.touch(idx, self._now())
-        if self.config.mode == "zswap":
+        if zswap:
             # Every access faults; the page goes back to DRAM and the compressed
             # copy is released (zswap loads are exclusive).
             self.counters.faults += 1
-            if self.config.dram >= PAGE_SIZE:
+            if promote:
                 if self._tier_room():
-                    pool = self.pool if kind == DEVICE else self.fallback
-                    kept = (None, pool.get(word >> HANDLE_SHIFT), algo_of(word),
-                            bool(word & HUGE_BIT))
+                    kept = (None, blob, algo_of(word), bool(word & HUGE_BIT))
                     self._release(table, idx)
                     self._to_dram(table, idx, kept)
                     self.counters.promotions += 1
