@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from . import engine as engines
 from .compressors import COMPRESSORS
 from .parallel import MAX_WORKERS
 from .units import (
@@ -73,6 +74,10 @@ SETTINGS: dict[str, Setting] = {
         Setting("compressor", _choice(*COMPRESSORS), str, "lz4, zstd or none"),
         Setting("chain_size", _int_in("chain_size", CHAIN_SIZES[0], CHAIN_SIZES[-1]), str,
                 "zsmalloc's CONFIG_ZSMALLOC_CHAIN_SIZE: the most pages in a zspage", False),
+        Setting("engine", _choice(*engines.ENGINES), str,
+                "native (compiled, the default when built) or python (the reference "
+                "implementation); the same decisions either way, only the speed differs",
+                False),
         Setting("huge_threshold", _int_in("huge_threshold", 1, PAGE_SIZE), str,
                 "compressed pages at least this big are stored uncompressed (default and "
                 "most: what chain_size implies, as in zram)", False),
@@ -113,6 +118,7 @@ class DeviceConfig:
     physical: int = 1 << 30
     compressor: str = "lz4"
     chain_size: int = DEFAULT_CHAIN_SIZE
+    engine: str = ""                  # "": native if it was built, else python
     huge_threshold: int = -1          # -1: zsmalloc's huge class size for chain_size
     warn_at: float = 0.75
     critical_at: float = 0.90
@@ -131,6 +137,8 @@ class DeviceConfig:
 
     def __post_init__(self) -> None:
         # defaults that depend on other settings, resolved once, at construction
+        if not self.engine:
+            self.engine = engines.default_engine()
         if self.huge_threshold < 0:
             self.huge_threshold = geometry(self.chain_size).huge_class_size
         if self.dram < 0:
@@ -152,6 +160,7 @@ class DeviceConfig:
             raise ValueError("need 0% < warn_at < critical_at < 100%")
         if not 0 <= self.hysteresis < self.warn_at:
             raise ValueError("need 0% <= hysteresis < warn_at")
+        engines.check(self.engine)
         most = geometry(self.chain_size).huge_class_size
         if self.huge_threshold > most:
             raise ValueError(f"huge_threshold ({self.huge_threshold}) must not exceed {most}, "

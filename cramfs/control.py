@@ -118,10 +118,10 @@ def _metrics(ns: Namespace) -> str:
             else repr(value)
         out.append(f"# HELP {st.metric_name} {st.help}\n# TYPE {st.metric_name} {st.kind}\n"
                    f"{st.metric_name} {text}\n")
-    out.append("# HELP cramfs_info Device mode, compressor and danger level.\n"
+    out.append("# HELP cramfs_info Device mode, compressor, engine and danger level.\n"
                "# TYPE cramfs_info gauge\n"
                f'cramfs_info{{mode="{dev.config.mode}",algorithm="{dev.config.compressor}",'
-               f'danger="{dev.danger}"}} 1\n')
+               f'engine="{dev.config.engine}",danger="{dev.danger}"}} 1\n')
     return "".join(out)
 
 
@@ -339,6 +339,7 @@ ATTRIBUTES: dict[str, Attribute] = {a.name: a for a in (
     Attribute("physical", lambda ns: f"{ns.device.config.physical}\n"),
     Attribute("huge_threshold", lambda ns: f"{ns.device.config.huge_threshold}\n"),
     Attribute("chain_size", lambda ns: f"{ns.device.config.chain_size}\n"),
+    Attribute("engine", lambda ns: f"{ns.device.config.engine}\n"),
     *(_knob(s.name) for s in SETTINGS.values() if s.runtime),
     Attribute("mem_used_max", lambda ns: f"{ns.device.mem_used_max}\n", _store_mem_used_max),
     Attribute("reset", store=_store_reset),

@@ -36,6 +36,7 @@ from typing import NoReturn
 from . import parallel
 from .compressors import BY_ID, COMPRESSORS, describe
 from .config import SETTINGS, DeviceConfig
+from .engine import make_pool
 from .events import EventLog
 from .levels import CRITICAL, LevelTracker, pressure, pressure_band
 from .pagetable import (
@@ -55,7 +56,7 @@ from .pagetable import (
     same_handle,
     same_word_of,
 )
-from .pool import MAX_ZSPAGE_PAGES, ArenaPool, ClassPool, Pool, rebase
+from .pool import MAX_ZSPAGE_PAGES, ClassPool, Pool, rebase
 from .tier import DramTier
 from .units import PAGE_SIZE, format_size, shown
 
@@ -153,7 +154,8 @@ class Device:
         self.config = config or DeviceConfig()
         self.config.check()
         self.mount_physical = self.config.physical
-        self.pool: Pool = pool or ArenaPool(self.config.huge_threshold, self.config.chain_size)
+        self.pool: Pool = pool or make_pool(self.config.engine, self.config.huge_threshold,
+                                            self.config.chain_size)
         self.fallback: Pool = fallback_pool or ClassPool()
         self.tier: DramTier[tuple[PageTable, int], Encoded] = DramTier()
         self.words = WordStore()             # same-filled words too wide for a table word
@@ -917,6 +919,7 @@ class Device:
             "overflow_at_ratio": self.overflow_at_ratio(),
             "compressor": c.compressor,
             "mode": c.mode,
+            "engine": c.engine,
             "mem_used_max": self.mem_used_max,
             "stored_pages": self.pages[SAME] + self.pages[DEVICE],
             "same_filled_pages": self.pages[SAME],

@@ -46,7 +46,7 @@ class CramfsCollector(Collector):
                 family.add_metric([doc["mountpoint"]],
                                   float("inf") if value is None else float(value))
             yield family
-        info = GaugeMetricFamily("cramfs_info", "Device mode, compressor and danger level.",
+        info = GaugeMetricFamily("cramfs_info", "Device mode, compressor, engine and danger level.",
                                  labels=["mountpoint", *(s.name for s in STATS
                                                          if s.unit == TEXT)])
         for doc in docs:

@@ -516,8 +516,9 @@ class ArenaPool:
         # huge objects own a page: the handle holds its page number, no zspage state
         self._huge_runs = self._runs_of(1)
         # length -> class, precomputed: the lookup is on every store
+        # (with huge_threshold 1 there are no classes at all: everything is huge)
         self._by_size: list[_SizeClass | None] = [
-            by_index[geo.class_of(n).size] if n < self.huge_threshold else None
+            by_index.get(geo.class_of(n).size) if n < self.huge_threshold else None
             for n in range(PAGE_SIZE + 1)]
         self.stored_bytes = 0
         self.used_bytes = 0             # pages held by zspages and huge pages, in bytes

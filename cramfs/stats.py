@@ -67,6 +67,7 @@ STATS: tuple[Stat, ...] = (
        "at today's ratio.", metric="overflow_at_ratio_bytes"),
     Stat("compressor", TEXT, INFO, "Compressor of new pages."),
     Stat("mode", TEXT, INFO, "zswap (every access faults) or direct."),
+    Stat("engine", TEXT, INFO, "Engine keeping the pages: native (compiled) or python."),
     _g("mem_used_max", BYTES, "Peak physical_used.", "zram mem_used_max", "mem_used_max_bytes"),
     _g("files", COUNT, "Slot files on the mount."),
     _g("stored_pages", PAGES, "Pages the device holds: same-filled, compressed and huge.",

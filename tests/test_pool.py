@@ -5,11 +5,16 @@ from __future__ import annotations
 import itertools
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cramfs.pool import PAGE_SIZE, ArenaPool, rebase
+from cramfs import engine
+from cramfs.pool import PAGE_SIZE, rebase
 from cramfs.procfs import status_bytes
+
+# every pool test runs on both engines: the reference and the compiled one
+ENGINES = pytest.mark.parametrize("engine_name", engine.ENGINES)
 
 sizes = st.one_of(st.integers(1, 64), st.integers(64, 3624), st.integers(3625, PAGE_SIZE))
 ops = st.lists(st.one_of(
@@ -19,7 +24,7 @@ ops = st.lists(st.one_of(
 ), max_size=120)
 
 
-def check(pool: ArenaPool, model: dict[int, bytes]) -> None:
+def check(pool: engine.AnyPool, model: dict[int, bytes]) -> None:
     assert len(pool) == len(model)
     for h, blob in model.items():
         assert pool.get(h) == blob
@@ -33,10 +38,11 @@ def check(pool: ArenaPool, model: dict[int, bytes]) -> None:
     assert charges <= pool.used_bytes
 
 
+@ENGINES
 @settings(max_examples=200, deadline=None)
-@given(ops)
-def test_pool_matches_model(seq):
-    pool = ArenaPool()
+@given(seq=ops)
+def test_pool_matches_model(engine_name, seq):
+    pool = engine.make_pool(engine_name)
     model: dict[int, bytes] = {}
     compacted = 0
     for op in seq:
@@ -66,8 +72,9 @@ def test_pool_matches_model(seq):
     pool.close()
 
 
-def test_compact_frees_sparse_zspages():
-    pool = ArenaPool()
+@ENGINES
+def test_compact_frees_sparse_zspages(engine_name):
+    pool = engine.make_pool(engine_name)
     hs = [pool.put(bytes([i % 250 + 1]) * 1000) for i in range(400)]
     full = pool.used_bytes
     for h in hs[::2]:
@@ -83,8 +90,9 @@ def test_compact_frees_sparse_zspages():
     pool.close()
 
 
-def test_freed_zspages_go_back_to_the_kernel():
-    pool = ArenaPool()
+@ENGINES
+def test_freed_zspages_go_back_to_the_kernel(engine_name):
+    pool = engine.make_pool(engine_name)
     hs = [pool.put(random.Random(i).randbytes(PAGE_SIZE)) for i in range(2048)]  # 8 MiB huge
     assert pool.used_bytes == 2048 * PAGE_SIZE
     rss_full = _shmem_kib()
