@@ -117,7 +117,7 @@ def test_native_pool_rejects_bad_objects():
     with pytest.raises(ValueError):
         pool.put(bytes(P + 1))
     with pytest.raises(TypeError):
-        pool.put(None)           # type: ignore[arg-type]
+        pool.put(None)
     with pytest.raises(ValueError):
         pool.charge(-1)
     pool.close()
