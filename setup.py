@@ -4,6 +4,9 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 setup(ext_modules=cythonize(
-    [Extension("cramfs._zspool", ["cramfs/_zspool.pyx"], extra_compile_args=["-O2"])],
+    # _GLIBCXX_ASSERTIONS: std::vector's [] checks its bounds too (an abort, not a
+    # stray write, if the pool's own arithmetic were ever wrong)
+    [Extension("cramfs._zspool", ["cramfs/_zspool.pyx"],
+               extra_compile_args=["-O2", "-D_GLIBCXX_ASSERTIONS"])],
     compiler_directives={"language_level": 3},
 ))

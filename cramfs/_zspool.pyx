@@ -159,7 +159,7 @@ cdef class _Runs:
         self.mem = mem
         self.k = k
         self.span = k * PAGE
-        self.cache_limit = max(1, C_REUSE // self.span)
+        self.cache_limit = max(<size_t>1, C_REUSE // self.span)
         self.next = self.end = self.populated_to = 0
 
     cdef long long take(self) except -1:
