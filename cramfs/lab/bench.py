@@ -330,6 +330,13 @@ def swap_row(quick: bool, rounds: int) -> dict[str, Any]:
                      "wall_range": [min(walls), max(walls)],
                      "ratio_at_peak": round(statistics.median(peaks), 2) if peaks else None,
                      "peak_rss": max(r["peak_rss"] for r in rs)}
+        overheads = [r["peak_daemon_overhead"] for r in rs
+                     if r.get("peak_daemon_overhead") is not None]
+        if overheads:
+            # the bound: RSS <= empty mount + physical_used + DRAM tier + fallback
+            # + metadata + 32 MiB; this is the worst sample's excess over the first four
+            row[name]["daemon_overhead_max"] = max(overheads)
+            row[name]["peak_daemon_rss"] = max(r["peak_daemon_rss"] for r in rs)
 
     def paired(a: str, b: str, key: str) -> dict[str, Any]:
         xs = [x[key] / y[key] for x, y in zip(runs[a], runs[b], strict=True)
@@ -468,6 +475,11 @@ def swap_table(sw: dict[str, Any]) -> list[str]:
             lo, hi = t["wall_range"]
             lines.append(f"| {name} | {t['wall_s']} ({lo}-{hi}) | {t['ratio_at_peak'] or '-'} | "
                          f"{format_size(t['peak_rss'])} |")
+    cram = sw.get("cramfs", {})
+    if "daemon_overhead_max" in cram:
+        lines.append(f"cramfs daemon: peak RSS {format_size(cram['peak_daemon_rss'])}; at most "
+                     f"{format_size(max(0, cram['daemon_overhead_max']))} beyond an empty "
+                     "mount + physical_used + promoted + fallback bytes")
     for key in ("cramfs_vs_baseline", "cramfs_vs_zram", "ratio_vs_zram"):
         v = sw.get(key)
         if v:

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 from ..control import ATTRIBUTES
 from ..levels import LEVELS
+from ..procfs import status_bytes
 from ..stats import BY_NAME
 from ..units import format_size, parse_decimal, parse_size
 from . import zram
@@ -43,17 +44,18 @@ from .workload import EXIT_MISMATCH
 
 # The device statistics sampled, by their names in the statistics table (stats.py).
 SAMPLED = ("physical", "physical_used", "logical_stored", "ratio", "danger", "promotions",
-           "demotions", "reject_write_control", "fallback_pages", "promoted_pages",
-           "stored_pages")
+           "demotions", "reject_write_control", "fallback_pages", "fallback_bytes",
+           "promoted_pages", "promoted_bytes", "stored_pages")
 FIELDS = ("target", "time", "running", *SAMPLED, "warn_at", "critical_at", "swap_used",
-          "pswpin", "pswpout", "rss")
+          "pswpin", "pswpout", "rss", "daemon_rss", "daemon_overhead")
 assert all(name in BY_NAME for name in SAMPLED)
 
 
 def _idle_sample() -> dict[str, Any]:
     """What a target with no device statistics (the baseline; zram for most) reports."""
     out: dict[str, Any] = dict.fromkeys(SAMPLED, 0)
-    out.update(ratio=float("inf"), danger="", warn_at=None, critical_at=None)
+    out.update(ratio=float("inf"), danger="", warn_at=None, critical_at=None, daemon_rss=None,
+               daemon_overhead=None)
     return out
 
 
@@ -90,6 +92,7 @@ class CramTarget:
         self._daemon: Daemon | None = None
         self._tmp: str | None = None
         self.swap_device = ""
+        self.empty_rss = 0            # our daemon's RSS as mounted, before any page
 
     def setup(self) -> None:
         self.mount = self.given
@@ -100,6 +103,7 @@ class CramTarget:
             opts = [a for o in self.options for a in ("-o", o)]
             say(f"mounting cramfs at {self.mount} {' '.join(opts)}")
             self._daemon = Daemon([str(cramfs), "--foreground", *opts], self.mount)
+            self.empty_rss = status_bytes(self._daemon.proc.pid, "VmRSS")
         self.swap_device = swap_up(self.mount, self.swap_size,
                                    echo=lambda line: say(f"+ {line}"))
 
@@ -109,7 +113,15 @@ class CramTarget:
         out = {name: s[name] for name in SAMPLED}
         if out["ratio"] is None:
             out["ratio"] = float("inf")
-        out.update(warn_at=s["warn_at"], critical_at=s["critical_at"])
+        out.update(warn_at=s["warn_at"], critical_at=s["critical_at"], daemon_rss=None,
+                   daemon_overhead=None)
+        if self._daemon is not None:
+            # what the daemon holds beyond the memory the device model accounts for:
+            # its empty self, the pool, the promoted pages and the fallback pages
+            rss = status_bytes(self._daemon.proc.pid, "VmRSS")
+            out["daemon_rss"] = rss
+            out["daemon_overhead"] = rss - self.empty_rss - s["physical_used"] - \
+                s["promoted_bytes"] - s["fallback_bytes"]
         return out
 
     def teardown(self) -> None:
@@ -333,6 +345,10 @@ def summarize(rows: list[dict[str, Any]], wall: float, status: int) -> dict[str,
         "peak_physical_used": max((r["physical_used"] for r in rows), default=0),
         "peak_logical_stored": max((r["logical_stored"] for r in rows), default=0),
         "peak_rss": max((r["rss"] for r in rows), default=0),
+        "peak_daemon_rss": max((r["daemon_rss"] for r in rows if r.get("daemon_rss")),
+                               default=None),
+        "peak_daemon_overhead": max((r["daemon_overhead"] for r in rows
+                                     if r.get("daemon_overhead") is not None), default=None),
         "peak_fallback_pages": max((r["fallback_pages"] for r in rows), default=0),
         "peak_dram_tier_pages": max((r["promoted_pages"] for r in rows), default=0),
         "peak_swap_used": max((r["swap_used"] for r in rows), default=0),
