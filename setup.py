@@ -7,6 +7,9 @@ setup(ext_modules=cythonize(
     # _GLIBCXX_ASSERTIONS: std::vector's [] checks its bounds too (an abort, not a
     # stray write, if the pool's own arithmetic were ever wrong)
     [Extension("cramfs._zspool", ["cramfs/_zspool.pyx"],
-               extra_compile_args=["-O2", "-D_GLIBCXX_ASSERTIONS"])],
+               extra_compile_args=["-O2", "-D_GLIBCXX_ASSERTIONS"]),
+     # Debian's liblz4 (liblz4-dev, installed by scripts/setup)
+     Extension("cramfs._pagecodec", ["cramfs/_pagecodec.pyx"], libraries=["lz4"],
+               extra_compile_args=["-O2"])],
     compiler_directives={"language_level": 3},
 ))

@@ -25,18 +25,18 @@ drift from the slots.
 from __future__ import annotations
 
 import collections
-import contextlib
 import errno
+import functools
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, fields
 from typing import NoReturn
 
 from . import parallel
 from .compressors import BY_ID, COMPRESSORS, describe
 from .config import SETTINGS, DeviceConfig
-from .engine import make_pool
+from .engine import make_pool, request_encoder
 from .events import EventLog
 from .levels import CRITICAL, LevelTracker, pressure, pressure_band
 from .pagetable import (
@@ -186,6 +186,7 @@ class Device:
         """Recompute what is derived from the settings (after any change)."""
         c = self.config
         self._encode = encoder(c.compressor, c.huge_threshold)
+        self._encode_request = request_encoder(c.engine, c.compressor, c.huge_threshold)
         self._algo = COMPRESSORS[c.compressor].ident
         self._direct_dram = c.mode == "direct" and c.dram >= PAGE_SIZE
         self._band()
@@ -587,9 +588,19 @@ class Device:
         if not start and not n % PAGE_SIZE:       # whole pages: split once, encode ahead
             pages = [data[i:i + PAGE_SIZE] for i in range(0, n, PAGE_SIZE)]
             # in direct mode with DRAM a written page goes to DRAM, not through the encoder
-            encoded = (None for _ in pages) if self._direct_dram else \
-                parallel.imap(self._encode, pages, self.config.comp_threads)
-            with contextlib.closing(encoded):
+            ahead: Generator[Encoded, None, None] | None = None
+            encoded: Iterable[Encoded | None]
+            if self._direct_dram:
+                encoded = [None] * len(pages)
+            elif self._encode_request is not None:
+                # native: the whole request at once, the GIL released once per part
+                whole: list[Encoded] = parallel.map_parts(
+                    functools.partial(self._encode_request, data), len(pages),
+                    self.config.comp_threads)
+                encoded = whole
+            else:
+                encoded = ahead = parallel.imap(self._encode, pages, self.config.comp_threads)
+            try:
                 for k, (page, enc) in enumerate(zip(pages, encoded, strict=True)):
                     self.counters.writes += 1
                     try:
@@ -598,6 +609,9 @@ class Device:
                         if k:
                             return k * PAGE_SIZE
                         raise
+            finally:
+                if ahead is not None:
+                    ahead.close()            # stops the workers computing ahead
             return n
         done = 0
         view = memoryview(data)

@@ -1,24 +1,31 @@
 """Which engine keeps a device's compressed pages: compiled, or the Python reference.
 
-The two implement one `pool.Pool` interface and make the same decisions (the
-property tests hold them to identical handles, bytes and counters), so the
-choice changes speed only. `native` is the compiled pool (`_zspool.pyx`,
-built by `pip install`); `python` is `pool.ArenaPool`, which needs no
-compiler and is what the native one is checked against. A mount asks for one
-with `-o engine=`; by default it gets the native one if it was built.
+An engine is a pool (`pool.Pool`) and a request encoder. The two engines make
+the same decisions (the property tests hold them to identical handles, bytes
+and counters), so the choice changes speed only. `native` is the compiled
+pool (`_zspool.pyx`) and, for lz4, the whole-request encoder
+(`_pagecodec.pyx`), both built by `pip install`; `python` is
+`pool.ArenaPool` and `device.encoder()` page by page, which need no compiler
+and are what the native ones are checked against. A mount asks for one with
+`-o engine=`; by default it gets the native one if it was built.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from .compressors import COMPRESSORS
 from .pool import ArenaPool
 from .zsgeometry import DEFAULT_CHAIN_SIZE
 
 ENGINES = ("native", "python")
 
 try:
+    from ._pagecodec import encode_lz4_pages
     from ._zspool import NativePool
 except ImportError:          # not built: a checkout used without `pip install`
     NativePool = None  # type: ignore[assignment,misc]
+    encode_lz4_pages = None  # type: ignore[assignment]
 
 AnyPool = ArenaPool | NativePool     # what make_pool returns: the interface and then some
 
@@ -46,3 +53,20 @@ def make_pool(engine: str, huge_threshold: int | None = None,
     if engine == "native":
         return NativePool(huge_threshold, chain_size)
     return ArenaPool(huge_threshold, chain_size)
+
+
+# (data, first page, stop page) -> the Encoded tuples of those whole pages
+RequestEncoder = Callable[[bytes, int, int], list[tuple[bytes | None, bytes, int, bool]]]
+
+
+def request_encoder(engine: str, compressor: str, huge_threshold: int) -> RequestEncoder | None:
+    """The native whole-request encoder for these settings, or None where pages are
+    encoded one by one in Python (the python engine; compressors other than lz4)."""
+    if engine != "native" or compressor != "lz4" or encode_lz4_pages is None:
+        return None
+    ident, none_id = COMPRESSORS["lz4"].ident, COMPRESSORS["none"].ident
+
+    def encode(data: bytes, lo: int, hi: int) -> list[tuple[bytes | None, bytes, int, bool]]:
+        return encode_lz4_pages(data, lo, hi, ident, none_id, huge_threshold)
+
+    return encode

@@ -19,6 +19,7 @@ as doing the work inline would.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -118,3 +119,18 @@ def imap(fn: Callable[[T], R], items: Sequence[T], workers: int) -> Generator[R,
 def map_pages(fn: Callable[[T], R], items: Sequence[T], workers: int) -> list[R]:
     """[fn(x) for x in items], computed by `workers` threads too when the batch is large."""
     return list(imap(fn, items, workers))
+
+
+def map_parts(fn: Callable[[int, int], list[R]], units: int, workers: int) -> list[R]:
+    """fn(lo, hi) over [0, units), flattened in order. With workers, a large request
+    is cut into workers + 1 contiguous parts, the first computed here: for a native
+    fn that releases the GIL once per call, the parts truly run side by side."""
+    if workers <= 0 or units < MIN_BATCH:
+        return fn(0, units)
+    parts = min(workers + 1, units // CHUNK)
+    bounds = [units * i // parts for i in range(parts + 1)]
+    futures = [_executor().submit(fn, a, b) for a, b in itertools.pairwise(bounds[1:])]
+    out = fn(0, bounds[1])
+    for f in futures:
+        out += f.result()
+    return out

@@ -9,6 +9,7 @@ reference would prove nothing about what users run.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 
@@ -16,9 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cramfs import engine
+from cramfs import engine, parallel
 from cramfs.config import DeviceConfig
-from cramfs.device import Device, DeviceError
+from cramfs.device import Device, DeviceError, encoder
 from cramfs.pool import ArenaPool
 from cramfs.units import PAGE_SIZE
 
@@ -121,6 +122,47 @@ def test_native_pool_rejects_bad_objects():
     with pytest.raises(ValueError):
         pool.charge(-1)
     pool.close()
+
+
+# ---------------------------------------------------------------- the request encoder
+
+page_kinds = st.tuples(st.sampled_from(["zero", "same", "wide", "text", "random", "half"]),
+                       st.integers(0, 10**6))
+
+
+def _page(kind: str, seed: int) -> bytes:
+    if kind == "wide":                       # a same-filled word no table word holds
+        return random.Random(seed).randbytes(8) * (P // 8)
+    if kind == "half":                       # compresses to around the huge threshold
+        rnd = random.Random(seed)
+        return rnd.randbytes(P - seed % 1500) + bytes(seed % 1500)
+    return _payload(kind, seed, P)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(page_kinds, max_size=40), st.sampled_from([1, 2000, 3257, 3625, 3833]),
+       st.integers(0, 3))
+def test_native_request_encoder_matches_the_python_one(kinds, threshold, threads):
+    data = b"".join(_page(*k) for k in kinds)
+    native = engine.request_encoder("native", "lz4", threshold)
+    assert native is not None
+    python = encoder("lz4", threshold)
+    want = [python(data[i:i + P]) for i in range(0, len(data), P)]
+    assert native(data, 0, len(kinds)) == want
+    assert parallel.map_parts(functools.partial(native, data), len(kinds), threads) == want
+    if kinds:
+        assert native(data, 1, len(kinds)) == want[1:]
+
+
+def test_request_encoder_refuses_what_it_cannot_encode():
+    native = engine.request_encoder("native", "lz4", 3625)
+    assert native is not None
+    with pytest.raises(ValueError):
+        native(bytes(2 * P), 1, 3)
+    with pytest.raises(ValueError):
+        native(bytes(2 * P), 2, 1)
+    assert engine.request_encoder("python", "lz4", 3625) is None
+    assert engine.request_encoder("native", "zstd", 3625) is None
 
 
 # ---------------------------------------------------------------- whole devices
