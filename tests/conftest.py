@@ -73,11 +73,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture
-def mounter(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
+def mount_options() -> tuple[str, ...]:
+    """Options every mount of a test gets first; a module overrides this fixture to
+    run its tests on each engine, say."""
+    return ()
+
+
+@pytest.fixture
+def mounter(tmp_path: Path, mount_options: tuple[str, ...]) -> Iterator[Callable[..., Mount]]:
     mounts: list[Mount] = []
 
     def make(*args: str) -> Mount:
-        m = start_mount(tmp_path / f"mnt{len(mounts)}", *args)
+        m = start_mount(tmp_path / f"mnt{len(mounts)}", *mount_options, *args)
         mounts.append(m)
         return m
 

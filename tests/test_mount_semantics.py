@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import select
 import threading
 
 import pytest
+
+from cramfs.engine import ENGINES
 
 from .helpers import random_page, text_page
 
@@ -23,6 +26,12 @@ def write_pages(path, pages, start=0):
             os.pwrite(fd, page, (start + i) * P)
     finally:
         os.close(fd)
+
+
+@pytest.fixture(params=ENGINES)
+def mount_options(request) -> tuple[str, ...]:
+    """Every test here runs on both engines: the semantics must not depend on which."""
+    return ("-o", f"engine={request.param}")
 
 
 def test_danger_moves_through_every_level_and_back(mounter):
@@ -281,3 +290,15 @@ def test_pool_table_and_compaction(mounter):
     with pytest.raises(OSError) as e:
         m.set("compact", "2")
     assert e.value.errno == errno.EINVAL
+
+
+def test_the_engine_is_shown_and_fixed(mounter, mount_options):
+    m = mounter()
+    name = mount_options[1].removeprefix("engine=")
+    assert m.ctl("engine") == name + "\n"
+    assert json.loads(m.ctl("stat.json"))["engine"] == name
+    assert f'engine="{name}"' in m.ctl("metrics")
+    with pytest.raises(PermissionError):
+        (m.path / ".cram" / "engine").write_text("python\n")
+    write_pages(m.path / "f", [text_page(1), random_page(2)])
+    assert (m.path / "f").read_bytes() == text_page(1) + random_page(2)
