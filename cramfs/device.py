@@ -189,6 +189,11 @@ class Device:
         self._encode_request = request_encoder(c.engine, c.compressor, c.huge_threshold)
         self._algo = COMPRESSORS[c.compressor].ident
         self._direct_dram = c.mode == "direct" and c.dram >= PAGE_SIZE
+        self._zswap = c.mode == "zswap"
+        self._promote = self._zswap and c.dram >= PAGE_SIZE
+        self._tier_budget = c.dram // PAGE_SIZE
+        # is any media emulation on? (the adapter skips media_delay() when not)
+        self.media = bool(c.read_latency or c.write_latency or c.bandwidth)
         self._band()
 
     def _band(self) -> None:
@@ -375,24 +380,24 @@ class Device:
         kind = word & KIND_MASK
         if kind not in (DEVICE, FALLBACK):
             return self._peek(table, idx, touch=True)
-        zswap = self.config.mode == "zswap"
-        promote = zswap and self.config.dram >= PAGE_SIZE
+        promote = self._promote
+        algo = algo_of(word)
         # one copy out of the pool serves both the decompression and the promotion
         blob = b""
         if data is None or promote:
             pool = self.pool if kind == DEVICE else self.fallback
             blob = pool.get(word >> HANDLE_SHIFT)
         if data is None:
-            data = BY_ID[algo_of(word)].decompress(blob)
+            data = BY_ID[algo].decompress(blob)
         if self.tracking:
             table.touch(idx, self._now())
-        if zswap:
+        if self._zswap:
             # Every access faults; the page goes back to DRAM and the compressed
             # copy is released (zswap loads are exclusive).
             self.counters.faults += 1
             if promote:
                 if self._tier_room():
-                    kept = (None, blob, algo_of(word), bool(word & HUGE_BIT))
+                    kept = (None, blob, algo, bool(word & HUGE_BIT))
                     self._release(table, idx)
                     self._to_dram(table, idx, kept)
                     self.counters.promotions += 1
@@ -405,8 +410,8 @@ class Device:
 
         False when demotion is refused: the tier then stops promoting rather
         than grow past its budget."""
-        budget = self.config.dram // PAGE_SIZE
-        while len(self.tier) >= budget:
+        tier, budget = self.tier, self._tier_budget
+        while len(tier) >= budget:
             if not self._demote_one():
                 return False
         return True

@@ -324,29 +324,31 @@ class CramOperations(pyfuse3.Operations):
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         data, delay = await self._read(fh, off, size)
-        await self._media(delay)
+        if delay > 0:                  # no coroutine at all on the common path
+            await self._media(delay)
         return data
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         done, delay = await self._write(fh, off, buf)
-        await self._media(delay)
+        if delay > 0:
+            await self._media(delay)
         return done
 
     @staticmethod
     async def _media(delay: float) -> None:
         """The emulated media's latency, slept without holding up other requests."""
-        if delay > 0:
-            try:
-                await sleep_precise(delay)
-            except Exception:       # a failed timer only shortens the emulated delay
-                log.exception("media delay failed")
+        try:
+            await sleep_precise(delay)
+        except Exception:       # a failed timer only shortens the emulated delay
+            log.exception("media delay failed")
 
     @guarded
     def _read(self, fh: int, off: int, size: int) -> tuple[bytes, float]:
         h = self._handle(fh)
         if isinstance(h, Inode):
             data = self.ns.read(h, off, size)
-            return data, self.ns.device.media_delay(False, len(data), time.monotonic())
+            dev = self.ns.device
+            return data, dev.media_delay(False, len(data), time.monotonic()) if dev.media else 0.0
         assert h.attr.show is not None
         # A snapshot taken at the first read of this open file, whatever its offset,
         # and again at every read from 0, so a reader that reads in pieces sees one
@@ -361,7 +363,8 @@ class CramOperations(pyfuse3.Operations):
         h = self._handle(fh)
         if isinstance(h, Inode):
             done = self.ns.write(h, off, buf)
-            return done, self.ns.device.media_delay(True, done, time.monotonic())
+            dev = self.ns.device
+            return done, dev.media_delay(True, done, time.monotonic()) if dev.media else 0.0
         control.store(self.ns, h.attr, buf)
         return len(buf), 0.0
 
