@@ -71,7 +71,7 @@ SETTINGS: dict[str, Setting] = {
     for s in (
         Setting("advertised", parse_size, str, "static capacity the device claims", False),
         Setting("physical", parse_size, str, "real capacity (change live via inject)", False),
-        Setting("compressor", _choice(*COMPRESSORS), str, "lz4, zstd or none"),
+        Setting("compressor", _choice(*COMPRESSORS), str, "lz4, zstd, lzo or none"),
         Setting("chain_size", _int_in("chain_size", CHAIN_SIZES[0], CHAIN_SIZES[-1]), str,
                 "zsmalloc's CONFIG_ZSMALLOC_CHAIN_SIZE: the most pages in a zspage", False),
         Setting("engine", _choice(*engines.ENGINES), str,

@@ -51,6 +51,7 @@ op = st.one_of(
     st.tuples(st.just("set"), st.sampled_from([
         ("mode", "zswap"), ("mode", "direct"), ("dram", "0"), ("dram", "8K"), ("dram", "64K"),
         ("compressor", "zstd"), ("compressor", "lz4"), ("compressor", "none"),
+        ("compressor", "lzo"),
         ("write_control", "on"), ("write_control", "off"),
         ("release_delay", "1"), ("release_delay", "0"),
     ])),

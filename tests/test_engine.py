@@ -194,6 +194,7 @@ device_ops = st.lists(st.one_of(
     st.tuples(st.just("set"), st.sampled_from([
         ("mode", "zswap"), ("mode", "direct"), ("dram", "0"), ("dram", "16K"),
         ("compressor", "zstd"), ("compressor", "lz4"), ("compressor", "none"),
+        ("compressor", "lzo"),
         ("write_control", "off"), ("write_control", "on")])),
 ), max_size=60)
 

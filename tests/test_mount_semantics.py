@@ -164,7 +164,7 @@ def test_demote(mounter):
 @pytest.mark.parametrize(("knob", "bad"), [
     ("warn_at", "95%"), ("critical_at", "120%"), ("hysteresis", "abc"),
     ("write_control", "2"), ("fallback", "disk"), ("overflow", "melt"), ("mode", "tier"),
-    ("dram", "4X"), ("compressor", "lzo"), ("reset", "2"), ("mem_used_max", "9"),
+    ("dram", "4X"), ("compressor", "lzma"), ("reset", "2"), ("mem_used_max", "9"),
     ("demote", "many"), ("discard", "nofile 0 4K"), ("inject", "ratio 100"),
 ])
 def test_every_knob_rejects_bad_input_with_einval(mnt, knob, bad):

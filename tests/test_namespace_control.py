@@ -127,7 +127,7 @@ def test_read_only_control_files(ns):
     for st in STATS:                        # one table: every row, typed
         assert st.name in doc and isinstance(doc[st.name], str) == (st.unit == "text")
     assert show(ns, "danger") == "ok\n"
-    assert show(ns, "comp_algorithm") == "[lz4] zstd none\n"
+    assert show(ns, "comp_algorithm") == "[lz4] zstd none lzo\n"
     assert int(show(ns, "effective_capacity")) > 16 * P
 
 
@@ -137,7 +137,7 @@ def test_knobs_round_trip_and_reject(ns):
         ("hysteresis", "2%", "2%", "90%"), ("write_control", "off", "off", "sometimes"),
         ("fallback", "none", "none", "disk"), ("overflow", "poison", "poison", "explode"),
         ("mode", "direct", "direct", "tiered"), ("dram", "1M", str(1 << 20), "-4"),
-        ("compressor", "zstd", "zstd", "lzo"),
+        ("compressor", "zstd", "zstd", "lzma"),
     ]:
         store(ns, name, good + "\n")
         assert show(ns, name) == shown + "\n"
