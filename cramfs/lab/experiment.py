@@ -2,6 +2,7 @@
 
     python -m cramfs.experiment --out results/run1                 # built-in 256M workload
     python -m cramfs.experiment -o physical=256M --compare zram    # and the same on zram
+    python -m cramfs.experiment --compare zram --compare zswap     # and on kernel zswap
     python -m cramfs.experiment --limit 512M -- stress-ng --vm 1 --vm-bytes 1G -t 30
     python -m cramfs.experiment --at 2s inject='ratio 4' --at 6s inject=clear
 
@@ -31,12 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..config import DeviceConfig
 from ..control import ATTRIBUTES
 from ..levels import LEVELS
 from ..procfs import status_bytes
 from ..stats import BY_NAME
 from ..units import format_size, parse_decimal, parse_size
-from . import zram
+from . import zram, zswap
 from .cgroup import CgroupUnavailable, MemoryCgroup
 from .child import Daemon
 from .swap import active_swaps, run, swap_down, swap_up, swap_used, top_priority
@@ -64,8 +66,11 @@ def say(msg: str) -> None:
 
 
 def vmstat() -> tuple[int, int]:
+    """Pages swapped in and out so far. A page zswap keeps never reaches the swap device,
+    so it counts in zswpin/zswpout rather than pswpin/pswpout: both are added."""
     values = dict(line.split() for line in Path("/proc/vmstat").read_text().splitlines())
-    return int(values["pswpin"]), int(values["pswpout"])
+    return (int(values["pswpin"]) + int(values.get("zswpin", 0)),
+            int(values["pswpout"]) + int(values.get("zswpout", 0)))
 
 
 class Target(Protocol):
@@ -211,6 +216,68 @@ class ZramTarget:
         say(f"+ echo 1 > {zram.ZRAM}/reset")
         zram.reset()
         self._ours = False
+
+
+class ZswapTarget:
+    """The kernel's zswap in front of a swap file on the host's disk (through a direct-I/O
+    loop device, as on cramfs), with the kernel algorithm closest to cramfs's and the pool
+    limit nearest to cramfs's physical size; every zswap parameter is restored after."""
+
+    name = "zswap"
+
+    def __init__(self, compressor: str, physical: int, swap_size: int) -> None:
+        self.compressor = compressor
+        self.swap_size = swap_size
+        self.physical = physical
+        self.percent = zswap.pool_percent(physical, zswap.mem_total())
+        self._saved: dict[str, str] | None = None
+        self._tmp: Path | None = None
+        self.swap_device = ""
+
+    @staticmethod
+    def unavailable(compressor: str) -> str | None:
+        return zswap.unavailable(compressor)
+
+    def describe(self) -> dict[str, Any]:
+        """What summary.json says about the comparison's set-up."""
+        total = zswap.mem_total()
+        return {"compressor": self.compressor, "max_pool_percent": self.percent,
+                "pool_limit_bytes": total * self.percent // 100,
+                "cramfs_physical_bytes": self.physical, "mem_total_bytes": total,
+                "swap": "a file on the host's disk through a direct-I/O loop device"}
+
+    def setup(self) -> None:
+        echo = lambda line: say(f"+ {line}")  # noqa: E731
+        self._tmp = Path(tempfile.mkdtemp(prefix="cramfs-zswap-", dir="/var/tmp"))
+        self._saved = zswap.save()
+        for name, value in (("compressor", self.compressor),
+                            ("max_pool_percent", str(self.percent)), ("enabled", "Y")):
+            echo(f"echo {value} > {zswap.PARAMS}/{name}")
+            zswap.apply({name: value})
+        self.swap_device = swap_up(self._tmp, self.swap_size, echo=echo, any_fs=True)
+
+    def sample(self) -> dict[str, Any]:
+        pool, stored = zswap.held()
+        out = _idle_sample()
+        out.update(physical_used=pool, logical_stored=stored, stored_pages=stored // 4096,
+                   ratio=round(stored / pool, 2) if pool else float("inf"))
+        return out
+
+    def teardown(self) -> None:
+        echo = lambda line: say(f"+ {line}")  # noqa: E731
+        if self._tmp is not None:
+            swap_down(self._tmp, echo=echo)
+        if self._saved is not None:
+            echo(f"restoring {zswap.PARAMS}: " + " ".join(f"{k}={v}" for k, v in
+                                                          sorted(self._saved.items())))
+            differ = zswap.restore(self._saved)
+            if differ:
+                say(f"WARNING: zswap parameters not restored: {', '.join(differ)}")
+            self._saved = None
+        if self._tmp is not None:
+            with suppress(OSError):
+                self._tmp.rmdir()
+            self._tmp = None
 
 
 @contextmanager
@@ -384,6 +451,20 @@ def write_results(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any]
     plot_timeline(rows, out / "plot.png", limit, marks)
 
 
+def _cramfs_settings(opts: str, mount: Path | None) -> dict[str, Any]:
+    """The compressor and physical size cramfs runs with: the given mount's, or the
+    defaults with these options applied."""
+    if mount is not None:
+        s = json.loads((mount / ".cram" / "stat.json").read_text())
+        return {"compressor": s["compressor"], "physical": s["physical"]}
+    config = DeviceConfig()
+    for item in filter(None, opts.split(",")):
+        name, _, value = item.partition("=")
+        if name in ("compressor", "physical"):
+            config = config.with_value(name, value)
+    return {"compressor": config.compressor, "physical": config.physical}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m cramfs.experiment", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -394,7 +475,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="built-in workload size (256M)")
     p.add_argument("--limit", type=parse_size, help="cgroup memory limit (a third of --size)")
     p.add_argument("--swap-size", type=parse_size, default=1 << 30, help="swap file size (1G)")
-    p.add_argument("--compare", choices=["zram"], help="run the same on kernel zram too")
+    p.add_argument("--compare", choices=["zram", "zswap"], action="append", default=[],
+                   help="run the same on kernel zram, or on kernel zswap in front of a swap "
+                   "file on the host's disk (repeatable)")
     p.add_argument("--interval", type=float, default=0.2, help="sampling period in seconds")
     p.add_argument("--at", nargs=2, action="append", default=[], metavar=("WHEN", "FILE=VALUE"),
                    help="at WHEN seconds into the workload (10s, 2.5), write VALUE to "
@@ -412,22 +495,35 @@ def main(argv: list[str] | None = None) -> int:
     limit = args.limit or args.size // 3
     out = args.out or Path("results") / time.strftime("%Y%m%d-%H%M%S")
     opts = ",".join(args.options)
-    algorithm = "lz4"
-    for item in opts.split(","):
-        if item.startswith("compressor="):
-            algorithm = item.split("=", 1)[1]
+    try:
+        settings = _cramfs_settings(opts, args.mount)
+    except (ValueError, OSError) as e:
+        p.error(f"cannot tell cramfs's compressor and physical size: {e}")
+    algorithm = settings["compressor"]
 
     targets: list[Target] = [CramTarget(args.options, args.mount, args.swap_size)]
-    if args.compare == "zram":
+    if "zram" in args.compare:
         why = ZramTarget.unavailable(algorithm)
         if why:
             say(f"skipping the zram comparison: {why}")
         else:
             targets.append(ZramTarget(algorithm, args.swap_size))
+    zswap_target = None
+    if "zswap" in args.compare:
+        kernel_algorithm = zswap.closest_compressor(algorithm)
+        why = ZswapTarget.unavailable(kernel_algorithm)
+        if why:
+            say(f"skipping the zswap comparison: {why}")
+        else:
+            zswap_target = ZswapTarget(kernel_algorithm, int(settings["physical"]),
+                                       args.swap_size)
+            targets.append(zswap_target)
 
     all_rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {"command": command, "limit": limit,
                                "swap_size": args.swap_size, "cramfs_options": opts}
+    if zswap_target is not None:
+        summary["zswap_setup"] = {**zswap_target.describe(), "cramfs_compressor": algorithm}
     try:
         with _interrupts_as_exceptions():
             for target in targets:

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 
 MIB = 1 << 20
 BAND = {"warn": "#fff3b0", "critical": "#ffc9a8", "full": "#ff9b9b"}
-STYLE = {"cramfs": "-", "zram": "--"}
+STYLE = {"cramfs": "-", "zram": "--", "zswap": "-."}
 
 
 def _rate(rows: list[dict[str, Any]], key: str, pages: bool = False) -> list[float]:
