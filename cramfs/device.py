@@ -31,12 +31,12 @@ import time
 import weakref
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, fields
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from . import parallel
 from .compressors import BY_ID, COMPRESSORS, describe
 from .config import SETTINGS, DeviceConfig
-from .engine import make_pool, request_encoder
+from .engine import NativeCore, make_pool, request_encoder, table_class, tier_class
 from .events import EventLog
 from .levels import CRITICAL, LevelTracker, pressure, pressure_band
 from .pagetable import (
@@ -148,6 +148,16 @@ def encoder(compressor: str, huge_threshold: int) -> Callable[[bytes], Encoded]:
 
 
 class Device:
+    """The device, and the reference for every page transition. On the native engine
+    `Device(config)` gives a `NativeDevice`: this class with the common case of its
+    hottest transitions compiled (_devcore.pyx), and every rule still decided here."""
+
+    def __new__(cls, config: DeviceConfig | None = None, *args: Any, **kwargs: Any) -> Device:
+        if cls is Device and NativeCore is not None and (
+                config or DeviceConfig()).engine == "native":
+            return NativeCore.__new__(NativeDevice)
+        return super().__new__(cls)
+
     def __init__(self, config: DeviceConfig | None = None, pool: Pool | None = None,
                  fallback_pool: Pool | None = None,
                  clock: Callable[[], float] = time.time) -> None:
@@ -157,7 +167,7 @@ class Device:
         self.pool: Pool = pool or make_pool(self.config.engine, self.config.huge_threshold,
                                             self.config.chain_size)
         self.fallback: Pool = fallback_pool or ClassPool()
-        self.tier: DramTier[tuple[PageTable, int], Encoded] = DramTier()
+        self.tier: DramTier[tuple[PageTable, int], Encoded] = tier_class(self.config.engine)()
         self.words = WordStore()             # same-filled words too wide for a table word
         self.levels = LevelTracker()
         self.pressure = 0                    # the RFC's 0-1000, quantised (levels.pressure)
@@ -180,6 +190,7 @@ class Device:
         self._level_listeners: list[Callable[[str], None]] = []
         # every table that may hold device pages, for compaction to rewrite
         self._tables: weakref.WeakSet[PageTable] = weakref.WeakSet()
+        self._table_class = table_class(self.config.engine)
         self._configured()
 
     def _configured(self) -> None:
@@ -244,7 +255,7 @@ class Device:
 
     def table(self, name: str = "") -> PageTable:
         """A new file's page table, known to the device so compaction can rewrite it."""
-        table = PageTable(name)
+        table = self._table_class(name)
         if self.tracking:
             table.track(self._now())
         self._tables.add(table)
@@ -886,7 +897,7 @@ class Device:
 
     def close(self) -> None:
         """Give the pools' memory back (the memfd above all); safe twice."""
-        self.tier = DramTier()
+        self.tier = tier_class(self.config.engine)()
         self.pool.close()
         self.fallback.close()
 
@@ -970,3 +981,8 @@ class Device:
     def comp_algorithm(self) -> str:
         return describe(self.config.compressor)
 
+
+
+if NativeCore is not None:
+    class NativeDevice(NativeCore, Device):
+        """A Device whose hottest transitions run compiled (engine=native)."""

@@ -1,30 +1,40 @@
 """Which engine keeps a device's compressed pages: compiled, or the Python reference.
 
-An engine is a pool (`pool.Pool`) and a request encoder. The two engines make
+An engine is a pool (`pool.Pool`), a page table, a DRAM tier, a request encoder and
+(native only) the compiled common case of the device's page transitions. The two engines make
 the same decisions (the property tests hold them to identical handles, bytes
 and counters), so the choice changes speed only. `native` is the compiled
-pool (`_zspool.pyx`) and, for lz4, the whole-request encoder
-(`_pagecodec.pyx`), both built by `pip install`; `python` is
-`pool.ArenaPool` and `device.encoder()` page by page, which need no compiler
-and are what the native ones are checked against. A mount asks for one with
+pool (`_zspool.pyx`), page table (`_pagetable.pyx`) and, for lz4, the
+whole-request encoder (`_pagecodec.pyx`), all built by `pip install`;
+`python` is `pool.ArenaPool`, `pagetable.PageTable` and `device.encoder()`
+page by page, which need no compiler and are what the native ones are checked
+against. A mount asks for one with
 `-o engine=`; by default it gets the native one if it was built.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from .compressors import COMPRESSORS
+from .pagetable import PageTable
 from .pool import ArenaPool
+from .tier import DramTier
 from .zsgeometry import DEFAULT_CHAIN_SIZE
 
 ENGINES = ("native", "python")
 
 try:
+    from ._devcore import NativeCore, NativeTier
     from ._pagecodec import encode_lz4_pages
+    from ._pagetable import NativeTable
     from ._zspool import NativePool
 except ImportError:          # not built: a checkout used without `pip install`
+    NativeCore = None  # type: ignore[assignment,misc]
+    NativeTier = None  # type: ignore[assignment,misc]
     NativePool = None  # type: ignore[assignment,misc]
+    NativeTable = None  # type: ignore[assignment,misc]
     encode_lz4_pages = None  # type: ignore[assignment]
 
 AnyPool = ArenaPool | NativePool     # what make_pool returns: the interface and then some
@@ -53,6 +63,18 @@ def make_pool(engine: str, huge_threshold: int | None = None,
     if engine == "native":
         return NativePool(huge_threshold, chain_size)
     return ArenaPool(huge_threshold, chain_size)
+
+
+def table_class(engine: str) -> type[PageTable]:
+    """The page table a device on `engine` gives each file."""
+    check(engine)
+    return NativeTable if engine == "native" else PageTable
+
+
+def tier_class(engine: str) -> type[DramTier[Any, Any]]:
+    """The DRAM tier a device on `engine` keeps its promoted pages in."""
+    check(engine)
+    return NativeTier if engine == "native" else DramTier
 
 
 # (data, first page, stop page) -> the Encoded tuples of those whole pages

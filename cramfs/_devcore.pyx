@@ -1,0 +1,325 @@
+# cython: language_level=3, boundscheck=True, wraparound=False, initializedcheck=True
+"""The native engine's page transitions: device.py's hot paths, compiled.
+
+`device.Device` is the reference: every page transition is decided there, in
+Python. A device on the native engine is a `device.NativeDevice`, whose class
+puts this `NativeCore` in front of `Device` in the method order. NativeCore
+keeps the state those transitions touch in C fields (Device's code reaches
+them as ordinary attributes) and re-implements only their common case:
+installing and releasing a slot, a page stored far from capacity, a fault
+promoting a page, a clean demotion, the usage check after each. Anything
+else (write control near capacity, injected costs, wide same-filled words,
+release_delay, level changes) is handed to the reference implementation
+itself, through `super(NativeCore, self)`, so there is one definition of
+every rule and this file only makes the frequent path cheaper.
+
+tests/test_engine.py drives a Device and a NativeDevice with the same random
+operations and demands equal results, counters, mm_stat and events.
+"""
+
+from libc.stdint cimport int64_t, uint64_t
+from libc.string cimport memcpy
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+
+from collections import OrderedDict
+
+from ._pagetable cimport NativeTable
+
+from .compressors import BY_ID
+
+DEF PAGE = 4096
+DEF KIND_MASK = 7
+DEF SAME = 1
+DEF DEVICE = 2
+DEF FALLBACK = 3
+DEF PROMOTED = 4
+DEF ALGO_SHIFT = 3
+DEF HUGE_BIT = 32
+DEF HANDLE_SHIFT = 6
+DEF WIDE_WORD = 64
+DEF INJECTED_POISON = 13        # pack(POISONED, algo=1)
+DEF DIRTY = -1
+DEF NONE_ID = 2
+DEF INLINE_LIMIT = 1 << 56
+
+cdef uint64_t INLINE_MASK = (<uint64_t>1 << 57) - 1
+
+
+# A device on the native engine has NativeTables, called here without Python; a table
+# of any other kind still works, through its methods.
+cdef inline uint64_t t_get(table, long long idx) except? 0:
+    if type(table) is NativeTable:
+        return (<NativeTable>table).get(idx)
+    return table.get(idx)
+
+
+cdef inline int t_set(table, long long idx, uint64_t word) except -1:
+    if type(table) is NativeTable:
+        (<NativeTable>table).set(idx, word)
+    else:
+        table.set(idx, word)
+    return 0
+
+
+cdef inline uint64_t t_clear(table, long long idx) except? 0:
+    if type(table) is NativeTable:
+        return (<NativeTable>table).clear(idx)
+    return table.clear(idx)
+
+
+cdef class NativeTier:
+    """tier.DramTier compiled: the same OrderedDict in LRU order, without a Python
+    frame per call (a promotion and its demotion make five of them)."""
+
+    cdef object _pages
+
+    def __init__(self):
+        self._pages = OrderedDict()
+
+    def __len__(self):
+        return len(self._pages)
+
+    cpdef put(self, key, data):
+        """Insert as most recently used."""
+        self._pages[key] = data
+        self._pages.move_to_end(key)
+
+    cpdef get(self, key):
+        """Return the page and mark it most recently used."""
+        self._pages.move_to_end(key)
+        return self._pages[key]
+
+    cpdef peek(self, key):
+        return self._pages[key]
+
+    cpdef pop(self, key):
+        return self._pages.pop(key)
+
+    cpdef oldest(self):
+        """The least recently used key, or None when empty."""
+        return next(iter(self._pages), None)
+
+
+cdef class NativeCore:
+    # what the transitions read and write on every page, as C fields
+    cdef public object pool
+    cdef public object fallback
+    cdef public object tier
+    cdef public object words
+    cdef public object counters
+    cdef public object config
+    cdef public list pages
+    cdef public long long huge_pages
+    cdef public long long charged
+    cdef public long long _extra
+    cdef public long long injected_poison
+    cdef public long long mem_used_max
+    cdef public long long pending_bytes
+    cdef public object _pending
+    cdef public bint tracking
+    cdef public double inflate
+    cdef public double _quiet_low
+    cdef public double _quiet_high
+    cdef public object _easy_below
+    cdef public int _algo
+    cdef public bint _zswap
+    cdef public bint _promote
+    cdef public long long _tier_budget
+    cdef public bint _direct_dram
+    cdef public object _encode
+    # everything else Device keeps stays an ordinary attribute, in NativeDevice's __dict__
+
+    # ------------------------------------------------------------ slots
+
+    cpdef _install(self, table, long long idx, uint64_t word, long long charge=0,
+                   long long extra=0):
+        cdef int kind = word & KIND_MASK
+        cdef NativeTable nt = table if type(table) is NativeTable else None
+        t_set(table, idx, word)
+        self.pages[kind] += 1
+        if kind == DEVICE:
+            if nt is not None:
+                nt.stored_pages += 1
+                nt.physical_bytes += charge + extra
+            else:
+                table.stored_pages += 1
+                table.physical_bytes += charge + extra
+            self.charged += charge + extra
+            if self.tracking:
+                table.renew(idx, self._now())
+            if extra:
+                table.extra[idx] = extra
+                self._extra += extra
+            if word & HUGE_BIT:
+                self.huge_pages += 1
+                self.counters.huge_pages_since += 1
+        elif kind == SAME:
+            table.stored_pages += 1
+        elif kind == PROMOTED:
+            if nt is not None:
+                nt.promoted_pages += 1
+            else:
+                table.promoted_pages += 1
+        elif word == INJECTED_POISON:
+            self.injected_poison += 1
+
+    cpdef uint64_t _release(self, table, long long idx) except? 0:
+        """Make a slot a hole and free whatever it held; return the old word."""
+        cdef uint64_t word
+        cdef int kind
+        cdef long long charge, extra
+        if self.config.release_delay:
+            return super(NativeCore, self)._release(table, idx)
+        cdef NativeTable nt = table if type(table) is NativeTable else None
+        word = t_clear(table, idx)
+        if not word:
+            return 0
+        kind = word & KIND_MASK
+        self.pages[kind] -= 1
+        if kind == DEVICE:
+            charge = self.pool.free(word >> HANDLE_SHIFT)
+            extra = table.extra.pop(idx, 0) if table.extra else 0
+            if nt is not None:
+                nt.stored_pages -= 1
+                nt.physical_bytes -= charge + extra
+            else:
+                table.stored_pages -= 1
+                table.physical_bytes -= charge + extra
+            self.charged -= charge + extra
+            self._extra -= extra
+            if word & HUGE_BIT:
+                self.huge_pages -= 1
+        elif kind == SAME:
+            table.stored_pages -= 1
+            if word & WIDE_WORD:
+                self.words.free(word >> (HANDLE_SHIFT + 1))
+        elif kind == FALLBACK:
+            self.fallback.free(word >> HANDLE_SHIFT)
+        elif kind == PROMOTED:
+            if type(self.tier) is NativeTier:
+                (<NativeTier>self.tier).pop((table, idx))
+            else:
+                self.tier.pop((table, idx))
+            if nt is not None:
+                nt.promoted_pages -= 1
+            else:
+                table.promoted_pages -= 1
+        elif word == INJECTED_POISON:
+            self.injected_poison -= 1
+        return word
+
+    cpdef _refresh(self, bint overflowed=False, bint settings=False):
+        cdef long long used
+        if self._pending:
+            return super(NativeCore, self)._refresh(overflowed, settings)
+        used = self.pool.used_bytes + self._extra
+        if used > self.mem_used_max:
+            self.mem_used_max = used
+        if not (overflowed or settings) and self._quiet_low <= used < self._quiet_high:
+            return
+        return super(NativeCore, self)._refresh(overflowed, settings)
+
+    # ------------------------------------------------------------ page paths
+
+    cpdef bint _store(self, table, long long idx, tuple enc, bint demoting,
+                      bint force=False) except -1:
+        cdef object word = enc[0]
+        cdef bytes blob
+        cdef uint64_t old
+        cdef int64_t value
+        cdef Py_ssize_t size
+        if word is not None:
+            if PyBytes_GET_SIZE(word) != 8:
+                return super(NativeCore, self)._store(table, idx, enc, demoting, force)
+            memcpy(&value, PyBytes_AS_STRING(word), 8)       # little-endian, as the table's
+            if not -INLINE_LIMIT <= value < INLINE_LIMIT:
+                return super(NativeCore, self)._store(table, idx, enc, demoting, force)
+            old = self._release(table, idx)
+            if value == 0 and (old & KIND_MASK) in (DEVICE, FALLBACK, PROMOTED):
+                self.counters.zero_released_pages += 1
+            self._install(table, idx, (((<uint64_t>value & INLINE_MASK) << 1) << HANDLE_SHIFT)
+                          | SAME)
+            self._refresh()
+            return True
+        blob = enc[1]
+        if self.inflate != 1 or (self.pool.used_bytes + self._extra > self._easy_below
+                                 and not force):
+            return super(NativeCore, self)._store(table, idx, enc, demoting, force)
+        size = len(blob)
+        self._release(table, idx)
+        self._install(table, idx, <uint64_t>self.pool.put(blob) << HANDLE_SHIFT
+                      | (HUGE_BIT if enc[3] else 0) | <uint64_t>enc[2] << ALGO_SHIFT | DEVICE,
+                      self.pool.charge(size), 0)
+        self._refresh()
+        return True
+
+    cpdef _write_page(self, table, long long idx, object page, object enc=None,
+                      bint force=False):
+        if self._direct_dram:
+            return super(NativeCore, self)._write_page(table, idx, page, enc, force)
+        self._store(table, idx, enc or self._encode(page), False, force)
+
+    cpdef bint _demote_one(self) except -1:
+        tier = self.tier
+        key = (<NativeTier>tier).oldest() if type(tier) is NativeTier else tier.oldest()
+        if key is None:
+            return False
+        table, idx = key
+        kept = (<NativeTier>tier).peek(key) if type(tier) is NativeTier else tier.peek(key)
+        algo = kept[2]
+        if algo == DIRTY:
+            kept = self._encode(kept[1])
+        elif algo != self._algo and algo != NONE_ID:
+            kept = self._encode(BY_ID[algo].decompress(kept[1]))   # the compressor changed
+        if not self._store(table, idx, kept, True):
+            return False
+        self.counters.demotions += 1
+        return True
+
+    cpdef bint _tier_room(self) except -1:
+        tier = self.tier
+        while len(tier) >= self._tier_budget:
+            if not self._demote_one():
+                return False
+        return True
+
+    cpdef _to_dram(self, table, long long idx, tuple kept):
+        if type(self.tier) is NativeTier:
+            (<NativeTier>self.tier).put((table, idx), kept)
+        else:
+            self.tier.put((table, idx), kept)
+        self._install(table, idx, PROMOTED)
+        self._refresh()
+
+    cpdef bytes _read_page(self, table, long long idx, object data=None):
+        """Serve one page; `data` is its decompressed content if already known."""
+        cdef uint64_t word = t_get(table, idx)
+        cdef int kind = word & KIND_MASK
+        cdef int algo
+        cdef bint promote
+        cdef bytes blob
+        if kind != DEVICE and kind != FALLBACK:
+            return self._peek(table, idx, True)
+        promote = self._promote
+        algo = word >> ALGO_SHIFT & 3
+        # one copy out of the pool serves both the decompression and the promotion
+        blob = b""
+        if data is None or promote:
+            blob = (self.pool if kind == DEVICE else self.fallback).get(word >> HANDLE_SHIFT)
+        if data is None:
+            data = BY_ID[algo].decompress(blob)
+        if self.tracking:
+            table.touch(idx, self._now())
+        if self._zswap:
+            # Every access faults; the page goes back to DRAM and the compressed
+            # copy is released (zswap loads are exclusive).
+            self.counters.faults += 1
+            if promote:
+                if self._tier_room():
+                    kept = (None, blob, algo, bool(word & HUGE_BIT))
+                    self._release(table, idx)
+                    self._to_dram(table, idx, kept)
+                    self.counters.promotions += 1
+                else:
+                    self.counters.promotions_skipped += 1
+        return data
