@@ -24,6 +24,7 @@ cdef extern from "lz4.h" nogil:
     int LZ4_versionNumber()
 
 DEF PAGE = 4096
+DEF LZ4_BOUND_PAGE = 4096 + 4096 // 255 + 16     # LZ4_COMPRESSBOUND(4096)
 
 
 def lz4_version() -> int:
@@ -91,3 +92,33 @@ def encode_lz4_pages(bytes data, Py_ssize_t lo, Py_ssize_t hi, int ident, int no
         free(out)
         free(sizes)
     return result
+
+
+cdef class Lz4PageEncoder:
+    """`device.encoder("lz4", huge_threshold)` for one page at a time, compiled: the swap
+    path writes single pages, where a Python encoder's checks cost as much as lz4."""
+
+    cdef int ident
+    cdef int none_id
+    cdef int huge_threshold
+
+    def __init__(self, int ident, int none_id, int huge_threshold):
+        self.ident = ident
+        self.none_id = none_id
+        self.huge_threshold = huge_threshold
+
+    def __call__(self, bytes page):
+        cdef char out[LZ4_BOUND_PAGE]
+        cdef int size
+        cdef const char *src
+        if page is None or PyBytes_GET_SIZE(page) != PAGE:
+            raise ValueError("Lz4PageEncoder takes one whole page")
+        src = PyBytes_AS_STRING(page)
+        if same_filled(src):
+            return (PyBytes_FromStringAndSize(src, 8), b"", 0, False)
+        size = LZ4_compress_default(src, out, PAGE, LZ4_BOUND_PAGE)   # too short to drop the GIL
+        if size <= 0 or size > LZ4_BOUND_PAGE:
+            raise RuntimeError(f"LZ4_compress_default failed ({size})")
+        if size >= self.huge_threshold:
+            return (None, page, self.none_id, True)
+        return (None, PyBytes_FromStringAndSize(out, size), self.ident, False)

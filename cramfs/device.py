@@ -36,7 +36,14 @@ from typing import Any, NoReturn
 from . import parallel
 from .compressors import BY_ID, COMPRESSORS, describe
 from .config import SETTINGS, DeviceConfig
-from .engine import NativeCore, make_pool, request_encoder, table_class, tier_class
+from .engine import (
+    NativeCore,
+    make_pool,
+    page_encoder,
+    request_encoder,
+    table_class,
+    tier_class,
+)
 from .events import EventLog
 from .levels import CRITICAL, LevelTracker, pressure, pressure_band
 from .pagetable import (
@@ -196,7 +203,8 @@ class Device:
     def _configured(self) -> None:
         """Recompute what is derived from the settings (after any change)."""
         c = self.config
-        self._encode = encoder(c.compressor, c.huge_threshold)
+        self._encode = page_encoder(c.engine, c.compressor, c.huge_threshold) or encoder(
+            c.compressor, c.huge_threshold)
         self._encode_request = request_encoder(c.engine, c.compressor, c.huge_threshold)
         self._algo = COMPRESSORS[c.compressor].ident
         self._direct_dram = c.mode == "direct" and c.dram >= PAGE_SIZE

@@ -27,7 +27,7 @@ ENGINES = ("native", "python")
 
 try:
     from ._devcore import NativeCore, NativeTier
-    from ._pagecodec import encode_lz4_pages
+    from ._pagecodec import Lz4PageEncoder, encode_lz4_pages
     from ._pagetable import NativeTable
     from ._zspool import NativePool
 except ImportError:          # not built: a checkout used without `pip install`
@@ -36,6 +36,7 @@ except ImportError:          # not built: a checkout used without `pip install`
     NativePool = None  # type: ignore[assignment,misc]
     NativeTable = None  # type: ignore[assignment,misc]
     encode_lz4_pages = None  # type: ignore[assignment]
+    Lz4PageEncoder = None  # type: ignore[assignment,misc]
 
 AnyPool = ArenaPool | NativePool     # what make_pool returns: the interface and then some
 
@@ -79,6 +80,18 @@ def tier_class(engine: str) -> type[DramTier[Any, Any]]:
 
 # (data, first page, stop page) -> the Encoded tuples of those whole pages
 RequestEncoder = Callable[[bytes, int, int], list[tuple[bytes | None, bytes, int, bool]]]
+
+
+EncodedPage = tuple[bytes | None, bytes, int, bool]      # device.Encoded
+
+
+def page_encoder(engine: str, compressor: str,
+                 huge_threshold: int) -> Callable[[bytes], EncodedPage] | None:
+    """The native one-page encoder for these settings, or None where device.encoder()'s
+    Python one is used (the python engine; compressors other than lz4)."""
+    if engine != "native" or compressor != "lz4" or Lz4PageEncoder is None:
+        return None
+    return Lz4PageEncoder(COMPRESSORS["lz4"].ident, COMPRESSORS["none"].ident, huge_threshold)
 
 
 def request_encoder(engine: str, compressor: str, huge_threshold: int) -> RequestEncoder | None:

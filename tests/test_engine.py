@@ -149,6 +149,9 @@ def test_native_request_encoder_matches_the_python_one(kinds, threshold, threads
     python = encoder("lz4", threshold)
     want = [python(data[i:i + P]) for i in range(0, len(data), P)]
     assert native(data, 0, len(kinds)) == want
+    one = engine.page_encoder("native", "lz4", threshold)
+    assert one is not None
+    assert [one(data[i:i + P]) for i in range(0, len(data), P)] == want
     assert parallel.map_parts(functools.partial(native, data), len(kinds), threads) == want
     if kinds:
         assert native(data, 1, len(kinds)) == want[1:]
