@@ -7,10 +7,10 @@ about as much as lz4 itself. Here one call encodes every page of a request,
 with the GIL released once for all of them, so worker threads given parts
 of a large request really run in parallel.
 
-The result is `device.encoder()`'s, page for page: Debian's liblz4 and the
-one python-lz4 bundles are both 1.9.4, and LZ4_compress_default is what
-`lz4.block.compress(store_size=False)` runs; tests/test_engine.py holds
-the two to the same bytes. Only length-checked C calls are used: every
+The result is `device.encoder()`'s, page for page: scripts/setup builds
+python-lz4 against the same Debian liblz4 this module links, and each page
+goes through the same calls python-lz4 makes (a fresh stream, then
+compress_continue); tests/test_engine.py holds the two to the same bytes. Only length-checked C calls are used: every
 output buffer is LZ4_compressBound() long and its size is passed in.
 """
 
@@ -18,13 +18,29 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 
+DEF PAGE = 4096
+DEF LZ4_BOUND_PAGE = 4096 + 4096 // 255 + 16     # LZ4_COMPRESSBOUND(4096)
+
 cdef extern from "lz4.h" nogil:
-    int LZ4_compress_default(const char *src, char *dst, int srcSize, int dstCapacity)
+    ctypedef struct LZ4_stream_t:
+        pass
+    int LZ4_sizeofState()
+    LZ4_stream_t *LZ4_initStream(void *buffer, size_t size)
+    int LZ4_compress_fast_continue(LZ4_stream_t *stream, const char *src, char *dst,
+                                   int srcSize, int dstCapacity, int acceleration)
     int LZ4_compressBound(int inputSize)
     int LZ4_versionNumber()
 
-DEF PAGE = 4096
-DEF LZ4_BOUND_PAGE = 4096 + 4096 // 255 + 16     # LZ4_COMPRESSBOUND(4096)
+
+cdef inline int compress_page(void *state, const char *src, char *dst, int capacity) noexcept nogil:
+    """One page as `lz4.block.compress(page, store_size=False)` compresses it: a fresh
+    stream, then compress_continue (one-shot LZ4_compress_default emits other bytes for
+    some pages). `state` is LZ4_sizeofState() bytes."""
+    cdef LZ4_stream_t *stream = LZ4_initStream(state, LZ4_sizeofState())
+    if stream == NULL:
+        return -1
+    return LZ4_compress_fast_continue(stream, src, dst, PAGE, capacity, 1)
+
 
 
 def lz4_version() -> int:
@@ -54,6 +70,7 @@ def encode_lz4_pages(bytes data, Py_ssize_t lo, Py_ssize_t hi, int ident, int no
     cdef const char *src
     cdef char *out = NULL
     cdef int *sizes = NULL
+    cdef void *state = NULL
     if data is None:
         raise TypeError("encode_lz4_pages() needs bytes")
     n = PyBytes_GET_SIZE(data)
@@ -66,9 +83,11 @@ def encode_lz4_pages(bytes data, Py_ssize_t lo, Py_ssize_t hi, int ident, int no
         return result
     out = <char *>malloc(npages * bound)
     sizes = <int *>malloc(npages * sizeof(int))
-    if out == NULL or sizes == NULL:
+    state = malloc(LZ4_sizeofState())
+    if out == NULL or sizes == NULL or state == NULL:
         free(out)
         free(sizes)
+        free(state)
         raise MemoryError()
     try:
         with nogil:
@@ -76,12 +95,12 @@ def encode_lz4_pages(bytes data, Py_ssize_t lo, Py_ssize_t hi, int ident, int no
                 if same_filled(src + i * PAGE):
                     sizes[i] = -1
                 else:
-                    sizes[i] = LZ4_compress_default(src + i * PAGE, out + i * bound, PAGE, bound)
+                    sizes[i] = compress_page(state, src + i * PAGE, out + i * bound, bound)
         for i in range(npages):
             if sizes[i] == -1:
                 result.append((PyBytes_FromStringAndSize(src + i * PAGE, 8), b"", 0, False))
             elif sizes[i] <= 0 or sizes[i] > bound:
-                raise RuntimeError(f"LZ4_compress_default failed ({sizes[i]})")
+                raise RuntimeError(f"LZ4 compression failed ({sizes[i]})")
             elif sizes[i] >= huge_threshold:
                 result.append((None, PyBytes_FromStringAndSize(src + i * PAGE, PAGE), none_id,
                                True))
@@ -91,6 +110,7 @@ def encode_lz4_pages(bytes data, Py_ssize_t lo, Py_ssize_t hi, int ident, int no
     finally:
         free(out)
         free(sizes)
+        free(state)
     return result
 
 
@@ -101,6 +121,15 @@ cdef class Lz4PageEncoder:
     cdef int ident
     cdef int none_id
     cdef int huge_threshold
+    cdef void *state
+
+    def __cinit__(self):
+        self.state = malloc(LZ4_sizeofState())
+        if self.state == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.state)
 
     def __init__(self, int ident, int none_id, int huge_threshold):
         self.ident = ident
@@ -116,9 +145,9 @@ cdef class Lz4PageEncoder:
         src = PyBytes_AS_STRING(page)
         if same_filled(src):
             return (PyBytes_FromStringAndSize(src, 8), b"", 0, False)
-        size = LZ4_compress_default(src, out, PAGE, LZ4_BOUND_PAGE)   # too short to drop the GIL
+        size = compress_page(self.state, src, out, LZ4_BOUND_PAGE)   # too short to drop the GIL
         if size <= 0 or size > LZ4_BOUND_PAGE:
-            raise RuntimeError(f"LZ4_compress_default failed ({size})")
+            raise RuntimeError(f"LZ4 compression failed ({size})")
         if size >= self.huge_threshold:
             return (None, page, self.none_id, True)
         return (None, PyBytes_FromStringAndSize(out, size), self.ident, False)
