@@ -26,6 +26,7 @@ from collections import OrderedDict
 from ._pagetable cimport NativeTable
 
 from .compressors import BY_ID
+from .parallel import MIN_BATCH
 
 DEF PAGE = 4096
 DEF KIND_MASK = 7
@@ -323,3 +324,28 @@ cdef class NativeCore:
                 else:
                     self.counters.promotions_skipped += 1
         return data
+
+    # ------------------------------------------------------------ requests
+
+    cpdef bytes read(self, table, long long off, long long size):
+        """Device.read, without the comp_threads decoding of large reads."""
+        cdef long long first = off // PAGE, start = off % PAGE
+        cdef long long count = (off + size - 1) // PAGE - first + 1
+        cdef long long k
+        cdef bytes page
+        if off < 0 or size <= 0 or (self.config.comp_threads and count >= MIN_BATCH):
+            return super(NativeCore, self).read(table, off, size)
+        self.counters.reads += count
+        if count == 1:
+            page = self._read_page(table, first)
+            return page if size == PAGE else page[start:start + size]
+        data = b"".join([self._read_page(table, first + k) for k in range(count)])
+        return data[start:start + size]
+
+    cpdef long long write(self, table, long long off, object data) except -1:
+        """Device.write's one-page case (the swap path); the rest is Device.write."""
+        if off >= 0 and off % PAGE == 0 and len(data) == PAGE:
+            self.counters.writes += 1
+            self._write_page(table, off // PAGE, data)
+            return PAGE
+        return super(NativeCore, self).write(table, off, data)
