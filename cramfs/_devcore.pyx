@@ -230,7 +230,7 @@ cdef class NativeCore:
         cdef int64_t value
         cdef Py_ssize_t size
         if word is not None:
-            if PyBytes_GET_SIZE(word) != 8:
+            if type(word) is not bytes or PyBytes_GET_SIZE(word) != 8:
                 return super(NativeCore, self)._store(table, idx, enc, demoting, force)
             memcpy(&value, PyBytes_AS_STRING(word), 8)       # little-endian, as the table's
             if not -INLINE_LIMIT <= value < INLINE_LIMIT:
