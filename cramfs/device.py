@@ -195,8 +195,11 @@ class Device:
         self._pending: collections.deque[tuple[float, int]] = collections.deque()
         self.pending_bytes = 0
         self._level_listeners: list[Callable[[str], None]] = []
-        # every table that may hold device pages, for compaction to rewrite
-        self._tables: weakref.WeakSet[PageTable] = weakref.WeakSet()
+        # every table that may hold device pages, for compaction, idle and recompression
+        # to walk: in creation order (a WeakSet's order follows addresses, and two runs
+        # of the same operations must make the same choices)
+        self._tables: dict[int, weakref.ref[PageTable]] = {}
+        self._next_table = 0
         self._table_class = table_class(self.config.engine)
         self._configured()
 
@@ -266,8 +269,15 @@ class Device:
         table = self._table_class(name)
         if self.tracking:
             table.track(self._now())
-        self._tables.add(table)
+        key, tables = self._next_table, self._tables
+        # a gone table drops out by itself (the callback holds the dict, not the device)
+        tables[key] = weakref.ref(table, lambda _: tables.pop(key, None))
+        self._next_table += 1
         return table
+
+    def tables(self) -> list[PageTable]:
+        """The live tables, oldest first."""
+        return [t for ref in list(self._tables.values()) if (t := ref()) is not None]
 
     def on_change(self, listener: Callable[[str], None]) -> None:
         """Call `listener("danger")` when the level changes and `listener("pressure")`
@@ -713,7 +723,7 @@ class Device:
         if moves and self._pending:
             self._pending = collections.deque((t, rebase(h, moves)) for t, h in self._pending)
         if moves:
-            for table in list(self._tables):
+            for table in self.tables():
                 for idx, word in table.items():
                     if word & KIND_MASK == DEVICE:
                         handle = word >> HANDLE_SHIFT
@@ -737,7 +747,7 @@ class Device:
         already stored count as accessed now, their history being unknown."""
         if not self.tracking:
             now = self._now()
-            for table in list(self._tables):
+            for table in self.tables():
                 table.track(now)
             self.tracking = True
 
@@ -747,7 +757,7 @@ class Device:
         self._track()
         cutoff = self._now() - (older_than or 0)
         marked = 0
-        for table in list(self._tables):
+        for table in self.tables():
             for idx, word in table.items():
                 if word & KIND_MASK != DEVICE:
                     continue
@@ -777,7 +787,7 @@ class Device:
         second = COMPRESSORS[self.recomp_algorithm]
         want_idle, want_huge = kind in ("idle", "huge_idle"), kind in ("huge", "huge_idle")
         tried = done = 0
-        for table in list(self._tables):
+        for table in self.tables():
             for idx, word in table.items():
                 if max_pages is not None and tried >= max_pages:
                     break
