@@ -9,17 +9,20 @@ Nothing here knows about FUSE; the adapter serves these as files.
 
 from __future__ import annotations
 
+import errno
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import hostmem
+from . import hostmem, trace
 from .compressors import COMPRESSORS
 from .config import SETTINGS
 from .device import DeviceError
 from .namespace import Inode, Namespace
 from .pool import ClassStats
 from .stats import BYTES, FRACTION, IO_STAT, MM_STAT, NUMERIC, STATS, Stat
+from .trace import Recorder
 from .units import PAGE_SIZE, format_size, parse_decimal, parse_int, parse_size, shown
 
 Show = Callable[[Namespace], str]
@@ -37,7 +40,7 @@ class Attribute:
     @property
     def mode(self) -> int:
         if self.private:
-            return 0o400
+            return 0o600 if self.store else 0o400
         if self.show and self.store:
             return 0o644
         return 0o444 if self.show else 0o200
@@ -146,7 +149,21 @@ def store(ns: Namespace, attr: Attribute, data: bytes) -> None:
         text = data.decode()
     except UnicodeDecodeError:
         ns.device.reject(attr.name, "input is not UTF-8 text")
-    attr.store(ns, text)
+    rec = ns.recorder
+    if rec is None or attr.name == "trace":
+        attr.store(ns, text)
+        return
+    # recorded as one control write, not as the namespace calls it makes (reset, discard)
+    ns.recorder = None
+    try:
+        attr.store(ns, text)
+    except DeviceError as e:
+        rec.record(trace.CONTROL, result=-e.errno, payload=f"{attr.name}\0{text}".encode())
+        raise
+    finally:
+        if ns.recorder is None:
+            ns.recorder = rec
+    rec.record(trace.CONTROL, payload=f"{attr.name}\0{text}".encode())
 
 
 def _store_reset(ns: Namespace, text: str) -> None:
@@ -282,6 +299,62 @@ def _store_recompress(ns: Namespace, text: str) -> None:
     ns.device.recompress(kind, max_pages, threshold)
 
 
+def _store_trace(ns: Namespace, text: str) -> None:
+    """`start PATH` records from now on into PATH (a file off this mount); `stop` ends."""
+    words = text.strip(" \t\n").split(maxsplit=1)
+    rec = ns.recorder
+    if words == ["stop"]:
+        if rec is None or not rec.active:
+            ns.device.reject("trace", "not recording")
+        stop_trace(ns)
+        return
+    if len(words) != 2 or words[0] != "start" or not words[1].startswith("/"):
+        ns.device.reject("trace", f"expected 'start /ABSOLUTE/PATH' or 'stop', got {shown(text)}")
+    if rec is not None and rec.active:
+        raise DeviceError(errno.EBUSY, f"trace: already recording to {rec.path}")
+    dev = ns.device
+    header = {
+        "settings": {name: dev.config.show(name) for name in SETTINGS},
+        "empty": not ns.by_name and not any(dev.pages),
+        "mm_stat": dev.mm_stat(),
+        "device_age": dev.age(),
+        "started": time.time(),
+    }
+    ns.recorder = Recorder(words[1], header, ns.mountpoint)
+    dev.events.add("trace", f"recording to {shown(words[1])}"
+                   + ("" if header["empty"] else " (the device was not empty: a replay "
+                                                 "will not be exact)"))
+
+
+def stop_trace(ns: Namespace) -> None:
+    """End a recording with the device's final state (also at unmount)."""
+    rec = ns.recorder
+    if rec is None:
+        return
+    dev = ns.device
+    rec.stop({"mm_stat": dev.mm_stat(), "stats": dev.stats()})
+    ns.recorder = None
+    dev.events.add("trace", f"stopped: {rec.events} events in {shown(rec.path)}")
+
+
+def check_trace(ns: Namespace) -> None:
+    """Tell the events log once when a recording stopped on its own (a full disk)."""
+    rec = ns.recorder
+    if rec is not None and rec.error is not None and not rec.reported:
+        rec.reported = True
+        ns.device.events.add("trace", f"recording stopped: {rec.error}")
+
+
+def _show_trace(ns: Namespace) -> str:
+    check_trace(ns)
+    rec = ns.recorder
+    if rec is None:
+        return "off\n"
+    if rec.error is not None:
+        return f"stopped: {rec.error} ({rec.events} events in {rec.path})\n"
+    return f"recording {rec.path} {rec.events} events\n"
+
+
 def _store_compact(ns: Namespace, text: str) -> None:
     _expect(ns, "compact", text, "1", "compact")
     ns.device.compact()
@@ -351,6 +424,7 @@ ATTRIBUTES: dict[str, Attribute] = {a.name: a for a in (
     Attribute("recompress", store=_store_recompress),
     Attribute("pool", _show_pool),
     Attribute("inject", _show_inject, _store_inject),
+    Attribute("trace", _show_trace, _store_trace, private=True),
 )}
 
 

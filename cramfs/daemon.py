@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import logging
 import logging.handlers
 import os
@@ -21,6 +22,7 @@ from collections.abc import Callable
 import pyfuse3
 import trio
 
+from . import control
 from .cli import MountRequest
 from .device import Device
 from .fuse_ops import CramOperations
@@ -109,6 +111,7 @@ def serve(req: MountRequest, ready_fd: int | None) -> int:
     if os.geteuid() == 0:
         harden()
     ns = Namespace(Device(req.config))
+    ns.mountpoint = req.mountpoint
     ops = CramOperations(ns)
     try:
         pyfuse3.init(ops, req.mountpoint, req.fuse_options())
@@ -127,15 +130,30 @@ def serve(req: MountRequest, ready_fd: int | None) -> int:
         os.close(ready_fd)
         _detach_stdio()
     try:
-        trio.run(serve_until_unmounted, req.mountpoint, ns.device.tick)
+        trio.run(serve_until_unmounted, req.mountpoint, functools.partial(_tick, ns))
     except BaseException:
         log.exception("main loop failed")
         pyfuse3.close(unmount=True)
+        _end_trace(ns)
         return 1
     pyfuse3.close(unmount=True)      # the session is over: this detaches nothing busy
+    _end_trace(ns)
     ns.device.close()
     log.info("unmounted %s", req.mountpoint)
     return 0
+
+
+def _tick(ns: Namespace) -> None:
+    ns.device.tick()
+    control.check_trace(ns)
+
+
+def _end_trace(ns: Namespace) -> None:
+    """A recording still on at unmount ends there, with the final state."""
+    rec = ns.recorder
+    if rec is not None:
+        control.stop_trace(ns)
+        rec.join(timeout=30)
 
 
 def _detach_stdio() -> None:

@@ -167,7 +167,9 @@ class Device:
 
     def __init__(self, config: DeviceConfig | None = None, pool: Pool | None = None,
                  fallback_pool: Pool | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._monotonic = monotonic    # access ages and delayed releases (a replay's own clock)
         self.config = config or DeviceConfig()
         self.config.check()
         self.mount_physical = self.config.physical
@@ -189,7 +191,7 @@ class Device:
         self.injected_poison = 0             # poisoned pages that inject made, not overflow
         self.tracking = False                # per-page access ages kept (idle, recompress)
         self.recomp_algorithm: str | None = None
-        self._epoch = time.monotonic()
+        self._epoch = self._monotonic()
         self._link_free = 0.0                # when the emulated media's link is next idle
         # freed device objects still charged, oldest first (release_delay)
         self._pending: collections.deque[tuple[float, int]] = collections.deque()
@@ -287,7 +289,7 @@ class Device:
     def _refresh(self, overflowed: bool = False, settings: bool = False) -> None:
         """Track the peak, the level and the pressure after usage or `settings` changed."""
         if self._pending:
-            self.release_pending(time.monotonic())
+            self.release_pending(self._monotonic())
         used = self.pool.used_bytes + self._extra
         if used > self.mem_used_max:
             self.mem_used_max = used
@@ -346,7 +348,7 @@ class Device:
             if self.config.release_delay:
                 # the file lets go now; the device gets the memory back later
                 charge = self.pool.charge_of(handle)
-                deadline = max(time.monotonic() + self.config.release_delay / 1000,
+                deadline = max(self._monotonic() + self.config.release_delay / 1000,
                                self._pending[-1][0] if self._pending else 0.0)
                 self._pending.append((deadline, handle))
                 self.pending_bytes += charge
@@ -738,9 +740,13 @@ class Device:
 
     # ------------------------------------------------------------ idle and recompression
 
+    def age(self) -> float:
+        """Seconds since the device started, on its own clock."""
+        return self._monotonic() - self._epoch
+
     def _now(self) -> int:
         """Seconds since the device started, plus 1: an access age (0 means idle)."""
-        return int(time.monotonic() - self._epoch) + 1
+        return int(self._monotonic() - self._epoch) + 1
 
     def _track(self) -> None:
         """Start keeping access ages (4 bytes a page) from the first use on; pages

@@ -15,9 +15,12 @@ import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+from . import trace
 from .device import Device, DeviceError
 from .pagetable import PageTable
+from .trace import Recorder
 from .units import PAGE_SIZE
 
 NAME_MAX = 255
@@ -65,7 +68,24 @@ class Namespace:
         # told the names that went away behind the kernel's back (reset), so the
         # adapter can have the kernel forget them
         self.on_names_dropped: list[Callable[[list[str]], None]] = []
+        # .cram/trace: every call below that changes or reads data is recorded
+        self.recorder: Recorder | None = None
+        self.mountpoint: str | None = None      # set by the daemon; a trace must not be here
 
+    def _traced(self, op: int, ino: int, a: int, b: int, payload: bytes,
+                fn: Callable[..., Any], *args: Any) -> Any:
+        """fn(*args), recorded with its result (bytes done, or -errno) if tracing."""
+        rec = self.recorder
+        if rec is None:
+            return fn(*args)
+        try:
+            out = fn(*args)
+        except DeviceError as e:
+            rec.record(op, ino, a, b, -e.errno, payload)
+            raise
+        rec.record(op, ino, a, b, out if isinstance(out, int) else len(out)
+                   if isinstance(out, bytes) else 0, payload)
+        return out
     # ------------------------------------------------------------ names
 
     def lookup(self, name: str) -> Inode:
@@ -93,6 +113,18 @@ class Namespace:
         return inode
 
     def create(self, name: str, mode: int, uid: int, gid: int) -> Inode:
+        rec = self.recorder
+        if rec is None:
+            return self._create(name, mode, uid, gid)
+        try:
+            inode = self._create(name, mode, uid, gid)
+        except DeviceError as e:
+            rec.record(trace.CREATE, 0, mode, uid << 32 | gid, -e.errno, _b(name))
+            raise
+        rec.record(trace.CREATE, inode.ino, mode, uid << 32 | gid, 0, _b(name))
+        return inode
+
+    def _create(self, name: str, mode: int, uid: int, gid: int) -> Inode:
         check_name(name)
         if name in self.by_name or name in RESERVED_NAMES:
             raise DeviceError(errno.EEXIST, f"{name!r} exists")
@@ -106,6 +138,9 @@ class Namespace:
         return inode
 
     def unlink(self, name: str) -> None:
+        self._traced(trace.UNLINK, 0, 0, 0, _b(name), self._unlink, name)
+
+    def _unlink(self, name: str) -> None:
         if name in RESERVED_NAMES:
             raise DeviceError(errno.EPERM, f"{name} cannot be removed")
         inode = self.lookup(name)
@@ -116,6 +151,10 @@ class Namespace:
 
     def rename(self, old: str, new: str, exchange: bool = False,
                noreplace: bool = False) -> None:
+        self._traced(trace.RENAME, 0, exchange, noreplace, _b(old) + b"\0" + _b(new),
+                     self._rename, old, new, exchange, noreplace)
+
+    def _rename(self, old: str, new: str, exchange: bool, noreplace: bool) -> None:
         if old in RESERVED_NAMES or new in RESERVED_NAMES:
             raise DeviceError(errno.EPERM, ".cram cannot be renamed or replaced")
         check_name(new)
@@ -133,7 +172,7 @@ class Namespace:
         if dst is not None:
             if noreplace:
                 raise DeviceError(errno.EEXIST, f"{new!r} exists")
-            self.unlink(new)
+            self._unlink(new)
         del self.by_name[old]
         src.name = src.table.name = new
         src.ctime_ns = time.time_ns()
@@ -143,10 +182,14 @@ class Namespace:
 
     def opened(self, inode: Inode) -> None:
         inode.opens += 1
+        if self.recorder is not None:
+            self.recorder.record(trace.OPENED, inode.ino)
 
     def released(self, inode: Inode) -> None:
         inode.opens -= 1
         self._maybe_free(inode)
+        if self.recorder is not None:
+            self.recorder.record(trace.RELEASED, inode.ino)
 
     def forget(self, ino: int, count: int) -> None:
         inode = self.by_ino.get(ino)
@@ -173,11 +216,14 @@ class Namespace:
 
     def reset(self) -> None:
         """Drop every file and all page data; EBUSY while anything is open."""
+        self._traced(trace.RESET, 0, 0, 0, b"", self._reset)
+
+    def _reset(self) -> None:
         if self.open_files:
             raise DeviceError(errno.EBUSY, f"{self.open_files} file(s) open")
         names = list(self.by_name)
         for name in names:
-            self.unlink(name)
+            self._unlink(name)
         self.device.reset()
         for listener in self.on_names_dropped:
             listener(names)
@@ -185,6 +231,9 @@ class Namespace:
     # ------------------------------------------------------------ data
 
     def resize(self, inode: Inode, size: int) -> None:
+        self._traced(trace.RESIZE, inode.ino, size, 0, b"", self._resize, inode, size)
+
+    def _resize(self, inode: Inode, size: int) -> None:
         if size < 0:
             raise DeviceError(errno.EINVAL, "negative size")
         grow = size - inode.size
@@ -201,12 +250,26 @@ class Namespace:
                               "capacity")
 
     def read(self, inode: Inode, off: int, size: int) -> bytes:
+        if self.recorder is None:
+            return self._read(inode, off, size)
+        data: bytes = self._traced(trace.READ, inode.ino, off, size, b"", self._read, inode,
+                                   off, size)
+        return data
+
+    def _read(self, inode: Inode, off: int, size: int) -> bytes:
         size = min(size, inode.size - off)
         if size <= 0:
             return b""
         return self.device.read(inode.table, off, size)
 
     def write(self, inode: Inode, off: int, data: bytes) -> int:
+        if self.recorder is None:
+            return self._write(inode, off, data)
+        n: int = self._traced(trace.WRITE, inode.ino, off, len(data), data, self._write, inode,
+                              off, data)
+        return n
+
+    def _write(self, inode: Inode, off: int, data: bytes) -> int:
         if off + len(data) > inode.size:
             self._check_growth(off + len(data) - inode.size)
         n = self.device.write(inode.table, off, data)
@@ -219,6 +282,11 @@ class Namespace:
 
     def discard(self, inode: Inode, off: int, length: int) -> int:
         """Release the whole pages inside [off, off+length) of a file."""
+        n: int = self._traced(trace.DISCARD, inode.ino, off, length, b"", self._discard, inode,
+                              off, length)
+        return n
+
+    def _discard(self, inode: Inode, off: int, length: int) -> int:
         if off < 0 or length < 0:
             raise DeviceError(errno.EINVAL, "negative offset or length")
         first = -(-off // PAGE_SIZE)
@@ -240,3 +308,7 @@ class Namespace:
             "f_files": MAX_FILES, "f_ffree": MAX_FILES - len(self.by_ino),
             "f_favail": MAX_FILES - len(self.by_ino), "f_namemax": NAME_MAX,
         }
+
+
+def _b(name: str) -> bytes:
+    return name.encode("utf-8", "surrogateescape")

@@ -1,0 +1,182 @@
+"""Replaying a trace into a fresh in-process device: no FUSE, no mount, no workload.
+
+The calls a mount recorded are made again, in order, on a new Namespace and
+Device built from the trace's settings (with any overridden). The device is
+deterministic and runs on the trace's clock (record times drive its access
+ages), so with the recorded settings a trace that started on an empty device
+ends in exactly the recorded state. With other settings it is a what-if: the
+same requests against another capacity, compressor or threshold.
+
+Not replayed exactly: `release_delay` (freed pages come back on the daemon's
+10 ms housekeeping tick, which a trace does not record).
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import control, trace
+from .config import SETTINGS, DeviceConfig
+from .device import Device, DeviceError
+from .levels import LEVELS
+from .namespace import Inode, Namespace
+from .pagetable import FALLBACK
+
+
+@dataclass
+class Sample:
+    time: float
+    fill: float
+    ratio: float
+    level: str
+
+
+@dataclass
+class Outcome:
+    """What a replay went through."""
+
+    overrides: dict[str, str]
+    records: int = 0
+    diverged: int = 0                 # calls whose result differs from the recorded one
+    skipped: int = 0                  # calls on files the trace never created
+    peak_fill: float = 0.0
+    seconds_in: dict[str, float] = field(default_factory=dict)
+    peak_fallback_pages: int = 0
+    refused_pages: int = 0
+    failed_writes: int = 0
+    overflowed: bool = False
+    duration: float = 0.0             # the recorded run's span
+    elapsed: float = 0.0              # this replay's wall time
+    mm_stat: str = ""
+    recorded_mm_stat: str | None = None
+    samples: list[Sample] = field(default_factory=list)
+
+    @property
+    def exact(self) -> bool | None:
+        """Did the replay end in the recorded mm_stat? None if the trace has no end."""
+        if self.recorded_mm_stat is None:
+            return None
+        return self.mm_stat == self.recorded_mm_stat
+
+
+def config_of(header: dict[str, Any], overrides: dict[str, str] | None = None) -> DeviceConfig:
+    """The trace's settings, parsed as mount options are, with `overrides` applied."""
+    settings = {**header["settings"], **(overrides or {})}
+    unknown = [n for n in settings if n not in SETTINGS]
+    if unknown:
+        raise ValueError(f"unknown setting {unknown[0]!r}")
+    values = {name: SETTINGS[name].parse(text) for name, text in settings.items()}
+    if overrides and "physical" in overrides and "fallback_limit" not in overrides:
+        values["fallback_limit"] = -1    # as a mount with that physical would have it
+    config = DeviceConfig(**values)
+    config.check()
+    return config
+
+
+def replay(header: dict[str, Any], records: Iterable[trace.Record],
+           overrides: dict[str, str] | None = None, every: float = 0.5,
+           on_sample: Callable[[Sample], None] | None = None) -> Outcome:
+    """Make the recorded calls again on a fresh device; sample it every `every` seconds
+    of recorded time."""
+    started = time.perf_counter()
+    clock = [float(header.get("device_age", 0.0))]
+    base = clock[0]
+    dev = Device(config_of(header, overrides), monotonic=lambda: clock[0])
+    ns = Namespace(dev)
+    out = Outcome(dict(overrides or {}))
+    inodes: dict[int, Inode] = {}
+    last_t, next_sample = 0.0, 0.0
+    level = dev.danger
+    for r in records:
+        if r.op == trace.STOP:
+            out.recorded_mm_stat = json.loads(r.payload).get("mm_stat")
+            out.duration = r.time
+            break
+        clock[0] = base + r.time
+        out.seconds_in[level] = out.seconds_in.get(level, 0.0) + r.time - last_t
+        last_t = out.duration = r.time
+        out.records += 1
+        inode = inodes.get(r.ino) if r.ino else None
+        if r.ino and inode is None and r.op != trace.CREATE:
+            out.skipped += 1
+            continue
+        try:
+            result = _apply(ns, r, inode, inodes)
+        except DeviceError as e:
+            result = -e.errno
+        if result != r.result:
+            out.diverged += 1
+        level = dev.danger
+        out.peak_fill = max(out.peak_fill, dev.fill)
+        out.peak_fallback_pages = max(out.peak_fallback_pages, dev.pages[FALLBACK])
+        if level == LEVELS[-1]:
+            out.overflowed = True
+        if r.time >= next_sample:
+            s = Sample(r.time, round(dev.fill, 4), dev.ratio, level)
+            out.samples.append(s)
+            if on_sample is not None:
+                on_sample(s)
+            next_sample = r.time + every
+    c = dev.counters
+    out.refused_pages = c.reject_write_control
+    out.failed_writes = c.failed_writes
+    out.overflowed = out.overflowed or bool(c.poisoned_pages or c.dropped_writes)
+    out.mm_stat = dev.mm_stat()
+    out.elapsed = time.perf_counter() - started
+    dev.close()
+    return out
+
+
+def _apply(ns: Namespace, r: trace.Record, inode: Inode | None,
+           inodes: dict[int, Inode]) -> int:
+    """One recorded call; its result as recorded (bytes done, or 0)."""
+    op = r.op
+    if op == trace.WRITE:
+        assert inode is not None
+        return ns.write(inode, r.a, r.payload)
+    if op == trace.READ:
+        assert inode is not None
+        return len(ns.read(inode, r.a, r.b))
+    if op == trace.CREATE:
+        made = ns.create(r.text(), r.a, r.b >> 32, r.b & 0xFFFFFFFF)
+        inodes[r.ino] = made
+        return 0
+    if op == trace.OPENED:
+        assert inode is not None
+        ns.opened(inode)
+    elif op == trace.RELEASED:
+        assert inode is not None
+        ns.released(inode)
+    elif op == trace.RESIZE:
+        assert inode is not None
+        ns.resize(inode, r.a)
+    elif op == trace.DISCARD:
+        assert inode is not None
+        return ns.discard(inode, r.a, r.b)
+    elif op == trace.UNLINK:
+        ns.unlink(r.text())
+    elif op == trace.RENAME:
+        old, new = r.text().split("\0", 1)
+        ns.rename(old, new, bool(r.a), bool(r.b))
+    elif op == trace.RESET:
+        ns.reset()
+    elif op == trace.CONTROL:
+        name, value = r.payload.split(b"\0", 1)
+        attr = control.ATTRIBUTES.get(name.decode())
+        if attr is None or attr.store is None:
+            raise DeviceError(errno.EINVAL, f"no control file {name!r}")
+        control.store(ns, attr, value)
+    return 0
+
+
+def grid(options: dict[str, list[str]]) -> list[dict[str, str]]:
+    """Every combination of the given values, in the order given."""
+    names = list(options)
+    return [dict(zip(names, combo, strict=True))
+            for combo in itertools.product(*(options[n] for n in names))]

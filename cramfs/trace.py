@@ -1,0 +1,209 @@
+"""Recording what a mount saw, for replay and what-if without the workload.
+
+A trace is every call the kernel made into the namespace (creates, opens and
+releases, unlinks and renames, resizes, reads, writes with their data,
+discards, resets) and every control write, in order, with a monotonic time and
+the result each had. The namespace and the device are deterministic, so
+feeding the same calls to a fresh device with the same settings ends in the
+same state, mm_stat field for field; with other settings, it is the what-if.
+
+Format, little-endian: a header (magic, version, then JSON: the settings, the
+device's state and whether it started empty), then records of
+
+    time f64 (seconds since start) | op u8 | inode u32 | a i64 | b i64 |
+    result i32 | payload length u32 | payload
+
+and a STOP record whose payload is the final state as JSON. A write's payload
+is its data, lz4-compressed; names and control values are UTF-8.
+
+Recording costs the request path one tuple on a queue (the written bytes are
+kept by reference, not copied). A thread compresses and writes. A full disk, or
+a writer that falls too far behind, stops the recording with an events line;
+it never fails I/O.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import lz4.block
+
+MAGIC = b"CRAMTRC\0"
+VERSION = 1
+_HEAD = struct.Struct("<8sHI")
+_REC = struct.Struct("<dBIqqiI")
+MAX_BACKLOG = 256 << 20          # bytes waiting for the writer before recording stops
+
+# operations, by the namespace call they record
+CREATE, UNLINK, RENAME, OPENED, RELEASED, RESIZE, READ, WRITE, DISCARD, RESET, CONTROL, \
+    STOP = range(1, 13)
+OP_NAMES = {CREATE: "create", UNLINK: "unlink", RENAME: "rename", OPENED: "open",
+            RELEASED: "release", RESIZE: "resize", READ: "read", WRITE: "write",
+            DISCARD: "discard", RESET: "reset", CONTROL: "control", STOP: "stop"}
+
+
+@dataclass(frozen=True)
+class Record:
+    time: float
+    op: int
+    ino: int
+    a: int
+    b: int
+    result: int           # bytes done, or -errno
+    payload: bytes        # written data (decompressed), a name, or "name\0value"
+
+    @property
+    def name(self) -> str:
+        return OP_NAMES.get(self.op, f"op{self.op}")
+
+    def text(self) -> str:
+        return self.payload.decode("utf-8", "surrogateescape")
+
+
+class Recorder:
+    """Takes records on the request path and writes them from a thread of its own."""
+
+    def __init__(self, path: str, header: dict[str, Any], own_mount: str | None = None,
+                 clock: Any = time.monotonic) -> None:
+        self.path = path
+        self.events = 0
+        self.error: str | None = None       # why recording stopped early
+        self.reported = False               # the error was told to the events log
+        self._clock = clock
+        self._start = clock()
+        self._queue: deque[tuple[Any, ...]] = deque()
+        self._backlog = 0
+        self._lock = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, args=(header, own_mount),
+                                        name="cramfs-trace", daemon=True)
+        self._thread.start()
+
+    @property
+    def active(self) -> bool:
+        return self.error is None and not self._stopping
+
+    def record(self, op: int, ino: int = 0, a: int = 0, b: int = 0, result: int = 0,
+               payload: bytes = b"") -> None:
+        if self.error is not None or self._stopping:
+            return
+        item = (self._clock() - self._start, op, ino, a, b, result, payload)
+        with self._lock:
+            self._backlog += len(payload)
+            if self._backlog > MAX_BACKLOG:
+                self.error = f"the trace writer fell {MAX_BACKLOG >> 20} MiB behind"
+                self._queue.clear()
+            else:
+                self._queue.append(item)
+            self._lock.notify()
+        self.events += 1
+
+    def stop(self, final: dict[str, Any]) -> None:
+        """End the recording with the final state; the thread finishes on its own."""
+        if self._stopping:
+            return
+        self.record(STOP, payload=json.dumps(final).encode())
+        with self._lock:
+            self._stopping = True
+            self._lock.notify()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    # ------------------------------------------------------------ the writer thread
+
+    def _run(self, header: dict[str, Any], own_mount: str | None) -> None:
+        try:
+            f = open(self.path, "wb")    # noqa: SIM115 (closed below, on every path)
+        except OSError as e:
+            self.error = f"cannot open {self.path}: {e.strerror}"
+            return
+        try:
+            if own_mount is not None and os.fstat(f.fileno()).st_dev == os.stat(
+                    own_mount).st_dev:
+                self.error = f"{self.path} is on this mount; a trace cannot record itself"
+                f.close()
+                os.unlink(self.path)
+                return
+            body = json.dumps(header).encode()
+            f.write(_HEAD.pack(MAGIC, VERSION, len(body)) + body)
+            while True:
+                with self._lock:
+                    while not self._queue and not self._stopping and self.error is None:
+                        self._lock.wait()
+                    batch = list(self._queue)
+                    self._queue.clear()
+                    self._backlog = 0
+                    done = self._stopping or self.error is not None
+                self._write(f, batch)
+                if done and not self._queue:
+                    break
+            f.close()
+        except OSError as e:
+            self.error = f"writing {self.path}: {e.strerror}"
+            with self._lock:
+                self._queue.clear()
+            with contextlib.suppress(OSError):
+                f.close()
+
+    @staticmethod
+    def _write(f: BinaryIO, batch: list[tuple[Any, ...]]) -> None:
+        out = []
+        for t, op, ino, a, b, result, payload in batch:
+            if op == WRITE and payload:
+                payload = lz4.block.compress(payload)
+            out.append(_REC.pack(t, op, ino, a, b, result, len(payload)))
+            out.append(payload)
+        f.write(b"".join(out))
+        f.flush()
+
+
+class TraceError(Exception):
+    """A file that is not a trace, or one cut short."""
+
+
+def read_trace(path: str | Path) -> tuple[dict[str, Any], Iterator[Record]]:
+    """The header, and the records in order (a truncated last record ends them)."""
+    f = open(path, "rb")    # noqa: SIM115 (closed by the generator)
+    head = f.read(_HEAD.size)
+    if len(head) < _HEAD.size:
+        f.close()
+        raise TraceError(f"{path}: not a cramfs trace (too short)")
+    magic, version, size = _HEAD.unpack(head)
+    if magic != MAGIC:
+        f.close()
+        raise TraceError(f"{path}: not a cramfs trace")
+    if version != VERSION:
+        f.close()
+        raise TraceError(f"{path}: trace version {version}; this cramfs reads {VERSION}")
+    try:
+        header = json.loads(f.read(size))
+    except ValueError:
+        f.close()
+        raise TraceError(f"{path}: damaged header") from None
+
+    def records() -> Iterator[Record]:
+        with f:
+            while True:
+                raw = f.read(_REC.size)
+                if len(raw) < _REC.size:
+                    return
+                t, op, ino, a, b, result, n = _REC.unpack(raw)
+                payload = f.read(n)
+                if len(payload) < n:
+                    return
+                if op == WRITE and payload:
+                    payload = lz4.block.decompress(payload)
+                yield Record(t, op, ino, a, b, result, payload)
+
+    return header, records()

@@ -1,0 +1,198 @@
+"""Trace record, replay and what-if: in process first, then through a real mount."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cramfs import control, replay, trace
+from cramfs.config import DeviceConfig
+from cramfs.device import Device, DeviceError
+from cramfs.namespace import Namespace
+
+from .helpers import random_page, text_page
+
+P = 4096
+TRACE_CLI = str(Path(sys.executable).parent / "cramfs-trace")
+
+
+def store(ns: Namespace, name: str, value: str) -> None:
+    control.store(ns, control.ATTRIBUTES[name], value.encode())
+
+
+def workload(ns: Namespace) -> None:
+    """A bit of everything the namespace and the control files do."""
+    a = ns.create("a", 0o600, 0, 0)
+    ns.opened(a)
+    ns.resize(a, 256 * P)
+    for i in range(120):
+        page = (text_page(i), random_page(i), bytes(P), bytes([i % 7 + 1]) * P)[i % 4]
+        with contextlib.suppress(DeviceError):
+            ns.write(a, (i * 7 % 256) * P, page)
+        if i % 5 == 0:
+            ns.read(a, (i * 3 % 256) * P, 8 * P)
+    ns.write(a, 10 * P + 100, b"partial")
+    store(ns, "compressor", "zstd")
+    b = ns.create("b", 0o600, 0, 0)
+    ns.write(b, 0, b"".join(text_page(i + 500) for i in range(16)))
+    store(ns, "idle", "all")
+    store(ns, "recomp_algorithm", "algo=lz4")
+    store(ns, "recompress", "type=idle")
+    ns.discard(a, 0, 32 * P)
+    ns.resize(a, 100 * P + 17)
+    store(ns, "compact", "1")
+    store(ns, "demote", "all")
+    ns.rename("b", "c")
+    with pytest.raises(DeviceError):
+        store(ns, "warn_at", "99%")            # a refused control write is recorded too
+    store(ns, "warn_at", "60%")
+    ns.released(a)
+    ns.unlink("a")
+
+
+def fresh(**settings: object) -> Namespace:
+    cfg = {"advertised": 16 << 20, "physical": 160 * P, "dram": 8 * P, **settings}
+    return Namespace(Device(DeviceConfig(**cfg)))   # type: ignore[arg-type]
+
+
+def record(ns: Namespace, path: Path, body=workload) -> trace.Recorder:
+    store(ns, "trace", f"start {path}")
+    rec = ns.recorder
+    assert rec is not None and rec.active
+    body(ns)
+    store(ns, "trace", "stop")
+    rec.join(10)
+    assert rec.error is None
+    return rec
+
+
+def test_a_replay_under_the_recorded_settings_ends_in_the_recorded_mm_stat(tmp_path):
+    ns = fresh()
+    rec = record(ns, tmp_path / "t.trace")
+    header, records = trace.read_trace(tmp_path / "t.trace")
+    assert header["empty"] and header["settings"]["physical"] == str(160 * P)
+    records = list(records)
+    assert len(records) == rec.events and records[-1].op == trace.STOP
+    ops = {r.op for r in records}
+    assert {trace.CREATE, trace.WRITE, trace.READ, trace.RESIZE, trace.DISCARD,
+            trace.CONTROL, trace.RENAME, trace.UNLINK, trace.OPENED, trace.RELEASED} <= ops
+    assert any(r.op == trace.CONTROL and r.result == -errno.EINVAL for r in records)
+    writes = [r for r in records if r.op == trace.WRITE]
+    assert writes[0].payload == text_page(0), "written data comes back byte for byte"
+    out = replay.replay(header, iter(records))
+    assert out.exact and out.mm_stat == ns.device.mm_stat()
+    assert out.diverged == 0 and out.skipped == 0
+    assert out.duration > 0 and out.samples
+
+
+def test_what_if_equals_a_direct_run_with_that_setting(tmp_path):
+    ns = fresh()
+    record(ns, tmp_path / "t.trace")
+    for override in ({"physical": str(64 * P)}, {"compressor": "zstd"},
+                     {"physical": str(96 * P), "warn_at": "50%"}, {"dram": "0"}):
+        header, records = trace.read_trace(tmp_path / "t.trace")
+        # the same calls made directly on a device mounted with that setting
+        direct = Namespace(Device(replay.config_of(header, override)))
+        workload(direct)
+        out = replay.replay(header, records, override)
+        assert out.mm_stat == direct.device.mm_stat(), override
+        assert out.refused_pages == direct.device.counters.reject_write_control
+
+
+def test_trace_control_refuses_bad_input_and_reports_state(tmp_path):
+    ns = fresh()
+    show = control.ATTRIBUTES["trace"].show
+    assert show is not None and show(ns) == "off\n"
+    for bad in ("start relative/path", "begin /x", "stop", "", "start"):
+        with pytest.raises(DeviceError) as e:
+            store(ns, "trace", bad)
+        assert e.value.errno == errno.EINVAL, bad
+    store(ns, "trace", f"start {tmp_path / 'x.trace'}")
+    with pytest.raises(DeviceError) as e:
+        store(ns, "trace", f"start {tmp_path / 'y.trace'}")
+    assert e.value.errno == errno.EBUSY
+    assert show(ns).startswith(f"recording {tmp_path / 'x.trace'} ")
+    rec = ns.recorder
+    store(ns, "trace", "stop")
+    assert rec is not None
+    rec.join(10)
+    assert show(ns) == "off\n"
+    assert b"trace stopped: " in ns.device.events.text()
+
+
+def test_a_full_disk_stops_the_recording_and_never_fails_io(tmp_path):
+    ns = fresh()
+    store(ns, "trace", "start /dev/full")
+    rec = ns.recorder
+    assert rec is not None
+    f = ns.create("f", 0o600, 0, 0)
+    for i in range(50):
+        assert ns.write(f, i * P, text_page(i)) == P
+    rec.stop({})
+    rec.join(10)
+    assert rec.error is not None and "No space" in rec.error
+    control.check_trace(ns)
+    assert b"trace recording stopped: " in ns.device.events.text()
+    assert ns.read(f, 0, P) == text_page(0)
+
+
+def test_whatif_cli_finds_the_smallest_calm_physical(tmp_path):
+    ns = fresh(physical=256 * P)
+    record(ns, tmp_path / "t.trace")
+    r = subprocess.run([TRACE_CLI, "whatif", str(tmp_path / "t.trace"), "--physical",
+                        "24K,100K,640K", "--compressor", "lz4,zstd", "--plot",
+                        str(tmp_path / "w.png")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    rows = [line for line in r.stdout.splitlines() if line.startswith("| 24K")
+            or line.startswith("| 100K") or line.startswith("| 640K")]
+    assert len(rows) == 6
+    assert "smallest physical that stays out of critical: 640K" in r.stdout
+    assert (tmp_path / "w.png").stat().st_size > 10_000
+    for args in (["stats"], ["show", "--limit", "5"], ["replay"]):
+        r = subprocess.run([TRACE_CLI, args[0], str(tmp_path / "t.trace"), *args[1:]],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+    assert "the recorded run ended in the same mm_stat" in r.stdout
+    bad = subprocess.run([TRACE_CLI, "replay", str(tmp_path / "t.trace"), "-o", "colour=blue"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"not a trace at all")
+    bad = subprocess.run([TRACE_CLI, "stats", str(junk)], capture_output=True, text=True)
+    assert bad.returncode == 1 and "not a cramfs trace" in bad.stderr
+
+
+def test_trace_through_a_mount(mounter, tmp_path):
+    m = mounter("-o", "advertised=64M,physical=1M,dram=64K")
+    path = tmp_path / "mount.trace"
+    m.set("trace", f"start {path}")
+    assert m.ctl("trace").startswith(f"recording {path} ")
+    subprocess.run(["dd", "if=/usr/bin/python3", f"of={m.path / 'slots'}", "bs=4K",
+                    "count=300", "oflag=direct", "status=none"], check=True)
+    subprocess.run(["dd", f"if={m.path / 'slots'}", "of=/dev/null", "bs=32K", "iflag=direct",
+                    "status=none"], check=True)
+    m.set("compressor", "zstd")
+    m.set("trace", "stop")
+    recorded = m.ctl("mm_stat").strip()
+    assert m.ctl("trace") == "off\n"
+    r = subprocess.run([TRACE_CLI, "replay", str(path)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert f"mm_stat: {recorded}" in r.stdout
+    assert "the recorded run ended in the same mm_stat" in r.stdout
+    # a trace cannot be written onto the mount it records
+    m.set("trace", f"start {m.path / 'self.trace'}")
+    for _ in range(100):
+        if m.ctl("trace").startswith("stopped"):
+            break
+        subprocess.run(["sleep", "0.05"], check=True)
+    assert "on this mount" in m.ctl("trace")
+    assert not (m.path / "self.trace").exists()
+    events = json.dumps(m.ctl("events"))
+    assert "recording stopped" in events
