@@ -250,10 +250,15 @@ class Namespace:
                               "capacity")
 
     def read(self, inode: Inode, off: int, size: int) -> bytes:
-        if self.recorder is None:
+        rec = self.recorder
+        if rec is None:
             return self._read(inode, off, size)
-        data: bytes = self._traced(trace.READ, inode.ino, off, size, b"", self._read, inode,
-                                   off, size)
+        try:
+            data = self._read(inode, off, size)
+        except DeviceError as e:
+            rec.record(trace.READ, inode.ino, off, size, -e.errno)
+            raise
+        rec.record(trace.READ, inode.ino, off, size, len(data))
         return data
 
     def _read(self, inode: Inode, off: int, size: int) -> bytes:
@@ -263,10 +268,15 @@ class Namespace:
         return self.device.read(inode.table, off, size)
 
     def write(self, inode: Inode, off: int, data: bytes) -> int:
-        if self.recorder is None:
+        rec = self.recorder
+        if rec is None:
             return self._write(inode, off, data)
-        n: int = self._traced(trace.WRITE, inode.ino, off, len(data), data, self._write, inode,
-                              off, data)
+        try:
+            n = self._write(inode, off, data)
+        except DeviceError as e:
+            rec.record(trace.WRITE, inode.ino, off, len(data), -e.errno, data)
+            raise
+        rec.record(trace.WRITE, inode.ino, off, len(data), n, data)
         return n
 
     def _write(self, inode: Inode, off: int, data: bytes) -> int:

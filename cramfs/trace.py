@@ -77,13 +77,14 @@ class Recorder:
                  clock: Any = time.monotonic) -> None:
         self.path = path
         self.events = 0
+        self._on = True                     # taking records (one flag for the hot path)
         self.error: str | None = None       # why recording stopped early
         self.reported = False               # the error was told to the events log
         self._clock = clock
         self._start = clock()
         self._queue: deque[tuple[Any, ...]] = deque()
-        self._backlog = 0
-        self._lock = threading.Condition()
+        self._backlog = 0                   # payload bytes queued, roughly
+        self._wake = threading.Event()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, args=(header, own_mount),
                                         name="cramfs-trace", daemon=True)
@@ -91,21 +92,23 @@ class Recorder:
 
     @property
     def active(self) -> bool:
-        return self.error is None and not self._stopping
+        return self._on
+
+    def _fail(self, why: str) -> None:
+        self._on = False
+        self.error = why
 
     def record(self, op: int, ino: int = 0, a: int = 0, b: int = 0, result: int = 0,
                payload: bytes = b"") -> None:
-        if self.error is not None or self._stopping:
+        # no lock: deque.append is atomic, and the writer takes what it finds
+        if not self._on:
             return
-        item = (self._clock() - self._start, op, ino, a, b, result, payload)
-        with self._lock:
+        if payload:
             self._backlog += len(payload)
             if self._backlog > MAX_BACKLOG:
-                self.error = f"the trace writer fell {MAX_BACKLOG >> 20} MiB behind"
-                self._queue.clear()
-            else:
-                self._queue.append(item)
-            self._lock.notify()
+                self._fail(f"the trace writer fell {MAX_BACKLOG >> 20} MiB behind")
+                return
+        self._queue.append((self._clock() - self._start, op, ino, a, b, result, payload))
         self.events += 1
 
     def stop(self, final: dict[str, Any]) -> None:
@@ -113,9 +116,9 @@ class Recorder:
         if self._stopping:
             return
         self.record(STOP, payload=json.dumps(final).encode())
-        with self._lock:
-            self._stopping = True
-            self._lock.notify()
+        self._on = False
+        self._stopping = True
+        self._wake.set()
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
@@ -126,33 +129,35 @@ class Recorder:
         try:
             f = open(self.path, "wb")    # noqa: SIM115 (closed below, on every path)
         except OSError as e:
-            self.error = f"cannot open {self.path}: {e.strerror}"
+            self._fail(f"cannot open {self.path}: {e.strerror}")
             return
         try:
             if own_mount is not None and os.fstat(f.fileno()).st_dev == os.stat(
                     own_mount).st_dev:
-                self.error = f"{self.path} is on this mount; a trace cannot record itself"
+                self._fail(f"{self.path} is on this mount; a trace cannot record itself")
                 f.close()
                 os.unlink(self.path)
                 return
             body = json.dumps(header).encode()
             f.write(_HEAD.pack(MAGIC, VERSION, len(body)) + body)
+            queue = self._queue
             while True:
-                with self._lock:
-                    while not self._queue and not self._stopping and self.error is None:
-                        self._lock.wait()
-                    batch = list(self._queue)
-                    self._queue.clear()
-                    self._backlog = 0
-                    done = self._stopping or self.error is not None
-                self._write(f, batch)
-                if done and not self._queue:
+                done = self._stopping or self.error is not None
+                batch = []
+                while queue:
+                    batch.append(queue.popleft())
+                if batch:
+                    self._backlog = max(0, self._backlog - sum(len(b[6]) for b in batch))
+                    self._write(f, batch)
+                if done and not queue:
                     break
+                if not batch:
+                    self._wake.wait(0.005)      # a few ms: the request path never signals
+                    self._wake.clear()
             f.close()
         except OSError as e:
-            self.error = f"writing {self.path}: {e.strerror}"
-            with self._lock:
-                self._queue.clear()
+            self._fail(f"writing {self.path}: {e.strerror}")
+            self._queue.clear()
             with contextlib.suppress(OSError):
                 f.close()
 

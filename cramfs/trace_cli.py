@@ -155,13 +155,21 @@ def cmd_whatif(args: argparse.Namespace) -> int:
               f"{out.refused_pages} | {out.peak_fallback_pages} | "
               f"{'yes' if out.overflowed else 'no'} | {out.elapsed:.2f} |")
     if "physical" in axes:
-        calm = [(replay.config_of(header, c).physical, c["physical"]) for c, o in
-                zip(combos, results, strict=True)
-                if not o.seconds_in.get("critical") and not o.seconds_in.get("full")]
-        if calm:
-            print(f"smallest physical that stays out of critical: {min(calm)[1]}")
-        else:
-            print("no physical size tried stays out of critical")
+        # the capacity planner's answer, for each combination of the other settings
+        others: dict[tuple[tuple[str, str], ...], list[tuple[int, str]]] = {}
+        for c, o in zip(combos, results, strict=True):
+            key = tuple((k, v) for k, v in c.items() if k != "physical")
+            calm = not o.seconds_in.get("critical") and not o.seconds_in.get("full")
+            others.setdefault(key, [])
+            if calm:
+                others[key].append((replay.config_of(header, c).physical, c["physical"]))
+        for key, calm_sizes in others.items():
+            where = (" with " + " ".join(f"{k}={v}" for k, v in key)) if key else ""
+            if calm_sizes:
+                print(f"smallest physical that stays out of critical{where}: "
+                      f"{min(calm_sizes)[1]}")
+            else:
+                print(f"no physical size tried stays out of critical{where}")
     if args.plot is not None:
         _plot(combos, results, args.plot)
         print(f"plot: {args.plot}")

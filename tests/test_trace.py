@@ -152,7 +152,7 @@ def test_whatif_cli_finds_the_smallest_calm_physical(tmp_path):
     rows = [line for line in r.stdout.splitlines() if line.startswith("| 24K")
             or line.startswith("| 100K") or line.startswith("| 640K")]
     assert len(rows) == 6
-    assert "smallest physical that stays out of critical: 640K" in r.stdout
+    assert "smallest physical that stays out of critical with compressor=lz4: 640K" in r.stdout
     assert (tmp_path / "w.png").stat().st_size > 10_000
     for args in (["stats"], ["show", "--limit", "5"], ["replay"]):
         r = subprocess.run([TRACE_CLI, args[0], str(tmp_path / "t.trace"), *args[1:]],

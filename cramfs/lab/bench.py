@@ -254,7 +254,43 @@ def write_cost(data: bytes, writes: int) -> dict[str, float]:
         lz4_us.append((t2 - t1) / writes * 1e6)
     ns.unlink("cost")
     w, z = min(write_us), min(lz4_us)
-    return {"write_us": round(w, 2), "lz4_us": round(z, 2), "bookkeeping_us": round(w - z, 2)}
+    return {"write_us": round(w, 2), "lz4_us": round(z, 2), "bookkeeping_us": round(w - z, 2),
+            **trace_cost(pages, offsets[:50_000])}
+
+
+def trace_cost(pages: list[bytes], offsets: list[int]) -> dict[str, float]:
+    """write_cost with and without `.cram/trace` recording, in alternating rounds (few
+    enough writes that the trace writer, competing for the GIL, need not keep up)."""
+    import tempfile
+
+    from .. import control
+    from ..config import DeviceConfig
+    from ..device import Device
+    from ..namespace import Namespace
+
+    plain: list[float] = []
+    traced: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="bench-trace-", dir="/var/tmp") as tmp:
+        for _ in range(3):
+            for out, path in ((plain, None), (traced, f"{tmp}/cost.trace")):
+                ns = Namespace(Device(DeviceConfig(advertised=1 << 40, physical=1 << 36,
+                                                   dram=0)))
+                if path is not None:
+                    control.store(ns, control.ATTRIBUTES["trace"], f"start {path}".encode())
+                f = ns.create("cost", 0o600, 0, 0)
+                t0 = time.perf_counter()
+                for i, off in enumerate(offsets):
+                    ns.write(f, off, pages[i % len(pages)])
+                out.append((time.perf_counter() - t0) / len(offsets) * 1e6)
+                rec = ns.recorder
+                if rec is not None:
+                    if rec.active:
+                        control.store(ns, control.ATTRIBUTES["trace"], b"stop")
+                    rec.join()
+                ns.device.close()
+    a, b = min(plain), min(traced)
+    return {"write_us_untraced": round(a, 2), "write_us_traced": round(b, 2),
+            "trace_overhead": round(b / a - 1, 3)}
 
 
 def metadata_per_page(pages: int) -> dict[str, float]:
@@ -525,7 +561,8 @@ def table(r: dict[str, Any]) -> str:
     wc = r["write_cost"]
     lines.append(f"one 4 KiB write in process, no FUSE (fio data, random slots of 256 MiB): "
                  f"{wc['write_us']} µs, of which lz4 {wc['lz4_us']} µs and bookkeeping "
-                 f"{wc['bookkeeping_us']} µs")
+                 f"{wc['bookkeeping_us']} µs; recording a trace: {wc['write_us_untraced']} "
+                 f"-> {wc['write_us_traced']} µs (+{wc['trace_overhead']:.1%})")
     md = r["metadata"]
     lines.append(f"metadata with {md['pages']} pages stored: {md['counted_bytes_per_page']} "
                  f"bytes/page counted, {md['rss_bytes_per_page']} bytes/page of RSS growth")

@@ -3,6 +3,7 @@
     python -m cramfs.experiment --out results/run1                 # built-in 256M workload
     python -m cramfs.experiment -o physical=256M --compare zram    # and the same on zram
     python -m cramfs.experiment --compare zram --compare zswap     # and on kernel zswap
+    python -m cramfs.experiment --trace /var/tmp/run.trace         # record it for what-if
     python -m cramfs.experiment --limit 512M -- stress-ng --vm 1 --vm-bytes 1G -t 30
     python -m cramfs.experiment --at 2s inject='ratio 4' --at 6s inject=clear
 
@@ -89,8 +90,10 @@ class CramTarget:
 
     name = "cramfs"
 
-    def __init__(self, options: list[str], mount: Path | None, swap_size: int) -> None:
+    def __init__(self, options: list[str], mount: Path | None, swap_size: int,
+                 trace: Path | None = None) -> None:
         self.options = options
+        self.trace = trace            # record the run into this file (.cram/trace)
         self.given = mount            # the user's mount; None: a fresh one per setup()
         self.mount = mount
         self.swap_size = swap_size
@@ -109,6 +112,10 @@ class CramTarget:
             say(f"mounting cramfs at {self.mount} {' '.join(opts)}")
             self._daemon = Daemon([str(cramfs), "--foreground", *opts], self.mount)
             self.empty_rss = status_bytes(self._daemon.proc.pid, "VmRSS")
+        if self.trace is not None:
+            # from before the swap file exists, so a replay starts from the same empty device
+            say(f"+ echo start {self.trace} > {self.mount}/.cram/trace")
+            (self.mount / ".cram" / "trace").write_text(f"start {self.trace.resolve()}\n")
         self.swap_device = swap_up(self.mount, self.swap_size,
                                    echo=lambda line: say(f"+ {line}"))
 
@@ -131,6 +138,11 @@ class CramTarget:
 
     def teardown(self) -> None:
         if self.mount is not None and (self.mount / ".cram").is_dir():
+            if self.trace is not None:
+                # before swapoff reads every swapped page back: the trace is the workload's
+                with suppress(OSError):
+                    say(f"+ echo stop > {self.mount}/.cram/trace")
+                    (self.mount / ".cram" / "trace").write_text("stop\n")
             swap_down(self.mount, echo=lambda line: say(f"+ {line}"))
         if self._daemon is not None:
             self._daemon.close()
@@ -482,6 +494,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--at", nargs=2, action="append", default=[], metavar=("WHEN", "FILE=VALUE"),
                    help="at WHEN seconds into the workload (10s, 2.5), write VALUE to "
                    ".cram/FILE, e.g. --at 10s inject='ratio 4' (repeatable)")
+    p.add_argument("--trace", type=Path, metavar="FILE",
+                   help="record the cramfs run into FILE (.cram/trace), for cramfs-trace "
+                   "replay and whatif")
     p.add_argument("--out", type=Path, help="results folder (results/DATE-TIME)")
     p.add_argument("command", nargs=argparse.REMAINDER,
                    help="workload command after --; default: the built-in workload")
@@ -501,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"cannot tell cramfs's compressor and physical size: {e}")
     algorithm = settings["compressor"]
 
-    targets: list[Target] = [CramTarget(args.options, args.mount, args.swap_size)]
+    targets: list[Target] = [CramTarget(args.options, args.mount, args.swap_size, args.trace)]
     if "zram" in args.compare:
         why = ZramTarget.unavailable(algorithm)
         if why:
