@@ -127,7 +127,10 @@ class Recorder:
 
     def _run(self, header: dict[str, Any], own_mount: str | None) -> None:
         try:
-            f = open(self.path, "wb")    # noqa: SIM115 (closed below, on every path)
+            # a new file only (a typo must not truncate one that exists), readable by its
+            # owner only: it holds everything written, swapped-out memory included
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            f = os.fdopen(fd, "wb")
         except OSError as e:
             self._fail(f"cannot open {self.path}: {e.strerror}")
             return

@@ -126,8 +126,30 @@ def test_trace_control_refuses_bad_input_and_reports_state(tmp_path):
     assert b"trace stopped: " in ns.device.events.text()
 
 
-def test_a_full_disk_stops_the_recording_and_never_fails_io(tmp_path):
+def test_an_existing_file_is_never_overwritten(tmp_path):
     ns = fresh()
+    keep = tmp_path / "precious"
+    keep.write_text("do not touch")
+    store(ns, "trace", f"start {keep}")
+    rec = ns.recorder
+    assert rec is not None
+    rec.join(10)
+    assert rec.error is not None and "exists" in rec.error
+    assert keep.read_text() == "do not touch"
+    store(ns, "trace", f"start {tmp_path / 'new.trace'}")     # a new start is allowed
+    rec = ns.recorder
+    assert rec is not None and rec.active
+    store(ns, "trace", "stop")
+    rec.join(10)
+    assert (tmp_path / "new.trace").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_full_disk_stops_the_recording_and_never_fails_io(tmp_path, monkeypatch):
+    ns = fresh()
+    # /dev/full exists, so the recorder's O_EXCL would refuse it: open it the plain way
+    real_open = trace.os.open
+    monkeypatch.setattr(trace.os, "open", lambda path, flags, mode=0o777: real_open(
+        path, flags & ~trace.os.O_EXCL & ~trace.os.O_CREAT, mode))
     store(ns, "trace", "start /dev/full")
     rec = ns.recorder
     assert rec is not None

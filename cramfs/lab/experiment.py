@@ -114,6 +114,9 @@ class CramTarget:
             self.empty_rss = status_bytes(self._daemon.proc.pid, "VmRSS")
         if self.trace is not None:
             # from before the swap file exists, so a replay starts from the same empty device
+            if self.trace.exists():          # the file the user asked for: a new run's
+                say(f"+ rm {self.trace}")
+                self.trace.unlink()
             say(f"+ echo start {self.trace} > {self.mount}/.cram/trace")
             (self.mount / ".cram" / "trace").write_text(f"start {self.trace.resolve()}\n")
         self.swap_device = swap_up(self.mount, self.swap_size,
