@@ -20,6 +20,8 @@ from typing import Any
 from . import trace
 from .device import Device, DeviceError
 from .pagetable import PageTable
+from .trace import READ as _READ
+from .trace import WRITE as _WRITE
 from .trace import Recorder
 from .units import PAGE_SIZE
 
@@ -256,9 +258,9 @@ class Namespace:
         try:
             data = self._read(inode, off, size)
         except DeviceError as e:
-            rec.record(trace.READ, inode.ino, off, size, -e.errno)
+            rec.record(_READ, inode.ino, off, size, -e.errno)
             raise
-        rec.record(trace.READ, inode.ino, off, size, len(data))
+        rec.record(_READ, inode.ino, off, size, len(data))
         return data
 
     def _read(self, inode: Inode, off: int, size: int) -> bytes:
@@ -274,9 +276,9 @@ class Namespace:
         try:
             n = self._write(inode, off, data)
         except DeviceError as e:
-            rec.record(trace.WRITE, inode.ino, off, len(data), -e.errno, data)
+            rec.record(_WRITE, inode.ino, off, len(data), -e.errno, data)
             raise
-        rec.record(trace.WRITE, inode.ino, off, len(data), n, data)
+        rec.record(_WRITE, inode.ino, off, len(data), n, data)
         return n
 
     def _write(self, inode: Inode, off: int, data: bytes) -> int:

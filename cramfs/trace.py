@@ -108,7 +108,7 @@ class Recorder:
             if self._backlog > MAX_BACKLOG:
                 self._fail(f"the trace writer fell {MAX_BACKLOG >> 20} MiB behind")
                 return
-        self._queue.append((self._clock() - self._start, op, ino, a, b, result, payload))
+        self._queue.append((self._clock(), op, ino, a, b, result, payload))  # raw time
         self.events += 1
 
     def stop(self, final: dict[str, Any]) -> None:
@@ -164,10 +164,11 @@ class Recorder:
             with contextlib.suppress(OSError):
                 f.close()
 
-    @staticmethod
-    def _write(f: BinaryIO, batch: list[tuple[Any, ...]]) -> None:
+    def _write(self, f: BinaryIO, batch: list[tuple[Any, ...]]) -> None:
         out = []
+        start = self._start
         for t, op, ino, a, b, result, payload in batch:
+            t -= start
             if op == WRITE and payload:
                 payload = lz4.block.compress(payload)
             out.append(_REC.pack(t, op, ino, a, b, result, len(payload)))
