@@ -121,9 +121,9 @@ class Namespace:
         try:
             inode = self._create(name, mode, uid, gid)
         except DeviceError as e:
-            rec.record(trace.CREATE, 0, mode, uid << 32 | gid, -e.errno, _b(name))
+            rec.record(trace.CREATE, 0, uid << 16 | mode & 0xFFFF, gid, -e.errno, _b(name))
             raise
-        rec.record(trace.CREATE, inode.ino, mode, uid << 32 | gid, 0, _b(name))
+        rec.record(trace.CREATE, inode.ino, uid << 16 | mode & 0xFFFF, gid, 0, _b(name))
         return inode
 
     def _create(self, name: str, mode: int, uid: int, gid: int) -> Inode:

@@ -144,7 +144,7 @@ def _apply(ns: Namespace, r: trace.Record, inode: Inode | None,
         assert inode is not None
         return len(ns.read(inode, r.a, r.b))
     if op == trace.CREATE:
-        made = ns.create(r.text(), r.a, r.b >> 32, r.b & 0xFFFFFFFF)
+        made = ns.create(r.text(), r.a & 0xFFFF, r.a >> 16, r.b)
         inodes[r.ino] = made
         return 0
     if op == trace.OPENED:

@@ -13,6 +13,8 @@ device's state and whether it started empty), then records of
     time f64 (seconds since start) | op u8 | inode u32 | a i64 | b i64 |
     result i32 | payload length u32 | payload
 
+(a create's a is uid << 16 | mode and b its gid)
+
 and a STOP record whose payload is the final state as JSON. A write's payload
 is its data, lz4-compressed; names and control values are UTF-8.
 
@@ -160,6 +162,11 @@ class Recorder:
             f.close()
         except OSError as e:
             self._fail(f"writing {self.path}: {e.strerror}")
+            self._queue.clear()
+            with contextlib.suppress(OSError):
+                f.close()
+        except Exception as e:       # a bug: stop recording, never take the daemon down
+            self._fail(f"the trace writer failed: {e!r}")
             self._queue.clear()
             with contextlib.suppress(OSError):
                 f.close()

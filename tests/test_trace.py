@@ -49,6 +49,7 @@ def workload(ns: Namespace) -> None:
     store(ns, "compact", "1")
     store(ns, "demote", "all")
     ns.rename("b", "c")
+    ns.create("u", 0o640, 4_000_000_000, 3_999_999_999)      # ids past 2^31 round-trip
     with pytest.raises(DeviceError):
         store(ns, "warn_at", "99%")            # a refused control write is recorded too
     store(ns, "warn_at", "60%")
@@ -85,6 +86,9 @@ def test_a_replay_under_the_recorded_settings_ends_in_the_recorded_mm_stat(tmp_p
     assert any(r.op == trace.CONTROL and r.result == -errno.EINVAL for r in records)
     writes = [r for r in records if r.op == trace.WRITE]
     assert writes[0].payload == text_page(0), "written data comes back byte for byte"
+    created = [r for r in records if r.op == trace.CREATE and r.text() == "u"][0]
+    assert (created.a & 0xFFFF, created.a >> 16, created.b) == (0o640, 4_000_000_000,
+                                                                 3_999_999_999)
     out = replay.replay(header, iter(records))
     assert out.exact and out.mm_stat == ns.device.mm_stat()
     assert out.diverged == 0 and out.skipped == 0
