@@ -86,7 +86,7 @@ def test_a_replay_under_the_recorded_settings_ends_in_the_recorded_mm_stat(tmp_p
     assert any(r.op == trace.CONTROL and r.result == -errno.EINVAL for r in records)
     writes = [r for r in records if r.op == trace.WRITE]
     assert writes[0].payload == text_page(0), "written data comes back byte for byte"
-    created = [r for r in records if r.op == trace.CREATE and r.text() == "u"][0]
+    created = next(r for r in records if r.op == trace.CREATE and r.text() == "u")
     assert (created.a & 0xFFFF, created.a >> 16, created.b) == (0o640, 4_000_000_000,
                                                                  3_999_999_999)
     out = replay.replay(header, iter(records))
