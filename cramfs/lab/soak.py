@@ -216,6 +216,7 @@ class Soak:
                 ["fio", "--name=soak", f"--filename={self.mount}/fio0", f"--size={size}",
                  "--rw=randwrite", "--bs=4k", "--direct=1", "--ioengine=psync",
                  "--verify=crc32c", "--do_verify=1", "--verify_fatal=1",
+                 "--verify_state_save=0",      # no *-verify.state left in the cwd
                  "--buffer_compress_percentage=50", "--refill_buffers",
                  f"--randseed={random.randrange(1 << 30)}", "--output-format=terse"],
                 capture_output=True, text=True)
