@@ -126,6 +126,8 @@ cdef class NativeCore:
     cdef public bint _zswap
     cdef public bint _promote
     cdef public long long _tier_budget
+    cdef public long long _release_delay
+    cdef public long long _comp_threads
     cdef public bint _direct_dram
     cdef public object _encode
     # everything else Device keeps stays an ordinary attribute, in NativeDevice's __dict__
@@ -169,7 +171,7 @@ cdef class NativeCore:
         cdef uint64_t word
         cdef int kind
         cdef long long charge, extra
-        if self.config.release_delay:
+        if self._release_delay:
             return super(NativeCore, self)._release(table, idx)
         cdef NativeTable nt = table if type(table) is NativeTable else None
         word = t_clear(table, idx)
@@ -333,7 +335,7 @@ cdef class NativeCore:
         cdef long long count = (off + size - 1) // PAGE - first + 1
         cdef long long k
         cdef bytes page
-        if off < 0 or size <= 0 or (self.config.comp_threads and count >= MIN_BATCH):
+        if off < 0 or size <= 0 or (self._comp_threads and count >= MIN_BATCH):
             return super(NativeCore, self).read(table, off, size)
         self.counters.reads += count
         if count == 1:

@@ -216,6 +216,8 @@ class Device:
         self._zswap = c.mode == "zswap"
         self._promote = self._zswap and c.dram >= PAGE_SIZE
         self._tier_budget = c.dram // PAGE_SIZE
+        self._release_delay = c.release_delay      # read on every release
+        self._comp_threads = c.comp_threads        # read on every request
         # is any media emulation on? (the adapter skips media_delay() when not)
         self.media = bool(c.read_latency or c.write_latency or c.bandwidth)
         self._band()
@@ -345,10 +347,10 @@ class Device:
         self.pages[kind] -= 1
         if kind == DEVICE:
             handle = word >> HANDLE_SHIFT
-            if self.config.release_delay:
+            if self._release_delay:
                 # the file lets go now; the device gets the memory back later
                 charge = self.pool.charge_of(handle)
-                deadline = max(self._monotonic() + self.config.release_delay / 1000,
+                deadline = max(self._monotonic() + self._release_delay / 1000,
                                self._pending[-1][0] if self._pending else 0.0)
                 self._pending.append((deadline, handle))
                 self.pending_bytes += charge
@@ -601,7 +603,7 @@ class Device:
             page = self._read_page(table, first)
             return page if size == PAGE_SIZE else page[start:start + size]
         decoded: list[bytes | None] = [None] * count
-        threads = self.config.comp_threads
+        threads = self._comp_threads
         if threads and count >= parallel.MIN_BATCH:
             # decompress the compressed pages of a large read on more cores first
             todo = [(k, w) for k in range(count)

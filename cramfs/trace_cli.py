@@ -16,20 +16,14 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 from . import replay, trace
 from .cli import Parser, UsageError
 from .units import format_size
 
-# what-if options: flag -> setting
-WHATIF = {"physical": "physical", "compressor": "compressor", "warn_at": "warn_at",
-          "critical_at": "critical_at", "dram": "dram", "mode": "mode",
-          "write_control": "write_control", "fallback": "fallback"}
-
-
-def _open(path: Path) -> tuple[dict[str, Any], Any]:
-    return trace.read_trace(path)
+# the settings whatif can vary, each a --flag of the same name
+WHATIF = ("physical", "compressor", "warn_at", "critical_at", "dram", "mode", "write_control",
+          "fallback")
 
 
 def _options(items: list[str]) -> dict[str, str]:
@@ -45,7 +39,7 @@ def _options(items: list[str]) -> dict[str, str]:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    header, records = _open(args.trace)
+    header, records = trace.read_trace(args.trace)
     s = header["settings"]
     print(f"# settings: {' '.join(f'{k}={v}' for k, v in s.items())}")
     print(f"# started {'empty' if header['empty'] else 'NOT empty'}; mm_stat {header['mm_stat']}")
@@ -69,7 +63,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    header, records = _open(args.trace)
+    header, records = trace.read_trace(args.trace)
     ops: collections.Counter[str] = collections.Counter()
     errors: collections.Counter[str] = collections.Counter()
     written = read = 0
@@ -100,7 +94,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    header, records = _open(args.trace)
+    header, records = trace.read_trace(args.trace)
     overrides = _options(args.options)
     try:
         replay.config_of(header, overrides)
@@ -126,10 +120,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_whatif(args: argparse.Namespace) -> int:
-    header, _ = _open(args.trace)
+    header, _ = trace.read_trace(args.trace)
     axes: dict[str, list[str]] = {}
-    for flag, name in WHATIF.items():
-        values = getattr(args, flag)
+    for name in WHATIF:
+        values = getattr(args, name)
         if values:
             axes[name] = [v for v in values.split(",") if v]
     if not axes:
@@ -143,7 +137,7 @@ def cmd_whatif(args: argparse.Namespace) -> int:
             raise UsageError(f"{combo}: {e}") from None
     results = []
     for combo in combos:
-        _, records = _open(args.trace)
+        _, records = trace.read_trace(args.trace)
         results.append(replay.replay(header, records, combo, args.every))
     cols = list(axes)
     print("| " + " | ".join(cols) + " | peak fill | s in warn | s in critical | refused pages "

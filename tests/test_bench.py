@@ -34,6 +34,8 @@ def test_quick_benchmark_runs_and_reports(tmp_path):
     assert doc["lz4_real_data"]["compress_mbps"] > 0
     wc = doc["write_cost"]
     assert wc["write_us"] > wc["lz4_us"] > 0
+    rc = doc["read_cost"]
+    assert rc["native_us"] > rc["lz4_us"] > 0 and rc["python_us"] > 0
     assert doc["metadata"]["pages"] >= 1 << 15
     assert doc["metadata"]["counted_bytes_per_page"] <= 16
     assert "| 4k randwrite QD1 |" in r.stdout

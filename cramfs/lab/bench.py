@@ -293,6 +293,41 @@ def trace_cost(pages: list[bytes], offsets: list[int]) -> dict[str, float]:
             "trace_overhead": round(b / a - 1, 3)}
 
 
+def read_cost(data: bytes, reads: int) -> dict[str, float]:
+    """What serving a swap-in costs in process, without FUSE: 8-page reads of a 256 MiB
+    file with the default options, so every page faults, is promoted and makes the
+    DRAM tier demote another; on each engine, against lz4 decompression alone."""
+    import random
+
+    from ..compressors import COMPRESSORS
+    from ..config import DeviceConfig
+    from ..device import Device
+
+    pages = [data[i:i + PAGE_SIZE] for i in range(0, min(len(data), 256 * PAGE_SIZE),
+                                                  PAGE_SIZE)]
+    count = 65536
+    rng = random.Random(1)
+    offsets = [rng.randrange(count // 8) * 8 * PAGE_SIZE for _ in range(reads)]
+    out: dict[str, float] = {}
+    for name in ("native", "python"):
+        dev = Device(DeviceConfig(advertised=1 << 40, physical=1 << 36, engine=name))
+        table = dev.table("cost")
+        for i in range(count):
+            dev.write(table, i * PAGE_SIZE, pages[i % len(pages)])
+        t0 = time.perf_counter()
+        for off in offsets:
+            dev.read(table, off, 8 * PAGE_SIZE)
+        out[f"{name}_us"] = round((time.perf_counter() - t0) / (8 * reads) * 1e6, 2)
+        dev.close()
+    lz4 = COMPRESSORS["lz4"]
+    blobs = [lz4.compress(p) for p in pages]
+    t0 = time.perf_counter()
+    for i in range(8 * reads):
+        lz4.decompress(blobs[i % len(blobs)])
+    out["lz4_us"] = round((time.perf_counter() - t0) / (8 * reads) * 1e6, 2)
+    return out
+
+
 def metadata_per_page(pages: int) -> dict[str, float]:
     """Bytes of daemon bookkeeping per stored page, with `pages` pages stored.
 
@@ -454,6 +489,7 @@ def run(quick: bool, out: Path, only: list[str] | None = None) -> dict[str, Any]
         sample = (mounts[0].dir / "fio.dat").read_bytes()[: 64 << 20]
         lz4_fio = results["lz4_fio_data"] = lz4_rates(sample)
         results["write_cost"] = write_cost(sample, 20_000 if quick else 200_000)
+        results["read_cost"] = read_cost(sample, 2_000 if quick else 20_000)
         for job in jobs:
             if job.bs != "4k":
                 # large requests are held to single-threaded lz4 on the same data
@@ -563,6 +599,10 @@ def table(r: dict[str, Any]) -> str:
                  f"{wc['write_us']} µs, of which lz4 {wc['lz4_us']} µs and bookkeeping "
                  f"{wc['bookkeeping_us']} µs; recording a trace: {wc['write_us_untraced']} "
                  f"-> {wc['write_us_traced']} µs (+{wc['trace_overhead']:.1%})")
+    rc = r["read_cost"]
+    lines.append(f"one page of an 8-page swap-in in process (fault, promotion, demotion): "
+                 f"{rc['native_us']} µs native, {rc['python_us']} µs python; lz4 "
+                 f"decompression alone {rc['lz4_us']} µs")
     md = r["metadata"]
     lines.append(f"metadata with {md['pages']} pages stored: {md['counted_bytes_per_page']} "
                  f"bytes/page counted, {md['rss_bytes_per_page']} bytes/page of RSS growth")
