@@ -34,6 +34,7 @@ DEF SAME = 1
 DEF DEVICE = 2
 DEF FALLBACK = 3
 DEF PROMOTED = 4
+DEF BACKED = 6
 DEF ALGO_SHIFT = 3
 DEF HUGE_BIT = 32
 DEF HANDLE_SHIFT = 6
@@ -129,6 +130,7 @@ cdef class NativeCore:
     cdef public long long _release_delay
     cdef public long long _comp_threads
     cdef public bint _direct_dram
+    cdef public bint _wb_busy           # pages under writeback: releases go to Device
     cdef public object _encode
     # everything else Device keeps stays an ordinary attribute, in NativeDevice's __dict__
 
@@ -163,6 +165,8 @@ cdef class NativeCore:
                 nt.promoted_pages += 1
             else:
                 table.promoted_pages += 1
+        elif kind == BACKED:
+            table.stored_pages += 1
         elif word == INJECTED_POISON:
             self.injected_poison += 1
 
@@ -171,7 +175,7 @@ cdef class NativeCore:
         cdef uint64_t word
         cdef int kind
         cdef long long charge, extra
-        if self._release_delay:
+        if self._release_delay or self._wb_busy:
             return super(NativeCore, self)._release(table, idx)
         cdef NativeTable nt = table if type(table) is NativeTable else None
         word = t_clear(table, idx)
@@ -207,6 +211,8 @@ cdef class NativeCore:
                 nt.promoted_pages -= 1
             else:
                 table.promoted_pages -= 1
+        elif kind == BACKED:
+            self._backed_released(table, word)
         elif word == INJECTED_POISON:
             self.injected_poison -= 1
         return word
@@ -301,6 +307,8 @@ cdef class NativeCore:
         cdef int algo
         cdef bint promote
         cdef bytes blob
+        if kind == BACKED:
+            return super(NativeCore, self)._read_page(table, idx, data)
         if kind != DEVICE and kind != FALLBACK:
             return self._peek(table, idx, True)
         promote = self._promote

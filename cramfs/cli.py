@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from . import backing
 from .config import SETTINGS, DeviceConfig
 
 # Flags mount(8) and mount.fuse3 pass along that mean nothing to a FUSE daemon.
@@ -174,12 +175,30 @@ def check_host(req: MountRequest) -> None:
         raise UsageError(f"cannot use mountpoint {mp}: {e.strerror}") from None
     if entries and not req.nonempty:
         raise UsageError(f"mountpoint {mp} is not empty (mount over it with -o nonempty)")
+    check_backing(req)
     if req.log:
         try:
             with open(req.log, "a"):
                 pass
         except OSError as e:
             raise UsageError(f"cannot write the log {req.log}: {e.strerror}") from None
+
+
+def check_backing(req: MountRequest) -> None:
+    """backing_dev must be a sized regular file, and not under the mountpoint (where
+    the mount would hide it, or serve it from the daemon that writes to it)."""
+    path = req.config.backing_dev
+    if not path:
+        return
+    if (os.path.normpath(path) + "/").startswith(os.path.normpath(req.mountpoint) + "/"):
+        raise UsageError(f"backing_dev {path} is under the mountpoint {req.mountpoint}")
+    try:
+        fd, _ = backing.open_file(path)
+    except OSError as e:
+        raise UsageError(f"cannot use backing_dev {path}: {e.strerror}") from None
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    os.close(fd)
 
 
 def main(argv: list[str] | None = None) -> int:

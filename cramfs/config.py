@@ -31,7 +31,8 @@ DEFAULT_DRAM = 64 << 20
 MAX_LATENCY_US = 10_000_000      # 10 s a page: past that it is a typo
 MAX_BANDWIDTH = 1_000_000        # MB/s
 MODES = ("zswap", "direct")
-FALLBACKS = ("host", "none")
+FALLBACKS = ("host", "none", "writeback")
+RECLAIMS = ("off", "compact", "writeback")
 OVERFLOWS = ("refuse", "poison", "drop")
 
 
@@ -53,6 +54,15 @@ def _int_in(name: str, low: int, high: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def _parse_backing(text: str) -> str:
+    s = text.strip(" \t\n")
+    if s == "none":
+        return ""
+    if not s.startswith("/") or "\0" in s:
+        raise ValueError(f"expected an absolute path or 'none', got {shown(s)}")
+    return s
 
 
 @dataclass(frozen=True)
@@ -87,7 +97,9 @@ SETTINGS: dict[str, Setting] = {
                 "how far fill must drop below a level's threshold to leave it"),
         Setting("write_control", parse_onoff, format_onoff,
                 "refuse new pages at critical or worse"),
-        Setting("fallback", _choice(*FALLBACKS), str, "where refused pages go: host or none"),
+        Setting("fallback", _choice(*FALLBACKS), str,
+                "where refused pages go: host (memory), none (ENOSPC) or writeback (the "
+                "backing file)"),
         Setting("overflow", _choice(*OVERFLOWS), str,
                 "with write control off, what a full device does: refuse, poison or drop"),
         Setting("mode", _choice(*MODES), str, "zswap (every access faults) or direct"),
@@ -106,6 +118,17 @@ SETTINGS: dict[str, Setting] = {
         Setting("release_delay", _int_in("release_delay", 0, 60_000), str,
                 "milliseconds a freed page stays charged (pending release) before the "
                 "device gets it back, as the RFC's sample driver batches its frees"),
+        Setting("backing_dev", _parse_backing, lambda v: v or "none",
+                "a regular file written-back pages go to (zram's backing_dev); 'none' for "
+                "none. Changed live only while the device is empty (.cram/backing_dev)",
+                False),
+        Setting("reclaim", _choice(*RECLAIMS), str,
+                "what the device tries before write control refuses a page: off, compact, "
+                "or compact then writeback of the coldest pages"),
+        Setting("reclaim_interval", _int_in("reclaim_interval", 0, 3_600_000), str,
+                "milliseconds between two compactions reclaim may run"),
+        Setting("reclaim_pages", _int_in("reclaim_pages", 1, 1 << 20), str,
+                "pages reclaim may write back per refused page"),
     )
 }
 
@@ -134,6 +157,10 @@ class DeviceConfig:
     write_latency: int = 0
     bandwidth: int = 0
     release_delay: int = 0
+    backing_dev: str = ""
+    reclaim: str = "off"
+    reclaim_interval: int = 1000
+    reclaim_pages: int = 256
 
     def __post_init__(self) -> None:
         # defaults that depend on other settings, resolved once, at construction
@@ -161,6 +188,9 @@ class DeviceConfig:
         if not 0 <= self.hysteresis < self.warn_at:
             raise ValueError("need 0% <= hysteresis < warn_at")
         engines.check(self.engine)
+        for name in ("fallback", "reclaim"):
+            if getattr(self, name) == "writeback" and not self.backing_dev:
+                raise ValueError(f"{name}=writeback needs a backing_dev")
         most = geometry(self.chain_size).huge_class_size
         if self.huge_threshold > most:
             raise ValueError(f"huge_threshold ({self.huge_threshold}) must not exceed {most}, "

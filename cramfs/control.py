@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import hostmem, trace
+from . import backing, hostmem, trace
+from .backing import IoJob
 from .compressors import COMPRESSORS
 from .config import SETTINGS
 from .device import DeviceError
@@ -26,7 +28,9 @@ from .trace import Recorder
 from .units import PAGE_SIZE, format_size, parse_decimal, parse_int, parse_size, shown
 
 Show = Callable[[Namespace], str]
-Store = Callable[[Namespace, str], None]
+# A store either finishes at once or returns the backing-file I/O it needs, for the
+# caller to run off the request loop (fuse_ops) or inline (backing.run_inline).
+Store = Callable[[Namespace, str], IoJob | None]
 
 
 @dataclass(frozen=True)
@@ -139,9 +143,10 @@ def _expect(ns: Namespace, name: str, text: str, value: str, what: str) -> None:
         ns.device.reject(name, f"write {value} to {what}, got {shown(text)}")
 
 
-def store(ns: Namespace, attr: Attribute, data: bytes) -> None:
+def store(ns: Namespace, attr: Attribute, data: bytes) -> IoJob | None:
     """One write() to a control file: one value, taken whole or not at all, as sysfs
-    takes a store. Input over a page is refused before anything parses it."""
+    takes a store. Input over a page is refused before anything parses it. Returns
+    the backing-file I/O the store still needs, if any."""
     assert attr.store is not None
     if len(data) > PAGE_SIZE:
         ns.device.reject(attr.name, f"input of {len(data)} bytes; at most {PAGE_SIZE}")
@@ -151,12 +156,11 @@ def store(ns: Namespace, attr: Attribute, data: bytes) -> None:
         ns.device.reject(attr.name, "input is not UTF-8 text")
     rec = ns.recorder
     if rec is None or attr.name == "trace":
-        attr.store(ns, text)
-        return
+        return attr.store(ns, text)
     # recorded as one control write, not as the namespace calls it makes (reset, discard)
     ns.recorder = None
     try:
-        attr.store(ns, text)
+        job = attr.store(ns, text)
     except DeviceError as e:
         rec.record(trace.CONTROL, result=-e.errno, payload=f"{attr.name}\0{text}".encode())
         raise
@@ -164,6 +168,7 @@ def store(ns: Namespace, attr: Attribute, data: bytes) -> None:
         if ns.recorder is None:
             ns.recorder = rec
     rec.record(trace.CONTROL, payload=f"{attr.name}\0{text}".encode())
+    return job
 
 
 def _store_reset(ns: Namespace, text: str) -> None:
@@ -318,6 +323,7 @@ def _store_trace(ns: Namespace, text: str) -> None:
         "empty": not ns.by_name and not any(dev.pages),
         "mm_stat": dev.mm_stat(),
         "device_age": dev.age(),
+        "backing_size": dev.backing.blocks * PAGE_SIZE if dev.backing is not None else 0,
         "started": time.time(),
     }
     ns.recorder = Recorder(words[1], header, ns.mountpoint)
@@ -353,6 +359,77 @@ def _show_trace(ns: Namespace) -> str:
     if rec.error is not None:
         return f"stopped: {rec.error} ({rec.events} events in {rec.path})\n"
     return f"recording {rec.path} {rec.events} events\n"
+
+
+def _store_backing_dev(ns: Namespace, text: str) -> IoJob | None:
+    """A path (opened off the request loop: it may name a file on this very mount,
+    whose lookup only this daemon can answer) or `none`."""
+    dev = ns.device
+    try:
+        path = SETTINGS["backing_dev"].parse(text)
+    except ValueError as e:
+        dev.reject("backing_dev", str(e))
+    mp = ns.mountpoint
+    if path and mp and (os.path.normpath(path) + "/").startswith(os.path.normpath(mp) + "/"):
+        dev.reject("backing_dev", f"{shown(path)} is on this cramfs mount")
+    if not path:
+        dev.set_backing("", None)
+        return None
+
+    def open_it() -> tuple[int, int] | Exception:
+        try:
+            fd, blocks = backing.open_file(path)
+        except (OSError, ValueError) as e:
+            return e
+        try:
+            if mp and os.fstat(fd).st_dev == os.stat(mp).st_dev:
+                os.close(fd)
+                return ValueError(f"{shown(path)} is on this cramfs mount")
+        except OSError as e:
+            os.close(fd)
+            return e
+        return fd, blocks
+
+    def opened(result: tuple[int, int] | Exception) -> None:
+        if isinstance(result, OSError):
+            dev.reject("backing_dev", f"cannot open {shown(path)}: {result.strerror}")
+        if isinstance(result, Exception):
+            dev.reject("backing_dev", str(result))
+        dev.set_backing(path, result)
+
+    return IoJob(open_it, opened)
+
+
+def _store_writeback(ns: Namespace, text: str) -> IoJob | None:
+    """zram's writeback types, or `page=FILE:N` where zram takes page_index=N."""
+    arg = text.strip(" \t\n")
+    if arg.startswith("page="):
+        name, colon, page = arg[5:].rpartition(":")
+        try:
+            if not colon or not name:
+                raise ValueError(f"expected page=FILE:N, got {shown(arg)}")
+            target = (ns.lookup(name).table, parse_int(page))
+        except (ValueError, DeviceError) as e:
+            ns.device.reject("writeback", str(e))
+        return ns.device.writeback("page", target)
+    return ns.device.writeback(arg)
+
+
+def _store_wb_limit_enable(ns: Namespace, text: str) -> None:
+    arg = text.strip(" \t\n")
+    if arg not in ("0", "1"):
+        ns.device.reject("writeback_limit_enable", f"expected 0 or 1, got {shown(arg)}")
+    ns.device.wb_limit_enable = arg == "1"
+    ns.device.events.add("knob", f"writeback_limit_enable={arg}")
+
+
+def _store_wb_limit(ns: Namespace, text: str) -> None:
+    try:
+        pages = parse_int(text)
+    except ValueError as e:
+        ns.device.reject("writeback_limit", f"{e}; expected a page count")
+    ns.device.wb_limit = pages
+    ns.device.events.add("knob", f"writeback_limit={pages}")
 
 
 def _store_compact(ns: Namespace, text: str) -> None:
@@ -423,6 +500,13 @@ ATTRIBUTES: dict[str, Attribute] = {a.name: a for a in (
     Attribute("recomp_algorithm", _show_recomp_algorithm, _store_recomp_algorithm),
     Attribute("recompress", store=_store_recompress),
     Attribute("pool", _show_pool),
+    Attribute("backing_dev", lambda ns: ns.device.config.show("backing_dev") + "\n",
+              _store_backing_dev, private=True),
+    Attribute("writeback", store=_store_writeback),
+    Attribute("writeback_limit_enable", lambda ns: f"{int(ns.device.wb_limit_enable)}\n",
+              _store_wb_limit_enable),
+    Attribute("writeback_limit", lambda ns: f"{ns.device.wb_limit}\n", _store_wb_limit),
+    Attribute("bd_stat", lambda ns: ns.device.bd_stat() + "\n"),
     Attribute("inject", _show_inject, _store_inject),
     Attribute("trace", _show_trace, _store_trace, private=True),
 )}

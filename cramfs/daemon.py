@@ -110,7 +110,17 @@ def serve(req: MountRequest, ready_fd: int | None) -> int:
     _setup_logging(req)
     if os.geteuid() == 0:
         harden()
-    ns = Namespace(Device(req.config))
+    try:
+        device = Device(req.config)
+    except (OSError, ValueError) as e:     # the backing file went away since the check
+        msg = f"cramfs: cannot use backing_dev {req.config.backing_dev}: {e}"
+        if ready_fd is not None:
+            os.write(ready_fd, msg.encode())
+            os.close(ready_fd)
+        else:
+            print(msg, file=sys.stderr)
+        return 1
+    ns = Namespace(device)
     ns.mountpoint = req.mountpoint
     ops = CramOperations(ns)
     try:

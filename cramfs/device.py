@@ -13,6 +13,10 @@ A promoted page keeps, outside the pool, the compressed form the device had:
 demoting it unchanged puts those bytes back without running the compressor.
 Only a page a direct-mode write changed, or whose compressor changed since, is
 compressed at demotion.
+    compressed ──writeback (idle, huge, one page)──▶ written back  (in the backing file)
+    refused ──fallback=writeback──▶ written back, acknowledged once it is in the file
+    compressed ──reclaim, before write control refuses──▶ written back
+    written back ──read (a counted fault)──▶ served from the file; promoted in zswap mode
     any ──discard / truncate──▶ hole
 
 The device knows nothing of FUSE. It takes a `PageTable` (one per file) and
@@ -25,15 +29,19 @@ drift from the slots.
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import functools
+import heapq
+import os
 import time
 import weakref
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, fields
 from typing import Any, NoReturn
 
 from . import parallel
+from .backing import READ, WRITE, BackingFile, IoJob, Op, open_file, run_inline
 from .compressors import BY_ID, COMPRESSORS, describe
 from .config import SETTINGS, DeviceConfig
 from .engine import (
@@ -47,11 +55,13 @@ from .engine import (
 from .events import EventLog
 from .levels import CRITICAL, LevelTracker, pressure, pressure_band
 from .pagetable import (
+    BACKED,
     DEVICE,
     FALLBACK,
     HANDLE_SHIFT,
     HUGE_BIT,
     KIND_MASK,
+    KINDS,
     POISONED,
     PROMOTED,
     SAME,
@@ -75,6 +85,8 @@ _LOW_BITS = (1 << HANDLE_SHIFT) - 1
 _WIDE_WORD = 1 << HANDLE_SHIFT       # a same-filled word kept in the WordStore
 _INJECTED_POISON = pack(POISONED, algo=1)   # told apart from overflow's poison
 _MAX_GROWTH = MAX_ZSPAGE_PAGES * PAGE_SIZE      # the most one store can add to a pool
+WRITEBACK_BATCH = 256        # pages one writeback step holds in memory on their way to the file
+WRITEBACK_KINDS = ("idle", "huge", "huge_idle", "incompressible")
 
 
 class DeviceError(Exception):
@@ -118,9 +130,31 @@ class Counters:
     recompress_saved_bytes: int = 0  # compressed bytes those pages shed
     recompress_skipped_pages: int = 0  # tried without gain, marked until rewritten
     promotions_skipped: int = 0      # faults served in place: the DRAM tier could not demote
+    bd_reads: int = 0                # pages read from the backing file (zram bd_stat)
+    bd_writes: int = 0               # pages written to it (zram bd_stat)
+    bd_failed: int = 0               # backing-file reads and writes that failed
+    bd_full: int = 0                 # pages that found the backing file full (or the limit)
+    writeback_dropped: int = 0       # written back while rewritten: the write won
+    writeback_fallback: int = 0      # refused pages placed in the backing file
+    reclaim_compactions: int = 0     # compactions reclaim ran before a refusal
+    reclaim_written: int = 0         # pages reclaim wrote back
+    reclaim_rescued: int = 0         # pages stored because reclaim made room
+    reclaim_failed: int = 0          # pages refused although reclaim ran
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class _WritebackRun:
+    """One `writeback` from its first batch to its last."""
+
+    kind: str
+    what: str
+    candidates: Iterator[tuple[PageTable, int]]
+    written: int = 0
+    err: int = 0
+    why: str = ""
 
 
 def _page(table: PageTable, idx: int) -> str:
@@ -182,7 +216,7 @@ class Device:
         self.pressure = 0                    # the RFC's 0-1000, quantised (levels.pressure)
         self.events = EventLog(clock=clock)
         self.counters = Counters()
-        self.pages = [0] * 6                 # live slots by kind (index 0 unused)
+        self.pages = [0] * KINDS             # live slots by kind (index 0 unused)
         self.huge_pages = 0
         self.inflate = 1.0                   # injected cost factor for new pages
         self.mem_used_max = 0
@@ -203,7 +237,20 @@ class Device:
         self._tables: dict[int, weakref.ref[PageTable]] = {}
         self._next_table = 0
         self._table_class = table_class(self.config.engine)
+        # writeback: the backing file, and the pages on their way to it whose device
+        # copy stays until the write lands (zram's ZRAM_UNDER_WB): any release of
+        # such a slot drops its mark, so the finished write is dropped too
+        self.backing: BackingFile | None = None
+        self._under_wb: dict[tuple[PageTable, int], int] = {}
+        self._wb_busy = False
+        self._staged: list[tuple[PageTable, int, int, bytes]] = []   # fallback=writeback
+        self._behind: dict[int, tuple[PageTable, int]] = {}          # reclaim's blocks
+        self.wb_limit_enable = False
+        self.wb_limit = 0                    # pages writeback may still write, if enabled
+        self._last_compact = float("-inf")
         self._configured()
+        if self.config.backing_dev:
+            self.attach_backing(self.config.backing_dev, *open_file(self.config.backing_dev))
 
     def _configured(self) -> None:
         """Recompute what is derived from the settings (after any change)."""
@@ -244,8 +291,9 @@ class Device:
 
     @property
     def logical_stored(self) -> int:
-        """Bytes of page slots the device holds (zram's orig_data_size)."""
-        return (self.pages[SAME] + self.pages[DEVICE]) * PAGE_SIZE
+        """Bytes of page slots the device holds (zram's orig_data_size, which keeps
+        written-back pages)."""
+        return (self.pages[SAME] + self.pages[DEVICE] + self.pages[BACKED]) * PAGE_SIZE
 
     @property
     def fill(self) -> float:
@@ -335,11 +383,15 @@ class Device:
             table.stored_pages += 1
         elif kind == PROMOTED:
             table.promoted_pages += 1
+        elif kind == BACKED:
+            table.stored_pages += 1
         elif word == _INJECTED_POISON:
             self.injected_poison += 1
 
     def _release(self, table: PageTable, idx: int) -> int:
         """Make a slot a hole and free whatever it held; return the old word."""
+        if self._wb_busy and self._under_wb.pop((table, idx), None) is not None:
+            self._wb_busy = bool(self._under_wb)
         word = table.clear(idx)
         if not word:
             return 0
@@ -372,9 +424,17 @@ class Device:
         elif kind == PROMOTED:
             self.tier.pop((table, idx))
             table.promoted_pages -= 1
+        elif kind == BACKED:
+            self._backed_released(table, word)
         elif word == _INJECTED_POISON:
             self.injected_poison -= 1
         return word
+
+    def _backed_released(self, table: PageTable, word: int) -> None:
+        """The rest of releasing a written-back slot: its block's hole gets punched."""
+        table.stored_pages -= 1
+        assert self.backing is not None
+        self.backing.free(word >> HANDLE_SHIFT)
 
     # ------------------------------------------------------------ page paths
 
@@ -399,6 +459,8 @@ class Device:
             return blob if algo == DIRTY else BY_ID[algo].decompress(blob)
         if kind == POISONED:
             self._poisoned_read(table, idx)
+        if kind == BACKED:
+            return self._backed_page(table, idx, word)
         return self._decode(word)
 
     def _poisoned_read(self, table: PageTable, idx: int) -> NoReturn:
@@ -411,6 +473,8 @@ class Device:
         """Serve one page; `data` is its decompressed content if already known."""
         word = table.get(idx)
         kind = word & KIND_MASK
+        if kind == BACKED:
+            return self._backed_fault(table, idx, word)
         if kind not in (DEVICE, FALLBACK):
             return self._peek(table, idx, touch=True)
         promote = self._promote
@@ -514,22 +578,17 @@ class Device:
         None: the page goes onto the device. Otherwise the page went elsewhere
         (fallback, poison, drop) and this is what `_store` returns."""
         c = self.config
-        pool = self.pool
         size = len(blob)
-        old = table.get(idx)
-        used = pool.used_bytes + self._extra + extra
-        if used + _MAX_GROWTH <= c.physical:
-            fits = True             # far from full: no need to ask the pool
-        else:
-            # a huge page owns its page, so overwriting one frees that page for sure,
-            # unless its release is delayed
-            whole = PAGE_SIZE if old & HUGE_BIT and not c.release_delay else 0
-            freed = whole + table.extra.get(idx, 0) if old & KIND_MASK == DEVICE else 0
-            fits = used - freed + pool.cost(size) <= c.physical
+        fits = self._fits(table, idx, size, extra)
+        if c.write_control and c.reclaim != "off" and (
+                self.levels.level >= CRITICAL or not fits):
+            fits = self._reclaim(table, idx, size, extra)
 
         if c.write_control and (self.levels.level >= CRITICAL or not fits):
             self.counters.reject_write_control += 1
             why = f"level {self.danger}" if fits else "no physical room"
+            if c.fallback == "writeback" and not demoting:
+                return self._stage(table, idx, blob, algo, why)
             if c.fallback == "host" and (
                     self.fallback.used_bytes + self.fallback.charge(size) > c.fallback_limit):
                 self.counters.fallback_limit_hit += 1
@@ -560,6 +619,19 @@ class Device:
             self._refresh()
             return True
         return None
+
+    def _fits(self, table: PageTable, idx: int, size: int, extra: int) -> bool:
+        """Would a `size`-byte object for this slot stay within physical capacity?"""
+        c = self.config
+        used = self.pool.used_bytes + self._extra + extra
+        if used + _MAX_GROWTH <= c.physical:
+            return True             # far from full: no need to ask the pool
+        # a huge page owns its page, so overwriting one frees that page for sure,
+        # unless its release is delayed
+        old = table.get(idx)
+        whole = PAGE_SIZE if old & HUGE_BIT and not c.release_delay else 0
+        freed = whole + table.extra.get(idx, 0) if old & KIND_MASK == DEVICE else 0
+        return used - freed + self.pool.cost(size) <= c.physical
 
     def _refuse(self, table: PageTable, idx: int, why: str, demoting: bool) -> bool:
         if demoting:
@@ -832,6 +904,387 @@ class Device:
         self._refresh()
         return done
 
+    # ------------------------------------------------------------ writeback
+    # zram's three ways to the backing file, and the RFC's "demote further down":
+    # writeback() (zram's, batch by batch, the device copy kept until the write
+    # lands), fallback=writeback (a refused page, acknowledged once in the file)
+    # and reclaim (written behind at once, to make room before a refusal).
+    # The I/O itself is an IoJob the caller runs: the adapter in a worker thread,
+    # everyone else with backing.run_inline.
+
+    def attach_backing(self, path: str, fd: int, blocks: int) -> None:
+        """Take an opened backing file (mount time, or .cram/backing_dev while empty)."""
+        if self.backing is not None:
+            self.backing.close()
+        self.backing = BackingFile(path, fd, blocks)
+
+    def set_backing(self, path: str, opened: tuple[int, int] | None) -> None:
+        """.cram/backing_dev: a new backing file (`opened` is its fd and blocks) or none
+        (""). Only while the device is empty and no I/O is on its way: EBUSY."""
+        b = self.backing
+        if any(self.pages) or self._staged or (b is not None and (b.count or b.queue or b.jobs)):
+            if opened:
+                os.close(opened[0])
+            self.events.add("rejected", "backing_dev: the device holds pages")
+            raise DeviceError(errno.EBUSY, "backing_dev: the device holds pages")
+        try:
+            self.config = self.config.with_value("backing_dev", path or "none")
+        except ValueError as e:
+            if opened:
+                os.close(opened[0])
+            self.reject("backing_dev", str(e))
+        if b is not None:
+            b.close()
+            self.backing = None
+        if opened:
+            self.attach_backing(path, *opened)
+        self._configured()
+        self.events.add("knob", f"backing_dev={self.config.show('backing_dev')}")
+
+    def _job(self, ops: list[Op], done: Callable[[list[Any]], IoJob | None]) -> IoJob:
+        b = self.backing
+        assert b is not None
+        b.jobs += 1
+
+        def finished(results: list[Any]) -> IoJob | None:
+            b.jobs -= 1
+            return done(results)
+
+        return IoJob(lambda: b.run(ops), finished)
+
+    def _alloc_block(self) -> int | None:
+        """A block for one more page, within writeback_limit; None (and counted) if
+        the file is full or the limit spent."""
+        assert self.backing is not None
+        block = None if self.wb_limit_enable and self.wb_limit <= 0 else self.backing.alloc()
+        if block is None:
+            self.counters.bd_full += 1
+        elif self.wb_limit_enable:
+            self.wb_limit -= 1
+        return block
+
+    def _full_errno(self) -> tuple[int, str]:
+        if self.wb_limit_enable and self.wb_limit <= 0:
+            return errno.EIO, "writeback_limit spent"
+        return errno.ENOSPC, "backing file full"
+
+    def _backed_page(self, table: PageTable, idx: int, word: int) -> bytes:
+        b = self.backing
+        assert b is not None
+        block = word >> HANDLE_SHIFT
+        from_file = block not in b.inflight
+        try:
+            data = b.read(block)
+        except OSError as e:
+            self.counters.failed_reads += 1
+            self.counters.bd_failed += 1
+            self.events.add("bd_error", f"{_page(table, idx)}: backing file read failed: "
+                            f"{e.strerror}, EIO", ratelimit=True)
+            raise DeviceError(errno.EIO, f"{_page(table, idx)}: backing read failed") from None
+        if from_file:
+            self.counters.bd_reads += 1
+        return data
+
+    def _backed_fault(self, table: PageTable, idx: int, word: int) -> bytes:
+        """A read of a written-back page: a fault, served from the file; in zswap mode
+        the page then moves to DRAM and its block is freed."""
+        data = self._backed_page(table, idx, word)
+        self.counters.faults += 1
+        if self.tracking:
+            table.touch(idx, self._now())
+        if self._promote:
+            if self._tier_room():
+                self._release(table, idx)
+                self._to_dram(table, idx, (None, data, DIRTY, False))
+                self.counters.promotions += 1
+            else:
+                self.counters.promotions_skipped += 1
+        return data
+
+    def fetch(self, table: PageTable, off: int, size: int) -> tuple[IoJob | None, dict[int, bytes]]:
+        """The file reads a request for [off, off+size) needs, to run before it off the
+        loop; the dict fills with the pages, for `fetched()` to hand to the read."""
+        fetched: dict[int, bytes] = {}
+        b = self.backing
+        if b is None or not self.pages[BACKED] or size <= 0:
+            return None, fetched
+        first, last = off // PAGE_SIZE, (off + size - 1) // PAGE_SIZE
+        ops = [Op(READ, block) for i in table.indices_in(first, last + 1)
+               if (w := table.get(i)) & KIND_MASK == BACKED
+               and (block := w >> HANDLE_SHIFT) not in b.inflight]
+        if not ops:
+            return None, fetched
+
+        def done(results: list[Any]) -> None:
+            # A block's data stays right while its slot still names it: a freed block
+            # is reused only after its hole is punched, which queues behind this read.
+            fetched.update((op.block, r) for op, r in zip(ops, results, strict=True)
+                           if isinstance(r, bytes))
+
+        return self._job(ops, done), fetched
+
+    @contextlib.contextmanager
+    def fetched(self, pages: dict[int, bytes]) -> Generator[None, None, None]:
+        """Serve the reads inside from pages `fetch` read ahead."""
+        b = self.backing
+        if b is None or not pages:
+            yield
+            return
+        b.fetched = pages
+        try:
+            yield
+        finally:
+            b.fetched = {}
+
+    def _wanted(self, table: PageTable, idx: int, word: int, kind: str) -> bool:
+        """Is this slot one `writeback kind` takes? (zram skips same-filled, written-back
+        and under-writeback slots; `page` takes any other stored page.)"""
+        if word & KIND_MASK != DEVICE or (self._wb_busy and (table, idx) in self._under_wb):
+            return False
+        if kind == "page":
+            return True
+        huge = bool(word & HUGE_BIT)
+        age = table.age(idx) if self.tracking else -1
+        idle = age >= 0 and not age & ~TRIED
+        if kind == "idle":
+            return idle
+        if kind == "huge":
+            return huge
+        if kind == "huge_idle":
+            return huge and idle
+        return huge and age >= 0 and bool(age & TRIED)      # incompressible
+
+    def writeback(self, kind: str, page: tuple[PageTable, int] | None = None) -> IoJob | None:
+        """zram's writeback: idle, huge, huge_idle or incompressible pages (or the one
+        `page`) to the backing file, WRITEBACK_BATCH at a time. Each batch's pages keep
+        their device copy, marked under writeback, until the write lands; a page
+        released meanwhile (rewritten, discarded, promoted) drops out, and its block
+        with it. ENODEV without a backing file, EIO once writeback_limit is spent and
+        ENOSPC when the file is full, as zram."""
+        if self.backing is None:
+            self.events.add("rejected", "writeback: no backing_dev")
+            raise DeviceError(errno.ENODEV, "writeback: no backing_dev")
+        if kind not in WRITEBACK_KINDS and not (kind == "page" and page is not None):
+            self.reject("writeback", f"expected {'|'.join(WRITEBACK_KINDS)} or page=FILE:N")
+        if self.wb_limit_enable and self.wb_limit <= 0:
+            self.events.add("writeback", f"{kind}: writeback_limit spent, EIO")
+            raise DeviceError(errno.EIO, "writeback: writeback_limit spent")
+        what = kind if page is None else f"{_page(*page)}"
+        candidates: Iterator[tuple[PageTable, int]] = iter([page]) if page else (
+            (t, i) for t in self.tables() for i, _ in t.items())
+        return self._wb_batch(_WritebackRun(kind, what, candidates))
+
+    def _wb_batch(self, run: _WritebackRun) -> IoJob | None:
+        batch: list[tuple[PageTable, int, int, bytes]] = []
+        for table, idx in run.candidates:
+            word = table.get(idx)
+            if not self._wanted(table, idx, word, run.kind):
+                continue
+            block = self._alloc_block()
+            if block is None:
+                run.err, run.why = self._full_errno()
+                break
+            self._under_wb[(table, idx)] = block
+            batch.append((table, idx, block, self._decode(word)))
+            if len(batch) >= WRITEBACK_BATCH:
+                break
+        self._wb_busy = bool(self._under_wb)
+        if not batch:
+            self._wb_report(run)
+            return None
+        ops = [Op(WRITE, block, data) for _, _, block, data in batch]
+        return self._job(ops, lambda results: self._wb_landed(run, batch, results))
+
+    def _wb_landed(self, run: _WritebackRun, batch: list[tuple[PageTable, int, int, bytes]],
+                   results: list[Any]) -> IoJob | None:
+        """A batch is in the file: each page still marked leaves the device."""
+        b = self.backing
+        assert b is not None
+        for (table, idx, block, _), res in zip(batch, results, strict=True):
+            mine = self._under_wb.get((table, idx)) == block
+            if mine:
+                del self._under_wb[(table, idx)]
+            if res or not mine:
+                b.free(block)
+                if res:
+                    self.counters.bd_failed += 1
+                    run.err, run.why = int(res), f"backing file write failed: {os.strerror(res)}"
+                else:
+                    self.counters.writeback_dropped += 1
+                continue
+            self.counters.bd_writes += 1
+            self._release(table, idx)
+            self._install(table, idx, pack(BACKED, block))
+            run.written += 1
+        self._wb_busy = bool(self._under_wb)
+        self._refresh()
+        if run.err:
+            self._wb_report(run)
+        return self._wb_batch(run)
+
+    def _wb_report(self, run: _WritebackRun) -> None:
+        tail = f", stopped: {run.why}" if run.err else ""
+        self.events.add("writeback", f"{run.what}: {run.written} pages written back{tail}")
+        if run.err:
+            raise DeviceError(run.err, f"writeback: {run.why}")
+
+    def _stage(self, table: PageTable, idx: int, blob: bytes, algo: int, why: str) -> bool:
+        """fallback=writeback: a refused page goes to the backing file. The slot keeps
+        its old page, marked, until the write lands (staged_job); ENOSPC if no block."""
+        block = self._alloc_block()
+        if block is None:
+            return self._refuse(table, idx, f"{why}, {self._full_errno()[1]}", False)
+        page = blob if algo == _NONE_ID else BY_ID[algo].decompress(blob)
+        self._under_wb[(table, idx)] = block
+        self._wb_busy = True
+        self._staged.append((table, idx, block, page))
+        self.events.add("refused", f"{_page(table, idx)}: {why}, to the backing file "
+                        "(fallback)", ratelimit=True)
+        return True
+
+    def staged_job(self) -> IoJob | None:
+        """The writes of the pages fallback=writeback placed since the last call: the
+        request that made them is acknowledged once this job is done. Its `done`
+        raises the first failure's errno (the old pages are kept)."""
+        if not self._staged:
+            return None
+        staged, self._staged = self._staged, []
+        ops = [Op(WRITE, block, page) for _, _, block, page in staged]
+        return self._job(ops, lambda results: self._commit(staged, results))
+
+    def _commit(self, staged: list[tuple[PageTable, int, int, bytes]],
+                results: list[Any]) -> None:
+        b = self.backing
+        assert b is not None
+        failed = 0
+        for (table, idx, block, _), res in zip(staged, results, strict=True):
+            mine = self._under_wb.get((table, idx)) == block
+            if mine:
+                del self._under_wb[(table, idx)]
+            if res or not mine:
+                b.free(block)
+                if res:
+                    self.counters.bd_failed += 1
+                    self.counters.failed_writes += 1
+                    failed = failed or int(res)
+                    self.events.add("bd_error", f"{_page(table, idx)}: backing file write "
+                                    f"failed: {os.strerror(res)}", ratelimit=True)
+                else:
+                    self.counters.writeback_dropped += 1
+                continue
+            self.counters.bd_writes += 1
+            self.counters.writeback_fallback += 1
+            self._release(table, idx)
+            self._install(table, idx, pack(BACKED, block))
+        self._wb_busy = bool(self._under_wb)
+        self._refresh()
+        if failed:
+            raise DeviceError(failed, "backing file write failed")
+
+    def _reclaim(self, table: PageTable, idx: int, size: int, extra: int) -> bool:
+        """The RFC's "trigger reclaim on cram node" before write control refuses a page:
+        compaction (at most once per reclaim_interval), then, with reclaim=writeback,
+        up to reclaim_pages of the coldest pages written behind. Returns whether the
+        page now fits; the level, re-derived, decides the rest."""
+        c = self.config
+        steps = []
+        now = self._monotonic()
+        if now - self._last_compact >= c.reclaim_interval / 1000:
+            self._last_compact = now
+            self.counters.reclaim_compactions += 1
+            steps.append(f"compaction gave {self.compact()} pages")
+        fits = self._fits(table, idx, size, extra)
+        if c.reclaim == "writeback" and self.backing is not None and (
+                self.levels.level >= CRITICAL or not fits):
+            steps.append(f"{self._write_behind(c.reclaim_pages, (table, idx))} pages "
+                         "written back")
+            fits = self._fits(table, idx, size, extra)
+        ok = fits and self.levels.level < CRITICAL
+        if ok:
+            self.counters.reclaim_rescued += 1
+        else:
+            self.counters.reclaim_failed += 1
+        self.events.add("reclaim", f"{_page(table, idx)}: {', '.join(steps) or 'no step due'}"
+                        f"; {'stored' if ok else 'still refusing'} at fill {self.fill:.1%}",
+                        ratelimit=True)
+        return fits
+
+    def _write_behind(self, count: int, exclude: tuple[PageTable, int]) -> int:
+        """Move up to `count` of the coldest stored pages (idle ones first, then by last
+        access; in table order without tracking) to the backing file at once: the
+        device gets their memory back now, the daemon holds them until they land."""
+        b = self.backing
+        assert b is not None
+        tracking = self.tracking
+
+        def candidates() -> Iterator[tuple[int, int, PageTable, int]]:
+            n = 0
+            for t in self.tables():
+                for i, w in t.items():
+                    if w & KIND_MASK == DEVICE and (t, i) != exclude and not (
+                            self._wb_busy and (t, i) in self._under_wb):
+                        n += 1
+                        yield (t.age(i) & ~TRIED if tracking else 0), n, t, i
+
+        done = 0
+        for _, _, t, i in heapq.nsmallest(count, candidates(), key=lambda c: c[:2]):
+            block = self._alloc_block()
+            if block is None:
+                break
+            data = self._decode(t.get(i))
+            self._release(t, i)
+            self._install(t, i, pack(BACKED, block))
+            b.write_behind(block, data)
+            self._behind[block] = (t, i)
+            done += 1
+        self.counters.reclaim_written += done
+        self._refresh()
+        return done
+
+    def flush_job(self) -> IoJob | None:
+        """Queued backing-file I/O (pages written behind, holes to punch), or None."""
+        b = self.backing
+        if b is None or not b.queue:
+            return None
+        ops = b.take()
+        return self._job(ops, lambda results: self._flushed(ops, results))
+
+    def _flushed(self, ops: list[Op], results: list[Any]) -> None:
+        b = self.backing
+        assert b is not None
+        for op, res in zip(ops, results, strict=True):
+            if op.kind == WRITE and not res:
+                self.counters.bd_writes += 1
+        for op, err in b.finish(ops, results):
+            # a page written behind did not land: it stays in host memory instead
+            self.counters.bd_failed += 1
+            table, idx = self._behind.get(op.block, (None, 0))
+            if table is not None and table.get(idx) == pack(BACKED, op.block):
+                self._release(table, idx)
+                self._install(table, idx, pack(FALLBACK, self.fallback.put(op.data), _NONE_ID,
+                                               True))
+                self.events.add("bd_error", f"{_page(table, idx)}: backing file write "
+                                f"failed: {os.strerror(err)}, kept in host memory",
+                                ratelimit=True)
+        for op in ops:
+            if op.kind == WRITE:
+                self._behind.pop(op.block, None)
+        self._refresh()
+
+    def settle(self) -> None:
+        """Carry out every pending backing-file job here and now (the in-process API's
+        way; the adapter runs them in a worker thread instead)."""
+        while (job := self.staged_job() or self.flush_job()) is not None:
+            try:
+                run_inline(job)
+            except DeviceError:
+                continue            # a failed staged write: already counted and logged
+
+    def bd_stat(self) -> str:
+        """zram's bd_stat: bd_count, bd_reads, bd_writes, in 4 KiB pages."""
+        count = self.backing.count if self.backing is not None else 0
+        return f"{count:8} {self.counters.bd_reads:8} {self.counters.bd_writes:8}"
+
     # ------------------------------------------------------------ knobs and faults
 
     def set(self, name: str, text: str) -> None:
@@ -926,6 +1379,8 @@ class Device:
         self.tier = tier_class(self.config.engine)()
         self.pool.close()
         self.fallback.close()
+        if self.backing is not None:
+            self.backing.close()
 
     def reset_peak(self) -> None:
         self.mem_used_max = self.physical_used
@@ -977,7 +1432,7 @@ class Device:
             "mode": c.mode,
             "engine": c.engine,
             "mem_used_max": self.mem_used_max,
-            "stored_pages": self.pages[SAME] + self.pages[DEVICE],
+            "stored_pages": self.pages[SAME] + self.pages[DEVICE] + self.pages[BACKED],
             "same_filled_pages": self.pages[SAME],
             "stored_incompressible_pages": self.huge_pages,
             "compressed_pages": self.pages[DEVICE] - self.huge_pages,
@@ -988,6 +1443,9 @@ class Device:
             "promoted_pages": self.pages[PROMOTED],
             "promoted_bytes": self.pages[PROMOTED] * PAGE_SIZE,
             "poisoned_now": self.pages[POISONED],
+            "written_back_pages": self.pages[BACKED],
+            "bd_count": self.backing.count if self.backing is not None else 0,
+            "writeback_limit": self.wb_limit,
         }
         out.update(self.counters.as_dict())
         return out

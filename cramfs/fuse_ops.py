@@ -21,9 +21,11 @@ from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import pyfuse3
+import trio
 from pyfuse3 import FUSEError
 
 from . import control
+from .backing import IoJob
 from .control import ATTRIBUTES, Attribute, file_xattrs
 from .device import DeviceError
 from .namespace import FIRST_FILE_INO, Inode, Namespace
@@ -48,12 +50,19 @@ def guarded(fn: Callable[Concatenate[CramOperations, P], R],
     """Make a handler the coroutine pyfuse3 expects, with the error policy.
 
     Handler bodies never await (the core is synchronous), so they are plain
-    functions: one coroutine per request instead of two."""
+    functions: one coroutine per request instead of two. With a backing file,
+    the I/O a handler left behind runs before the reply: the writes that
+    fallback=writeback must land before a write is acknowledged, and the
+    holes of freed blocks, so a reply means the file has shrunk."""
 
     @functools.wraps(fn)
     async def wrapper(self: CramOperations, *args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return fn(self, *args, **kwargs)
+            try:
+                return fn(self, *args, **kwargs)
+            finally:
+                if self.ns.device.backing is not None:
+                    await self._settle()
         except FUSEError:
             raise
         except DeviceError as e:
@@ -78,6 +87,9 @@ class CramOperations(pyfuse3.Operations):
     def __init__(self, ns: Namespace) -> None:
         super().__init__()
         self.ns = ns
+        # Backing-file I/O runs in worker threads one job at a time, in the order
+        # planned: a block's hole is never punched before a write still due to it.
+        self._lane = trio.Lock()
         self._handles: dict[int, Inode | ControlHandle] = {}
         self._next_fh = 1
         self._generation = {"danger": 0, "pressure": 0}
@@ -87,6 +99,23 @@ class CramOperations(pyfuse3.Operations):
         ns.on_names_dropped.append(self._forget_names)
 
     # ------------------------------------------------------------ helpers
+
+    async def _io(self, job: IoJob | None) -> None:
+        """Run a backing-file job and what follows it, off the request loop."""
+        while job is not None:
+            async with self._lane:
+                result = await trio.to_thread.run_sync(job.run)
+                job = job.done(result)
+
+    async def _settle(self) -> None:
+        """The I/O the last handler left: its staged writes (whose failure fails the
+        request), then queued writes behind and holes to punch."""
+        dev = self.ns.device
+        staged, queued = dev.staged_job(), dev.flush_job()
+        try:
+            await self._io(staged)
+        finally:
+            await self._io(queued)
 
     def _changed(self, what: str) -> None:
         """sysfs_notify: wake the poll() waiters of `what` (danger or pressure); every
@@ -323,16 +352,56 @@ class CramOperations(pyfuse3.Operations):
             raise FUSEError(errno.EBADF) from None
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        data, delay = await self._read(fh, off, size)
+        fetched: dict[int, bytes] = {}
+        if self.ns.device.backing is not None:
+            fetched = await self._fetch(fh, off, size)
+        data, delay = await self._read(fh, off, size, fetched)
         if delay > 0:                  # no coroutine at all on the common path
             await self._media(delay)
         return data
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        done, delay = await self._write(fh, off, buf)
+        done, delay, job = await self._write(fh, off, buf)
+        if job is not None:
+            await self._control_io(job)
         if delay > 0:
             await self._media(delay)
         return done
+
+    @guarded
+    def _plan_fetch(self, fh: int, off: int, size: int) -> tuple[IoJob | None, dict[int, bytes]]:
+        h = self._handle(fh)
+        if isinstance(h, Inode):
+            return self.ns.device.fetch(h.table, off, size)
+        return None, {}
+
+    async def _fetch(self, fh: int, off: int, size: int) -> dict[int, bytes]:
+        """Read the written-back pages a request needs in a worker thread, first."""
+        job, fetched = await self._plan_fetch(fh, off, size)
+        if job is not None:
+            try:
+                await self._io(job)
+            except Exception:       # the read itself will report what is wrong
+                log.exception("reading ahead from the backing file failed")
+        return fetched
+
+    @guarded
+    def _control_done(self) -> None:
+        """Nothing: the guard settles the I/O the job left (freed blocks)."""
+
+    async def _control_io(self, job: IoJob) -> None:
+        """A control write's I/O (backing_dev, writeback), with the handlers' error policy."""
+        try:
+            await self._io(job)
+        except FUSEError:
+            raise
+        except DeviceError as e:
+            raise FUSEError(e.errno) from None
+        except Exception:
+            log.exception("internal error in a control write; failing it with EIO")
+            raise FUSEError(errno.EIO) from None
+        finally:
+            await self._control_done()
 
     @staticmethod
     async def _media(delay: float) -> None:
@@ -343,10 +412,12 @@ class CramOperations(pyfuse3.Operations):
             log.exception("media delay failed")
 
     @guarded
-    def _read(self, fh: int, off: int, size: int) -> tuple[bytes, float]:
+    def _read(self, fh: int, off: int, size: int,
+              fetched: dict[int, bytes]) -> tuple[bytes, float]:
         h = self._handle(fh)
         if isinstance(h, Inode):
-            data = self.ns.read(h, off, size)
+            with self.ns.device.fetched(fetched):
+                data = self.ns.read(h, off, size)
             dev = self.ns.device
             return data, dev.media_delay(False, len(data), time.monotonic()) if dev.media else 0.0
         assert h.attr.show is not None
@@ -359,14 +430,13 @@ class CramOperations(pyfuse3.Operations):
         return h.content[off:off + size], 0.0
 
     @guarded
-    def _write(self, fh: int, off: int, buf: bytes) -> tuple[int, float]:
+    def _write(self, fh: int, off: int, buf: bytes) -> tuple[int, float, IoJob | None]:
         h = self._handle(fh)
         if isinstance(h, Inode):
             done = self.ns.write(h, off, buf)
             dev = self.ns.device
-            return done, dev.media_delay(True, done, time.monotonic()) if dev.media else 0.0
-        control.store(self.ns, h.attr, buf)
-        return len(buf), 0.0
+            return done, dev.media_delay(True, done, time.monotonic()) if dev.media else 0.0, None
+        return len(buf), 0.0, control.store(self.ns, h.attr, buf)
 
     @guarded
     def release(self, fh: int) -> None:

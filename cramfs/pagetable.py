@@ -8,10 +8,11 @@ dropped with its last, so holes cost nothing and a stored page costs 8 bytes.
 A word packs the slot's state, the compressor that wrote it, the huge flag and
 the pool handle (0 = hole):
 
-    bits 0-2  kind (SAME, DEVICE, FALLBACK, PROMOTED, POISONED)
+    bits 0-2  kind (SAME, DEVICE, FALLBACK, PROMOTED, POISONED, BACKED)
     bits 3-4  compressor id
     bit  5    huge (stored uncompressed)
-    bits 6-63 handle into the device pool or the fallback pool
+    bits 6-63 handle into the device pool or the fallback pool, or the block of
+              the backing file a written-back page is in
 
 A same-filled page keeps its repeated word in the handle bits: inline when it
 is a sign-extended 57-bit number (zero, -1, small integers: nearly all of
@@ -24,7 +25,8 @@ from __future__ import annotations
 from array import array
 from collections.abc import Iterator
 
-SAME, DEVICE, FALLBACK, PROMOTED, POISONED = 1, 2, 3, 4, 5
+SAME, DEVICE, FALLBACK, PROMOTED, POISONED, BACKED = 1, 2, 3, 4, 5, 6
+KINDS = 7                        # slot kinds, 0 (a hole) included
 KIND_MASK = 7
 ALGO_SHIFT = 3
 HUGE_BIT = 1 << 5

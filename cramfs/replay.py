@@ -13,15 +13,20 @@ Not replayed exactly: `release_delay` (freed pages come back on the daemon's
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import errno
 import itertools
 import json
+import os
+import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import control, trace
+from .backing import run_inline
 from .config import SETTINGS, DeviceConfig
 from .device import Device, DeviceError
 from .levels import LEVELS
@@ -87,7 +92,37 @@ def replay(header: dict[str, Any], records: Iterable[trace.Record],
     started = time.perf_counter()
     clock = [float(header.get("device_age", 0.0))]
     base = clock[0]
-    dev = Device(config_of(header, overrides), monotonic=lambda: clock[0])
+    config = config_of(header, overrides)
+    with _scratch_backing(config, header) as config:
+        return _replay(header, records, config, overrides, every, on_sample, clock, base,
+                       started)
+
+
+@contextlib.contextmanager
+def _scratch_backing(config: DeviceConfig, header: dict[str, Any],
+                     ) -> Generator[DeviceConfig, None, None]:
+    """A replay never writes to the recorded backing file: it gets a sparse scratch file
+    of the recorded size (or of the overriding path's), gone afterwards."""
+    if not config.backing_dev:
+        yield config
+        return
+    size = header.get("backing_size") or 0
+    if config.backing_dev != header["settings"].get("backing_dev"):
+        size = os.stat(config.backing_dev).st_size
+    fd, path = tempfile.mkstemp(prefix="cramfs-replay-", dir="/var/tmp")
+    try:
+        os.ftruncate(fd, size or 1 << 40)
+        os.close(fd)
+        yield dataclasses.replace(config, backing_dev=path)
+    finally:
+        os.unlink(path)
+
+
+def _replay(header: dict[str, Any], records: Iterable[trace.Record], config: DeviceConfig,
+            overrides: dict[str, str] | None, every: float,
+            on_sample: Callable[[Sample], None] | None, clock: list[float], base: float,
+            started: float) -> Outcome:
+    dev = Device(config, monotonic=lambda: clock[0])
     ns = Namespace(dev)
     out = Outcome(dict(overrides or {}))
     inodes: dict[int, Inode] = {}
@@ -108,6 +143,8 @@ def replay(header: dict[str, Any], records: Iterable[trace.Record],
             continue
         try:
             result = _apply(ns, r, inode, inodes)
+            if dev.backing is not None:
+                dev.settle()
         except DeviceError as e:
             result = -e.errno
         if result != r.result:
@@ -171,7 +208,7 @@ def _apply(ns: Namespace, r: trace.Record, inode: Inode | None,
         attr = control.ATTRIBUTES.get(name.decode())
         if attr is None or attr.store is None:
             raise DeviceError(errno.EINVAL, f"no control file {name!r}")
-        control.store(ns, attr, value)
+        run_inline(control.store(ns, attr, value))
     return 0
 
 
