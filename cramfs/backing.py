@@ -183,7 +183,9 @@ class BackingFile:
                     punch_hole(self.fd, offset, PAGE_SIZE)
                     out.append(0)
             except OSError as e:
-                out.append(e.errno or errno.EIO)
+                # what a user sees of a failing file: no space, or an I/O error
+                full = op.kind == WRITE and e.errno in (errno.ENOSPC, errno.EDQUOT)
+                out.append(errno.ENOSPC if full else errno.EIO)
         return out
 
     def close(self) -> None:

@@ -69,11 +69,14 @@ def _status(ns: Namespace) -> str:
     dev = ns.device
     s = ns.stats()
     lines = [f"{st.name}: {_shown(st, s[st.name])}" for st in STATS if st.status]
-    for name in ("write_control", "fallback_limit"):
+    for name in ("write_control", "fallback", "fallback_limit", "reclaim", "backing_dev"):
         setting = dev.config.show(name)
         lines.append(f"{name}: {setting}" if not setting.isdigit()
                      else f"{name}: {setting} ({format_size(int(setting))})")
-    for name in ("fallback_limit_hit", "promotions_skipped"):
+    for name in ("fallback_limit_hit", "promotions_skipped", *(
+            ("bd_reads", "bd_writes", "bd_failed", "writeback_fallback", "reclaim_written",
+             "reclaim_failed") if dev.backing is not None or dev.config.reclaim != "off"
+            else ())):
         lines.append(f"{name}: {s[name]}")
     over = dev.overflow_at_ratio()
     if over:

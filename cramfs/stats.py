@@ -86,6 +86,13 @@ STATS: tuple[Stat, ...] = (
     _g("promoted_bytes", BYTES, "Whole pages in the DRAM tier, as charged against dram."),
     _g("poisoned_now", PAGES, "Poisoned pages: reads give EIO until they are rewritten.",
        metric="poisoned_now_pages"),
+    _g("written_back_pages", PAGES, "Pages in the backing file (still in logical_stored, "
+       "out of physical_used)."),
+    _g("bd_count", PAGES, "Blocks of the backing file in use, pages on their way included.",
+       "zram bd_stat bd_count", "backing_pages"),
+    _g("writeback_limit", PAGES, "Pages writeback may still write while "
+       "writeback_limit_enable is 1.", "zram writeback_limit", "writeback_limit_pages",
+       status=False),
     _c("reads", "read_pages_total", "Pages read."),
     _c("writes", "written_pages_total", "Pages written."),
     _c("faults", "faults_total", "Accesses that faulted (every zswap-mode read of a stored "
@@ -122,6 +129,25 @@ STATS: tuple[Stat, ...] = (
        "pages shed.", unit=BYTES),
     _c("recompress_skipped_pages", "recompress_skipped_pages_total", "Pages recompression "
        "tried without gain, marked until rewritten."),
+    _c("bd_reads", "backing_read_pages_total", "Pages read from the backing file.",
+       "zram bd_stat bd_reads"),
+    _c("bd_writes", "backing_written_pages_total", "Pages written to the backing file.",
+       "zram bd_stat bd_writes"),
+    _c("bd_failed", "backing_failed_pages_total", "Backing-file page reads and writes that "
+       "failed (EIO or ENOSPC for that page)."),
+    _c("bd_full", "backing_full_pages_total", "Pages that found the backing file full or "
+       "writeback_limit spent."),
+    _c("writeback_dropped", "writeback_dropped_pages_total", "Pages written back while a "
+       "write, discard or fault released them: the finished writeback was dropped."),
+    _c("writeback_fallback", "writeback_fallback_pages_total", "Pages write control "
+       "refused and fallback=writeback placed in the backing file."),
+    _c("reclaim_compactions", "reclaim_compactions_total", "Compactions reclaim ran before "
+       "a refusal.", unit=COUNT),
+    _c("reclaim_written", "reclaim_written_pages_total", "Pages reclaim wrote back before "
+       "a refusal."),
+    _c("reclaim_rescued", "reclaim_rescued_pages_total", "Pages stored because reclaim made "
+       "room."),
+    _c("reclaim_failed", "reclaim_failed_pages_total", "Pages refused although reclaim ran."),
 )
 BY_NAME: dict[str, Stat] = {s.name: s for s in STATS}
 NUMERIC = tuple(s for s in STATS if s.unit != TEXT)
