@@ -76,6 +76,9 @@ class Setting:
     runtime: bool = True
 
 
+# not runtime knobs, yet changeable through .cram/ while the device holds no page
+WHILE_EMPTY = ("backing_dev",)
+
 SETTINGS: dict[str, Setting] = {
     s.name: s
     for s in (

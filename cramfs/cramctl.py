@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .cli import Parser, UsageError
-from .config import SETTINGS, DeviceConfig
+from .config import SETTINGS, WHILE_EMPTY, DeviceConfig
 from .procfs import mounts
 from .stats import BY_NAME, BYTES
 from .units import format_size
@@ -67,6 +67,10 @@ COLUMNS: dict[str, Column] = {c.name: c for c in (
     Column("MODE", "mode", "zswap or direct"),
     Column("PRESSURE", "pressure", "the RFC's pressure, 0-1000"),
     Column("RECOMP", "recompressed_pages", "pages kept in the secondary algorithm"),
+    Column("BACKING", "backing_dev", "the backing file written-back pages go to"),
+    Column("WB-PAGES", "written_back_pages", "pages in the backing file"),
+    Column("BD-READS", "bd_reads", "pages read from the backing file"),
+    Column("BD-WRITES", "bd_writes", "pages written to the backing file"),
 )}
 DEFAULT_COLUMNS = ("MOUNTPOINT", "ALGORITHM", "DISKSIZE", "DATA", "COMPR", "TOTAL",
                    "COMP-RATIO", "DANGER")
@@ -93,7 +97,7 @@ def read_stats(mount: str) -> dict[str, Any]:
 
 def _cell(doc: dict[str, Any], col: Column, exact: bool) -> str:
     value = doc.get(col.key)
-    if value is None:
+    if value is None or value == "":
         return "inf" if col.key == "ratio" else "-"
     if col.sized and not exact:
         return format_size(int(value))
@@ -173,7 +177,7 @@ def check_knob(doc: dict[str, Any], key: str, value: str) -> None:
     if setting is None:
         raise CtlError(f"unknown knob {key!r}; knobs: "
                        f"{', '.join(n for n, s in SETTINGS.items() if s.runtime)}")
-    if not setting.runtime:
+    if not setting.runtime and key not in WHILE_EMPTY:
         raise CtlError(f"{key} is fixed for the life of the mount (a mount option)")
     current = DeviceConfig(**{n: doc[n] for n in SETTINGS if n in doc})
     try:
