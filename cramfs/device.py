@@ -1066,10 +1066,10 @@ class Device:
             raise DeviceError(errno.ENODEV, "writeback: no backing_dev")
         if kind not in WRITEBACK_KINDS and not (kind == "page" and page is not None):
             self.reject("writeback", f"expected {'|'.join(WRITEBACK_KINDS)} or page=FILE:N")
-        if self.wb_limit_enable and self.wb_limit <= 0:
-            self.events.add("writeback", f"{kind}: writeback_limit spent, EIO")
-            raise DeviceError(errno.EIO, "writeback: writeback_limit spent")
         what = kind if page is None else f"{_page(*page)}"
+        if self.wb_limit_enable and self.wb_limit <= 0:
+            self.events.add("writeback", f"{what}: writeback_limit spent, EIO")
+            raise DeviceError(errno.EIO, "writeback: writeback_limit spent")
         candidates: Iterator[tuple[PageTable, int]] = iter([page]) if page else (
             (t, i) for t in self.tables() for i, _ in t.items())
         return self._wb_batch(_WritebackRun(kind, what, candidates))

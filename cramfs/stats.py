@@ -70,7 +70,8 @@ STATS: tuple[Stat, ...] = (
     Stat("engine", TEXT, INFO, "Engine keeping the pages: native (compiled) or python."),
     _g("mem_used_max", BYTES, "Peak physical_used.", "zram mem_used_max", "mem_used_max_bytes"),
     _g("files", COUNT, "Slot files on the mount."),
-    _g("stored_pages", PAGES, "Pages the device holds: same-filled, compressed and huge.",
+    _g("stored_pages", PAGES, "Pages the device holds: same-filled, compressed, huge and "
+       "written back.",
        "zswap stored_pages"),
     _g("same_filled_pages", PAGES, "Pages kept as their repeated word, with no allocation.",
        "zram same_pages"),

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from cramfs import control, replay, trace
+from cramfs.backing import run_inline
 from cramfs.config import DeviceConfig
 from cramfs.device import Device, DeviceError
 from cramfs.namespace import Namespace
@@ -222,3 +223,39 @@ def test_trace_through_a_mount(mounter, tmp_path):
     assert not (m.path / "self.trace").exists()
     events = json.dumps(m.ctl("events"))
     assert "recording stopped" in events
+
+
+def test_a_replay_with_a_backing_file_writes_to_a_scratch_copy(tmp_path):
+    """Writeback, fallback=writeback and reclaim replay exactly, and never touch the
+    recorded backing file: the replay gets a sparse scratch file of the same size."""
+    backing = tmp_path / "backing"
+    with open(backing, "wb") as f:
+        f.truncate(512 * P)
+    ns = fresh(backing_dev=str(backing), fallback="writeback", reclaim="writeback",
+               reclaim_pages=8, physical=64 * P, dram=0)
+    dev = ns.device
+
+    def body(ns: Namespace) -> None:
+        a = ns.create("a", 0o600, 0, 0)
+        for i in range(150):                       # the adapter settles after each call
+            page = (text_page(i), random_page(i), bytes([i % 5]) * P)[i % 3]
+            with contextlib.suppress(DeviceError):
+                ns.write(a, i * P, page)
+            dev.settle()
+        store(ns, "idle", "all")
+        backing_job = control.store(ns, control.ATTRIBUTES["writeback"], b"idle")
+        run_inline(backing_job)
+        dev.settle()
+        ns.read(a, 0, 40 * P)
+        ns.discard(a, 50 * P, 20 * P)
+        dev.settle()
+
+    record(ns, tmp_path / "t.trace", body)
+    assert dev.counters.bd_writes > 0 and dev.counters.reclaim_written > 0
+    before = backing.read_bytes()
+    header, records = trace.read_trace(tmp_path / "t.trace")
+    assert header["backing_size"] == 512 * P
+    out = replay.replay(header, records)
+    assert out.exact and out.mm_stat == dev.mm_stat() and out.diverged == 0
+    assert backing.read_bytes() == before, "the recorded backing file is left alone"
+    assert not list(Path("/var/tmp").glob("cramfs-replay-*")), "the scratch file is gone"
