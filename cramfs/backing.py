@@ -189,7 +189,14 @@ class BackingFile:
         return out
 
     def close(self) -> None:
+        """Let go of the file, punching out every block ever used: the pages die with
+        the device, as zram's do with its backing device's contents."""
         if self.fd >= 0:
+            try:
+                if self._next:
+                    punch_hole(self.fd, 0, self._next * PAGE_SIZE)
+            except OSError:
+                self.punch_errors += 1
             os.close(self.fd)
             self.fd = -1
 

@@ -48,7 +48,8 @@ from .workload import EXIT_MISMATCH
 # The device statistics sampled, by their names in the statistics table (stats.py).
 SAMPLED = ("physical", "physical_used", "logical_stored", "ratio", "danger", "promotions",
            "demotions", "reject_write_control", "fallback_pages", "fallback_bytes",
-           "promoted_pages", "promoted_bytes", "stored_pages")
+           "promoted_pages", "promoted_bytes", "stored_pages", "written_back_pages",
+           "bd_reads", "bd_writes", "reclaim_written")
 FIELDS = ("target", "time", "running", *SAMPLED, "warn_at", "critical_at", "swap_used",
           "pswpin", "pswpout", "rss", "daemon_rss", "daemon_overhead")
 assert all(name in BY_NAME for name in SAMPLED)
@@ -443,6 +444,10 @@ def summarize(rows: list[dict[str, Any]], wall: float, status: int) -> dict[str,
         "promotions": last.get("promotions", 0),
         "demotions": last.get("demotions", 0),
         "refusals": last.get("reject_write_control", 0),
+        "peak_written_back_pages": max((r["written_back_pages"] for r in rows), default=0),
+        "bd_reads": last.get("bd_reads", 0),
+        "bd_writes": last.get("bd_writes", 0),
+        "reclaim_written": last.get("reclaim_written", 0),
         "seconds_per_level": {lv: round(time_in.get(lv, 0.0), 2) for lv in LEVELS}
         if time_in else {},
         # what a FUSE device never hears: swap slots the kernel freed (no discard reaches it)
