@@ -415,3 +415,29 @@ def test_bad_backing_options_are_one_line_and_exit_2(tmp_path, opts, fragment):
     r = subprocess.run([CRAMFS, "-o", opts, str(tmp_path / "mnt")], capture_output=True,
                        text=True, timeout=30)
     assert r.returncode == 2 and fragment in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+def test_a_full_filesystem_under_the_backing_file_through_a_mount(mounter, tmp_path):
+    """A real ENOSPC: the backing file is sparse on a 64 KiB tmpfs, so its writes fail
+    once 16 pages are in. The writeback fails for those pages only, and every page
+    still reads back."""
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], check=True)
+    try:
+        path = backing_file(small, pages=1024)              # 4 MiB, sparse, on 64 KiB
+        m = mounter("-o", f"dram=0,mode=direct,backing_dev={path}")
+        pages = [random_page(i) for i in range(40)]
+        (m.path / "f").write_bytes(b"".join(pages))
+        with pytest.raises(OSError) as e:
+            m.set("writeback", "huge")
+        assert e.value.errno in (errno.ENOSPC, errno.EIO)
+        s = m.stat()
+        assert s["bd_failed"] > 0 and 0 < s["written_back_pages"] <= 16
+        assert (m.path / "f").read_bytes() == b"".join(pages)
+        assert "backing file write failed" in m.ctl("events")
+        (m.path / "f").unlink()
+        assert m.stat()["bd_count"] == 0
+        m.close()
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
