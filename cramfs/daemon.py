@@ -26,7 +26,7 @@ from . import control
 from .cli import MountRequest
 from .device import Device
 from .fuse_ops import CramOperations
-from .hostmem import harden
+from .hostmem import harden, tune_allocator
 from .namespace import Namespace
 
 log = logging.getLogger("cramfs")
@@ -108,6 +108,7 @@ async def serve_until_unmounted(mountpoint: str,
 def serve(req: MountRequest, ready_fd: int | None) -> int:
     """Mount, report readiness on ready_fd, serve until unmounted."""
     _setup_logging(req)
+    tune_allocator()
     if os.geteuid() == 0:
         harden()
     try:

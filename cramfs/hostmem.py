@@ -17,6 +17,9 @@ import os
 log = logging.getLogger(__name__)
 
 MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3          # mallopt parameters (malloc.h)
+MMAP_THRESHOLD = 4 << 20
+TRIM_THRESHOLD = 16 << 20
 PR_SET_IO_FLUSHER = 57
 _libc = ctypes.CDLL(None, use_errno=True)
 _locked = 0            # the mlockall flags in force, 0 when not locked
@@ -47,6 +50,21 @@ def harden() -> None:
             f.write("-1000")
     except OSError as e:
         log.warning("cannot set oom_score_adj -1000: %s", e.strerror)
+
+
+def tune_allocator() -> None:
+    """Keep a request's buffers in the heap for the next request.
+
+    A large request allocates and frees a few MiB (lz4's output, the page
+    slices, the reply). glibc serves blocks over 128 KiB with a fresh mmap and
+    trims the heap top past 128 KiB free, so each request faulted its buffers
+    in again, and with the memory locked each fault also went through
+    mlock's accounting: that halved 1 MiB writes. Blocks up to 4 MiB now come
+    from the heap, and up to 16 MiB of free heap stays for reuse; `trim` still
+    gives everything back on demand."""
+    for param, value in ((M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD)):
+        if _libc.mallopt(param, value) != 1:
+            log.warning("mallopt(%d, %d) failed", param, value)
 
 
 def trim() -> None:
