@@ -416,7 +416,10 @@ class CramOperations(pyfuse3.Operations):
               fetched: dict[int, bytes]) -> tuple[bytes, float]:
         h = self._handle(fh)
         if isinstance(h, Inode):
-            with self.ns.device.fetched(fetched):
+            if fetched:     # pages read ahead from the backing file
+                with self.ns.device.fetched(fetched):
+                    data = self.ns.read(h, off, size)
+            else:
                 data = self.ns.read(h, off, size)
             dev = self.ns.device
             return data, dev.media_delay(False, len(data), time.monotonic()) if dev.media else 0.0
