@@ -686,6 +686,33 @@ class Device:
         data = b"".join([self._read_page(table, first + k, decoded[k]) for k in range(count)])
         return data[start:start + size]
 
+    def fault(self, table: PageTable, off: int, size: int) -> int:
+        """read() for a caller that wants no bytes (a replay): every page faults as it
+        would, with no decompression the transitions do not need; returns `size`."""
+        first, last = off // PAGE_SIZE, (off + size - 1) // PAGE_SIZE
+        self.counters.reads += last - first + 1
+        for idx in range(first, last + 1):
+            self._read_page(table, idx, ZERO_PAGE)
+        return size
+
+    def write_encoded(self, table: PageTable, off: int, encoded: list[Encoded],
+                      page_of: Callable[[int], bytes]) -> int:
+        """write() of whole pages at a page offset, already encoded as this device's
+        encoder would (a replay of a trace that kept them so): the same transitions,
+        nothing compressed again. `page_of(k)` gives page k where a page must be kept
+        whole (direct mode's DRAM)."""
+        first = off // PAGE_SIZE
+        for k, enc in enumerate(encoded):
+            self.counters.writes += 1
+            try:
+                self._write_page(table, first + k, page_of(k) if self._direct_dram else
+                                 ZERO_PAGE, enc)
+            except DeviceError:
+                if k:
+                    return k * PAGE_SIZE
+                raise
+        return len(encoded) * PAGE_SIZE
+
     def write(self, table: PageTable, off: int, data: bytes) -> int:
         """Write data at off. A refusal after some pages gives a short count, as
         a full disk does; a refusal of the first page raises."""

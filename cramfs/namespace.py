@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import trace
-from .device import Device, DeviceError
+from .device import Device, DeviceError, Encoded
 from .pagetable import PageTable
 from .trace import READ as _READ
 from .trace import WRITE as _WRITE
@@ -269,6 +269,13 @@ class Namespace:
             return b""
         return self.device.read(inode.table, off, size)
 
+    def fault(self, inode: Inode, off: int, size: int) -> int:
+        """A read whose bytes nobody wants (a replay): the same transitions, the count."""
+        size = min(size, inode.size - off)
+        if size <= 0:
+            return 0
+        return self.device.fault(inode.table, off, size)
+
     def write(self, inode: Inode, off: int, data: bytes) -> int:
         rec = self.recorder
         if rec is None:
@@ -282,9 +289,20 @@ class Namespace:
         return n
 
     def _write(self, inode: Inode, off: int, data: bytes) -> int:
-        if off + len(data) > inode.size:
-            self._check_growth(off + len(data) - inode.size)
-        n = self.device.write(inode.table, off, data)
+        return self._grow(inode, off, len(data), lambda: self.device.write(inode.table, off,
+                                                                           data))
+
+    def write_encoded(self, inode: Inode, off: int, encoded: list[Encoded],
+                      page_of: Callable[[int], bytes]) -> int:
+        """write() of whole pages the caller already encoded with the device's
+        compressor (a replay of a trace that kept them so)."""
+        return self._grow(inode, off, len(encoded) * PAGE_SIZE, lambda: self.device.write_encoded(
+            inode.table, off, encoded, page_of))
+
+    def _grow(self, inode: Inode, off: int, length: int, write: Callable[[], int]) -> int:
+        if off + length > inode.size:
+            self._check_growth(off + length - inode.size)
+        n = write()
         # The file grows only by what the device accepted, as after a short write to a full disk.
         if off + n > inode.size:
             self.total_size += off + n - inode.size

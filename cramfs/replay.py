@@ -25,12 +25,14 @@ from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import control, trace
+from . import control, hostmem, trace
 from .backing import run_inline
+from .compressors import COMPRESSORS
 from .config import SETTINGS, DeviceConfig
-from .device import Device, DeviceError
+from .device import Device, DeviceError, Encoded
 from .levels import LEVELS
 from .namespace import Inode, Namespace
+from .pagelog import ObservedDevice, PageEvent
 from .pagetable import FALLBACK
 
 
@@ -86,16 +88,18 @@ def config_of(header: dict[str, Any], overrides: dict[str, str] | None = None) -
 
 def replay(header: dict[str, Any], records: Iterable[trace.Record],
            overrides: dict[str, str] | None = None, every: float = 0.5,
-           on_sample: Callable[[Sample], None] | None = None) -> Outcome:
+           on_sample: Callable[[Sample], None] | None = None,
+           observe: Callable[[PageEvent], None] | None = None) -> Outcome:
     """Make the recorded calls again on a fresh device; sample it every `every` seconds
-    of recorded time."""
+    of recorded time. `observe` gets every page's transition (pagelog), at some cost."""
+    hostmem.tune_allocator()           # as the daemon does: the same pages, faster
     started = time.perf_counter()
     clock = [float(header.get("device_age", 0.0))]
     base = clock[0]
     config = config_of(header, overrides)
     with _scratch_backing(config, header) as config:
         return _replay(header, records, config, overrides, every, on_sample, clock, base,
-                       started)
+                       started, observe)
 
 
 @contextlib.contextmanager
@@ -121,8 +125,10 @@ def _scratch_backing(config: DeviceConfig, header: dict[str, Any],
 def _replay(header: dict[str, Any], records: Iterable[trace.Record], config: DeviceConfig,
             overrides: dict[str, str] | None, every: float,
             on_sample: Callable[[Sample], None] | None, clock: list[float], base: float,
-            started: float) -> Outcome:
-    dev = Device(config, monotonic=lambda: clock[0])
+            started: float, observe: Callable[[PageEvent], None] | None) -> Outcome:
+    monotonic = lambda: clock[0]  # noqa: E731
+    dev = Device(config, monotonic=monotonic) if observe is None else ObservedDevice(
+        config, observe, monotonic, base)
     ns = Namespace(dev)
     out = Outcome(dict(overrides or {}))
     inodes: dict[int, Inode] = {}
@@ -176,10 +182,16 @@ def _apply(ns: Namespace, r: trace.Record, inode: Inode | None,
     op = r.op
     if op == trace.WRITE:
         assert inode is not None
-        return ns.write(inode, r.a, r.payload)
+        if r.pages is not None:
+            encoded = _as_encoded(ns.device, r.pages)
+            if encoded is not None:
+                pages = r.pages
+                return ns.write_encoded(inode, r.a, encoded,
+                                        lambda k: trace.decode_page(pages[k]))
+        return ns.write(inode, r.a, r.data)
     if op == trace.READ:
         assert inode is not None
-        return len(ns.read(inode, r.a, r.b))
+        return ns.fault(inode, r.a, r.b)
     if op == trace.CREATE:
         made = ns.create(r.text(), r.a & 0xFFFF, r.a >> 16, r.b)
         inodes[r.ino] = made
@@ -210,6 +222,26 @@ def _apply(ns: Namespace, r: trace.Record, inode: Inode | None,
             raise DeviceError(errno.EINVAL, f"no control file {name!r}")
         run_inline(control.store(ns, attr, value))
     return 0
+
+
+_LZ4, _NONE = COMPRESSORS["lz4"].ident, COMPRESSORS["none"].ident
+
+
+def _as_encoded(dev: Device, pages: tuple[trace.PageCode, ...]) -> list[Encoded] | None:
+    """A recorded write's pages as the device's encoder would give them now, if its
+    compressor is lz4 (whose blocks the trace kept); None: encode them again."""
+    if dev.config.compressor != "lz4":
+        return None
+    huge = dev.config.huge_threshold
+    out: list[Encoded] = []
+    for tag, body in pages:
+        if tag == trace.SAME_TAG:
+            out.append((body, b"", 0, False))
+        elif tag == trace.LZ4_TAG and len(body) < huge:
+            out.append((None, body, _LZ4, False))
+        else:
+            out.append((None, trace.decode_page((tag, body)), _NONE, True))
+    return out
 
 
 def grid(options: dict[str, list[str]]) -> list[dict[str, str]]:

@@ -15,8 +15,15 @@ device's state and whether it started empty), then records of
 
 (a create's a is uid << 16 | mode and b its gid)
 
-and a STOP record whose payload is the final state as JSON. A write's payload
-is its data, lz4-compressed; names and control values are UTF-8.
+and a STOP record whose payload is the final state as JSON. Names and control
+values are UTF-8. A write's payload starts with a format byte: 0, then its data
+as one lz4 block (a write not made of whole pages at a page offset); or 1,
+then each page as the device's lz4 encoder sees it (tag 0 and the repeated
+8-byte word of a same-filled page, tag 1 and a u16 length and the page's lz4
+block, tag 2 and the page itself where lz4 does not shrink it). A replay with
+lz4 hands those encodings to the device as they are, and compresses nothing
+again; with another compressor it decodes the pages first. Version 1 traces
+(one lz4 block per write) still read.
 
 Recording costs the request path one tuple on a queue (the written bytes are
 kept by reference, not copied). A thread compresses and writes. A full disk, or
@@ -40,10 +47,17 @@ from typing import Any, BinaryIO
 
 import lz4.block
 
+from .engine import encode_lz4_pages
+from .units import PAGE_SIZE
+
 MAGIC = b"CRAMTRC\0"
-VERSION = 1
+VERSION = 2
+READABLE = (1, 2)
 _HEAD = struct.Struct("<8sHI")
 _REC = struct.Struct("<dBIqqiI")
+_U16 = struct.Struct("<H")
+WHOLE, PAGES = 0, 1                # a write payload's format byte
+SAME_TAG, LZ4_TAG, RAW_TAG = 0, 1, 2
 MAX_BACKLOG = 256 << 20          # bytes waiting for the writer before recording stops
 
 # operations, by the namespace call they record
@@ -54,6 +68,39 @@ OP_NAMES = {CREATE: "create", UNLINK: "unlink", RENAME: "rename", OPENED: "open"
             DISCARD: "discard", RESET: "reset", CONTROL: "control", STOP: "stop"}
 
 
+# A written page as the trace keeps it: (SAME_TAG, word), (LZ4_TAG, lz4 block) or
+# (RAW_TAG, page).
+PageCode = tuple[int, bytes]
+
+
+def encode_pages(data: bytes) -> list[PageCode]:
+    """Whole pages as lz4 encodes them in the device: same-filled pages as their word,
+    the others as their lz4 block (raw where lz4 does not shrink them)."""
+    if encode_lz4_pages is not None:      # one call, the GIL released once
+        coded = encode_lz4_pages(data, 0, len(data) // PAGE_SIZE, 1, 0, PAGE_SIZE + 1)
+    else:
+        coded = [_encode_page(data[i:i + PAGE_SIZE]) for i in range(0, len(data), PAGE_SIZE)]
+    return [(SAME_TAG, word) if word is not None else
+            (RAW_TAG, data[k * PAGE_SIZE:(k + 1) * PAGE_SIZE]) if len(blob) >= PAGE_SIZE else
+            (LZ4_TAG, blob) for k, (word, blob, _, _) in enumerate(coded)]
+
+
+def _encode_page(page: bytes) -> tuple[bytes | None, bytes, int, bool]:
+    word = page[:8]
+    if page == word * (PAGE_SIZE // 8):
+        return word, b"", 0, False
+    return None, lz4.block.compress(page, store_size=False), 1, False
+
+
+def decode_page(code: PageCode) -> bytes:
+    tag, body = code
+    if tag == SAME_TAG:
+        return body * (PAGE_SIZE // 8)
+    if tag == LZ4_TAG:
+        return lz4.block.decompress(body, uncompressed_size=PAGE_SIZE)
+    return body
+
+
 @dataclass(frozen=True)
 class Record:
     time: float
@@ -62,11 +109,24 @@ class Record:
     a: int
     b: int
     result: int           # bytes done, or -errno
-    payload: bytes        # written data (decompressed), a name, or "name\0value"
+    payload: bytes        # written data, a name, or "name\0value" (b"" if `pages`)
+    pages: tuple[PageCode, ...] | None = None     # a write kept page by page
 
     @property
     def name(self) -> str:
         return OP_NAMES.get(self.op, f"op{self.op}")
+
+    @property
+    def data(self) -> bytes:
+        """A write's data, decoded from its pages if it was kept so."""
+        if self.pages is None:
+            return self.payload
+        return b"".join(map(decode_page, self.pages))
+
+    @property
+    def size(self) -> int:
+        """A write's length, without decoding it."""
+        return len(self.pages) * PAGE_SIZE if self.pages is not None else len(self.payload)
 
     def text(self) -> str:
         return self.payload.decode("utf-8", "surrogateescape")
@@ -177,11 +237,45 @@ class Recorder:
         for t, op, ino, a, b, result, payload in batch:
             t -= start
             if op == WRITE and payload:
-                payload = lz4.block.compress(payload)
+                payload = _pack_write(a, payload)
             out.append(_REC.pack(t, op, ino, a, b, result, len(payload)))
             out.append(payload)
         f.write(b"".join(out))
         f.flush()
+
+
+def _pack_write(off: int, data: bytes) -> bytes:
+    if off % PAGE_SIZE or len(data) % PAGE_SIZE:
+        return bytes([WHOLE]) + lz4.block.compress(data)
+    out = [bytes([PAGES])]
+    for tag, body in encode_pages(data):
+        out.append(bytes([tag]))
+        if tag == LZ4_TAG:
+            out.append(_U16.pack(len(body)))
+        out.append(body)
+    return b"".join(out)
+
+
+def _unpack_write(payload: bytes, version: int) -> tuple[bytes, tuple[PageCode, ...] | None]:
+    if version == 1:
+        return lz4.block.decompress(payload), None
+    if payload[0] == WHOLE:
+        return lz4.block.decompress(payload[1:]), None
+    pages: list[PageCode] = []
+    view, i, n = memoryview(payload), 1, len(payload)
+    while i < n:
+        tag = payload[i]
+        i += 1
+        if tag == SAME_TAG:
+            size = 8
+        elif tag == LZ4_TAG:
+            (size,) = _U16.unpack_from(payload, i)
+            i += 2
+        else:
+            size = PAGE_SIZE
+        pages.append((tag, bytes(view[i:i + size])))
+        i += size
+    return b"", tuple(pages)
 
 
 class TraceError(Exception):
@@ -199,9 +293,10 @@ def read_trace(path: str | Path) -> tuple[dict[str, Any], Iterator[Record]]:
     if magic != MAGIC:
         f.close()
         raise TraceError(f"{path}: not a cramfs trace")
-    if version != VERSION:
+    if version not in READABLE:
         f.close()
-        raise TraceError(f"{path}: trace version {version}; this cramfs reads {VERSION}")
+        raise TraceError(f"{path}: trace version {version}; this cramfs reads "
+                         f"{', '.join(map(str, READABLE))}")
     try:
         header = json.loads(f.read(size))
     except ValueError:
@@ -219,7 +314,9 @@ def read_trace(path: str | Path) -> tuple[dict[str, Any], Iterator[Record]]:
                 if len(payload) < n:
                     return
                 if op == WRITE and payload:
-                    payload = lz4.block.decompress(payload)
+                    data, pages = _unpack_write(payload, version)
+                    yield Record(t, op, ino, a, b, result, data, pages)
+                    continue
                 yield Record(t, op, ino, a, b, result, payload)
 
     return header, records()

@@ -3,6 +3,7 @@
     cramfs-trace show TRACE [--limit N]       the calls, one per line
     cramfs-trace stats TRACE                  a summary
     cramfs-trace replay TRACE [-o k=v,...]    into a fresh in-process device; mm_stat at the end
+    cramfs-trace pages TRACE [--limit N]      every page's outcome, from an exact replay
     cramfs-trace whatif TRACE --physical 256M,512M,1G --compressor lz4,zstd [--plot FILE]
 
 Record one with `echo start /var/tmp/run.trace > /mnt/cram/.cram/trace` (and `stop`).
@@ -17,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import replay, trace
+from . import pagelog, replay, trace
 from .cli import Parser, UsageError
 from .units import format_size
 
@@ -48,7 +49,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             break
         what = ""
         if r.op == trace.WRITE:
-            what = f"{len(r.payload)} bytes"
+            what = f"{r.size} bytes"
         elif r.op in (trace.CREATE, trace.UNLINK, trace.RENAME):
             what = repr(r.text().replace("\0", " -> "))
         elif r.op == trace.CONTROL:
@@ -59,6 +60,28 @@ def cmd_show(args: argparse.Namespace) -> int:
         result = f"-{os.strerror(-r.result)}" if r.result < 0 else str(r.result)
         print(f"{r.time:11.6f} {r.name:8} ino={r.ino} a={r.a} b={r.b} -> {result} {what}"
               .rstrip())
+    return 0
+
+
+def cmd_pages(args: argparse.Namespace) -> int:
+    """Each page transition of the recorded run, as the replay makes it again: the
+    trace holds the device's inputs, and the device decides the same way twice."""
+    header, records = trace.read_trace(args.trace)
+    counts: collections.Counter[str] = collections.Counter()
+    shown = 0
+    print("# time op file page size result")
+
+    def observe(e: pagelog.PageEvent) -> None:
+        nonlocal shown
+        counts[e.result] += 1
+        if args.limit is None or shown < args.limit:
+            shown += 1
+            print(f"{e.time:11.6f} {e.op:10} {e.file!r} {e.page} {e.size} {e.result}")
+
+    out = replay.replay(header, records, _options(args.options), observe=observe)
+    print("# " + " ".join(f"{r}={counts[r]}" for r in pagelog.RESULTS if counts[r]))
+    if out.recorded_mm_stat is not None:
+        print(f"# replay {'matches' if out.exact else 'DIFFERS FROM'} the recorded mm_stat")
     return 0
 
 
@@ -208,6 +231,13 @@ def build_parser() -> Parser:
                    help="settings to change, as mount options (k=v,...)")
     s.add_argument("--every", type=float, default=0.5, help="timeline step, recorded seconds")
     s.set_defaults(func=cmd_replay)
+    s = sub.add_parser("pages", help="every page's outcome (stored, same, huge, fallback, "
+                       "refused, promoted, demoted, discarded, ...), from an exact replay")
+    s.add_argument("trace", type=Path)
+    s.add_argument("--limit", type=int, help="print at most this many (all are counted)")
+    s.add_argument("-o", dest="options", action="append", default=[],
+                   help="settings to change, as mount options (k=v,...)")
+    s.set_defaults(func=cmd_pages)
     s = sub.add_parser("whatif", help="replay under every combination of the given settings")
     s.add_argument("trace", type=Path)
     for flag in WHATIF:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import json
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cramfs import control, replay, trace
+from cramfs import control, pagelog, replay, trace
 from cramfs.backing import run_inline
 from cramfs.config import DeviceConfig
 from cramfs.device import Device, DeviceError
@@ -86,7 +87,10 @@ def test_a_replay_under_the_recorded_settings_ends_in_the_recorded_mm_stat(tmp_p
             trace.CONTROL, trace.RENAME, trace.UNLINK, trace.OPENED, trace.RELEASED} <= ops
     assert any(r.op == trace.CONTROL and r.result == -errno.EINVAL for r in records)
     writes = [r for r in records if r.op == trace.WRITE]
-    assert writes[0].payload == text_page(0), "written data comes back byte for byte"
+    assert writes[0].data == text_page(0), "written data comes back byte for byte"
+    assert writes[0].pages is not None, "a page-aligned write is kept page by page"
+    partial = next(r for r in writes if r.a % P)
+    assert partial.pages is None and partial.data == b"partial"
     created = next(r for r in records if r.op == trace.CREATE and r.text() == "u")
     assert (created.a & 0xFFFF, created.a >> 16, created.b) == (0o640, 4_000_000_000,
                                                                  3_999_999_999)
@@ -100,7 +104,8 @@ def test_what_if_equals_a_direct_run_with_that_setting(tmp_path):
     ns = fresh()
     record(ns, tmp_path / "t.trace")
     for override in ({"physical": str(64 * P)}, {"compressor": "zstd"},
-                     {"physical": str(96 * P), "warn_at": "50%"}, {"dram": "0"}):
+                     {"physical": str(96 * P), "warn_at": "50%"}, {"dram": "0"},
+                     {"mode": "direct"}, {"huge_threshold": "2000"}):
         header, records = trace.read_trace(tmp_path / "t.trace")
         # the same calls made directly on a device mounted with that setting
         direct = Namespace(Device(replay.config_of(header, override)))
@@ -259,3 +264,26 @@ def test_a_replay_with_a_backing_file_writes_to_a_scratch_copy(tmp_path):
     assert out.exact and out.mm_stat == dev.mm_stat() and out.diverged == 0
     assert backing.read_bytes() == before, "the recorded backing file is left alone"
     assert not list(Path("/var/tmp").glob("cramfs-replay-*")), "the scratch file is gone"
+
+
+def test_pages_gives_each_page_its_outcome_from_an_exact_replay(tmp_path):
+    ns = fresh(physical=40 * P)                         # small enough to refuse pages
+    record(ns, tmp_path / "t.trace")
+    c = ns.device.counters
+    events: list[pagelog.PageEvent] = []
+    header, records = trace.read_trace(tmp_path / "t.trace")
+    out = replay.replay(header, records, observe=events.append)
+    assert out.exact, "watching the replay changes nothing"
+    results = collections.Counter(e.result for e in events)
+    assert set(results) <= set(pagelog.RESULTS)
+    assert results["promoted"] == c.promotions > 0
+    assert results["fallback"] + results["refused"] + results["kept_in_dram"] == \
+        c.reject_write_control > 0
+    assert results["same"] > 0 and results["huge"] > 0 and results["discarded"] > 0
+    assert all(e.size > 0 for e in events if e.result in ("stored", "huge", "promoted"))
+    assert {e.op for e in events} >= {"write", "read", "discard", "truncate", "unlink"}
+    assert [e.time for e in events] == sorted(e.time for e in events)
+    r = subprocess.run([TRACE_CLI, "pages", str(tmp_path / "t.trace"), "--limit", "3"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 6
+    assert "# replay matches the recorded mm_stat" in r.stdout
