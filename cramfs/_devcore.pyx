@@ -45,6 +45,7 @@ DEF NONE_ID = 2
 DEF INLINE_LIMIT = 1 << 56
 
 cdef uint64_t INLINE_MASK = (<uint64_t>1 << 57) - 1
+cdef bytes ZERO_PAGE = bytes(PAGE)         # a fault's stand-in for bytes nobody reads
 
 
 # A device on the native engine has NativeTables, called here without Python; a table
@@ -351,6 +352,16 @@ cdef class NativeCore:
             return page if size == PAGE else page[start:start + size]
         data = b"".join([self._read_page(table, first + k) for k in range(count)])
         return data[start:start + size]
+
+    cpdef long long fault(self, table, long long off, long long size) except -1:
+        """Device.fault, its loop compiled: a replay's reads, without their bytes."""
+        cdef long long first = off // PAGE, last = (off + size - 1) // PAGE, idx
+        if off < 0 or size <= 0:
+            return super(NativeCore, self).fault(table, off, size)
+        self.counters.reads += last - first + 1
+        for idx in range(first, last + 1):
+            self._read_page(table, idx, ZERO_PAGE)
+        return size
 
     cpdef long long write(self, table, long long off, object data) except -1:
         """Device.write's one-page case (the swap path); the rest is Device.write."""

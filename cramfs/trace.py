@@ -41,9 +41,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import lz4.block
 
@@ -101,8 +100,10 @@ def decode_page(code: PageCode) -> bytes:
     return body
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):
+    """One recorded call (a NamedTuple: a replay makes one per call, and a frozen
+    dataclass costs several times as much to build)."""
+
     time: float
     op: int
     ino: int
