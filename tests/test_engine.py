@@ -183,7 +183,7 @@ _SETS = [("mode", "zswap"), ("mode", "direct"), ("dram", "0"), ("dram", "16K"),
          ("reclaim", "off")]
 # drawn by weight: uniform choice among so many kinds left writes too rare for the
 # device to fill, and hypothesis's short lists rarely reached a writeback
-_WEIGHTS = {"write": 8, "read": 3, "truncate": 1, "discard": 1, "unlink": 1, "demote": 1,
+_WEIGHTS = {"write": 8, "read": 3, "fault": 1, "truncate": 1, "discard": 1, "unlink": 1, "demote": 1,
             "compact": 1, "idle": 1, "recompress": 1, "writeback": 2, "wbpage": 2,
             "land": 2, "settle": 1, "set": 2}
 
@@ -196,7 +196,7 @@ def _device_op(draw: st.DrawFn) -> tuple:
                 draw(st.sampled_from([P, 2 * P, 8 * P, 1, 100, 3 * P + 17])),
                 draw(st.sampled_from(["zero", "same", "text", "random"])),
                 draw(st.integers(0, 1000)))
-    if name == "read":
+    if name in ("read", "fault"):
         return (name, draw(st.integers(0, FILE_PAGES * P - 1)), draw(st.sampled_from([P, 5 * P])))
     if name == "truncate":
         return (name, draw(st.integers(0, FILE_PAGES * P)))
@@ -257,6 +257,8 @@ def _apply(d: Device, ts: list, o: tuple, pending: list[IoJob]):
         return d.settle()
     if name == "read":
         return _outcome(lambda: d.read(t, o[1], o[2]))
+    if name == "fault":                       # a replay's read: no bytes
+        return _outcome(lambda: d.fault(t, o[1], o[2]))
     if name == "truncate":
         return _outcome(lambda: d.truncate(t, o[1]))
     if name == "discard":
