@@ -162,15 +162,17 @@ def store(ns: Namespace, attr: Attribute, data: bytes) -> IoJob | None:
         return attr.store(ns, text)
     # recorded as one control write, not as the namespace calls it makes (reset, discard)
     ns.recorder = None
+    at = rec.now()
     try:
         job = attr.store(ns, text)
     except DeviceError as e:
-        rec.record(trace.CONTROL, result=-e.errno, payload=f"{attr.name}\0{text}".encode())
+        rec.record(trace.CONTROL, result=-e.errno, payload=f"{attr.name}\0{text}".encode(),
+                   at=at)
         raise
     finally:
         if ns.recorder is None:
             ns.recorder = rec
-    rec.record(trace.CONTROL, payload=f"{attr.name}\0{text}".encode())
+    rec.record(trace.CONTROL, payload=f"{attr.name}\0{text}".encode(), at=at)
     return job
 
 

@@ -155,7 +155,7 @@ def serve(req: MountRequest, ready_fd: int | None) -> int:
 
 
 def _tick(ns: Namespace) -> None:
-    ns.device.tick()
+    ns.tick()
     control.check_trace(ns)
 
 

@@ -1383,10 +1383,14 @@ class Device:
             _, handle = pending.popleft()
             self.pending_bytes -= self.pool.free(handle)
 
-    def tick(self) -> None:
-        """Called now and then by the adapter, so pending releases complete while idle."""
-        if self._pending:
-            self._refresh()
+    def tick(self) -> int:
+        """Called now and then by the adapter, so pending releases complete while idle;
+        returns how many came due."""
+        if not self._pending:
+            return 0
+        before = len(self._pending)
+        self._refresh()
+        return before - len(self._pending)
 
     def media_delay(self, write: bool, nbytes: int, now: float) -> float:
         """Seconds a request of `nbytes` should take beyond the device's own work, on

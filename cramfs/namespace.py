@@ -80,13 +80,14 @@ class Namespace:
         rec = self.recorder
         if rec is None:
             return fn(*args)
+        at = rec.now()
         try:
             out = fn(*args)
         except DeviceError as e:
-            rec.record(op, ino, a, b, -e.errno, payload)
+            rec.record(op, ino, a, b, -e.errno, payload, at)
             raise
         rec.record(op, ino, a, b, out if isinstance(out, int) else len(out)
-                   if isinstance(out, bytes) else 0, payload)
+                   if isinstance(out, bytes) else 0, payload, at)
         return out
     # ------------------------------------------------------------ names
 
@@ -212,6 +213,14 @@ class Namespace:
         if not inode.nlookup:
             self.by_ino.pop(inode.ino, None)
 
+    def tick(self) -> None:
+        """Housekeeping while no request comes: delayed frees come due. A tick that
+        freed something is recorded, so a replay frees at the same moment."""
+        rec = self.recorder
+        at = rec.now() if rec is not None else 0.0
+        if self.device.tick() and rec is not None:
+            rec.record(trace.TICK, at=at)
+
     @property
     def open_files(self) -> int:
         return sum(i.opens for i in self.by_ino.values())
@@ -255,12 +264,13 @@ class Namespace:
         rec = self.recorder
         if rec is None:
             return self._read(inode, off, size)
+        at = rec.now()
         try:
             data = self._read(inode, off, size)
         except DeviceError as e:
-            rec.record(_READ, inode.ino, off, size, -e.errno)
+            rec.record(_READ, inode.ino, off, size, -e.errno, at=at)
             raise
-        rec.record(_READ, inode.ino, off, size, len(data))
+        rec.record(_READ, inode.ino, off, size, len(data), at=at)
         return data
 
     def _read(self, inode: Inode, off: int, size: int) -> bytes:
@@ -280,12 +290,13 @@ class Namespace:
         rec = self.recorder
         if rec is None:
             return self._write(inode, off, data)
+        at = rec.now()
         try:
             n = self._write(inode, off, data)
         except DeviceError as e:
-            rec.record(_WRITE, inode.ino, off, len(data), -e.errno, data)
+            rec.record(_WRITE, inode.ino, off, len(data), -e.errno, data, at)
             raise
-        rec.record(_WRITE, inode.ino, off, len(data), n, data)
+        rec.record(_WRITE, inode.ino, off, len(data), n, data, at)
         return n
 
     def _write(self, inode: Inode, off: int, data: bytes) -> int:

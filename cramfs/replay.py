@@ -7,8 +7,10 @@ ages), so with the recorded settings a trace that started on an empty device
 ends in exactly the recorded state. With other settings it is a what-if: the
 same requests against another capacity, compressor or threshold.
 
-Not replayed exactly: `release_delay` (freed pages come back on the daemon's
-10 ms housekeeping tick, which a trace does not record).
+Each call runs at the time it started, and the daemon's housekeeping ticks that
+freed delayed pages (`release_delay`) are recorded and made again, so delayed
+frees come back when they did. (Not exact: a delayed free falling due in the
+microseconds one call takes.)
 """
 
 from __future__ import annotations
@@ -215,6 +217,8 @@ def _apply(ns: Namespace, r: trace.Record, inode: Inode | None,
         ns.rename(old, new, bool(r.a), bool(r.b))
     elif op == trace.RESET:
         ns.reset()
+    elif op == trace.TICK:
+        ns.device.tick()
     elif op == trace.CONTROL:
         name, value = r.payload.split(b"\0", 1)
         attr = control.ATTRIBUTES.get(name.decode())

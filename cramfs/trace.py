@@ -61,10 +61,11 @@ MAX_BACKLOG = 256 << 20          # bytes waiting for the writer before recording
 
 # operations, by the namespace call they record
 CREATE, UNLINK, RENAME, OPENED, RELEASED, RESIZE, READ, WRITE, DISCARD, RESET, CONTROL, \
-    STOP = range(1, 13)
+    STOP, TICK = range(1, 14)
 OP_NAMES = {CREATE: "create", UNLINK: "unlink", RENAME: "rename", OPENED: "open",
             RELEASED: "release", RESIZE: "resize", READ: "read", WRITE: "write",
-            DISCARD: "discard", RESET: "reset", CONTROL: "control", STOP: "stop"}
+            DISCARD: "discard", RESET: "reset", CONTROL: "control", STOP: "stop",
+            TICK: "tick"}
 
 
 # A written page as the trace keeps it: (SAME_TAG, word), (LZ4_TAG, lz4 block) or
@@ -161,8 +162,13 @@ class Recorder:
         self._on = False
         self.error = why
 
+    def now(self) -> float:
+        """The recording's clock: callers take it as a call starts and pass it as `at`,
+        so a replay runs each call at the time the device saw it."""
+        return float(self._clock())
+
     def record(self, op: int, ino: int = 0, a: int = 0, b: int = 0, result: int = 0,
-               payload: bytes = b"") -> None:
+               payload: bytes = b"", at: float | None = None) -> None:
         # no lock: deque.append is atomic, and the writer takes what it finds
         if not self._on:
             return
@@ -171,7 +177,8 @@ class Recorder:
             if self._backlog > MAX_BACKLOG:
                 self._fail(f"the trace writer fell {MAX_BACKLOG >> 20} MiB behind")
                 return
-        self._queue.append((self._clock(), op, ino, a, b, result, payload))  # raw time
+        self._queue.append((self._clock() if at is None else at, op, ino, a, b, result,
+                            payload))  # raw time
         self.events += 1
 
     def stop(self, final: dict[str, Any]) -> None:

@@ -287,3 +287,57 @@ def test_pages_gives_each_page_its_outcome_from_an_exact_replay(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and len(r.stdout.splitlines()) == 6
     assert "# replay matches the recorded mm_stat" in r.stdout
+
+
+def test_delayed_frees_replay_exactly_with_the_recorded_ticks(tmp_path):
+    """With release_delay the daemon's housekeeping tick gives delayed frees back
+    between requests; the tick is recorded, so a replay frees at the same moment and
+    the next write near capacity is placed as it was."""
+    clock = [1000.0]
+    ns = Namespace(Device(DeviceConfig(advertised=16 << 20, physical=48 * P, dram=0,
+                                       release_delay=50, write_control=False),
+                          monotonic=lambda: clock[0]))
+    store(ns, "trace", f"start {tmp_path / 't.trace'}")
+    rec = ns.recorder
+    assert rec is not None
+    rec._clock, rec._start = (lambda: clock[0]), clock[0]     # the device's clock
+    f = ns.create("f", 0o600, 0, 0)
+    for i in range(48):                                      # the device is full
+        ns.write(f, i * P, random_page(i))
+        clock[0] += 0.001
+    ns.discard(f, 0, 20 * P)                                 # 20 pages pending release
+    clock[0] += 0.060
+    ns.tick()                                                # they come back
+    clock[0] += 0.001
+    for i in range(20):
+        ns.write(f, (48 + i) * P, random_page(100 + i))
+        clock[0] += 0.001
+    dev = ns.device
+    assert dev.counters.failed_writes == 0, "the tick made room in time"
+    store(ns, "trace", "stop")
+    rec.join(10)
+    header, records = trace.read_trace(tmp_path / "t.trace")
+    records = list(records)
+    assert [r.op for r in records].count(trace.TICK) == 1
+    out = replay.replay(header, iter(records))
+    assert out.exact and out.failed_writes == 0 and out.diverged == 0
+    without = [r for r in records if r.op != trace.TICK]
+    assert replay.replay(header, iter(without)).diverged > 0, "the tick matters"
+
+
+def test_a_version_1_trace_still_reads(tmp_path):
+    """Version 1 kept each write as one lz4 block; those traces replay as before."""
+    import lz4.block
+    import struct
+    header = {"settings": {}, "empty": True, "mm_stat": "", "device_age": 0.0}
+    body = json.dumps(header).encode()
+    data = text_page(1) + random_page(2)
+    rec = struct.Struct("<dBIqqiI")
+    payload = lz4.block.compress(data)
+    path = tmp_path / "v1.trace"
+    path.write_bytes(struct.pack("<8sHI", trace.MAGIC, 1, len(body)) + body
+                     + rec.pack(0.5, trace.WRITE, 1000, 0, len(data), len(data), len(payload))
+                     + payload)
+    _, records = trace.read_trace(path)
+    (r,) = list(records)
+    assert r.op == trace.WRITE and r.pages is None and r.data == data and r.size == 2 * P
