@@ -183,8 +183,8 @@ _SETS = [("mode", "zswap"), ("mode", "direct"), ("dram", "0"), ("dram", "16K"),
          ("reclaim", "off")]
 # drawn by weight: uniform choice among so many kinds left writes too rare for the
 # device to fill, and hypothesis's short lists rarely reached a writeback
-_WEIGHTS = {"write": 8, "read": 3, "fault": 1, "truncate": 1, "discard": 1, "unlink": 1, "demote": 1,
-            "compact": 1, "idle": 1, "recompress": 1, "writeback": 2, "wbpage": 2,
+_WEIGHTS = {"write": 8, "read": 3, "fault": 1, "truncate": 1, "discard": 1, "unlink": 1,
+            "demote": 1, "compact": 1, "idle": 1, "recompress": 1, "writeback": 2, "wbpage": 2,
             "land": 2, "settle": 1, "set": 2}
 
 

@@ -6,10 +6,12 @@ import collections
 import contextlib
 import errno
 import json
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
+import lz4.block
 import pytest
 
 from cramfs import control, pagelog, replay, trace
@@ -327,8 +329,6 @@ def test_delayed_frees_replay_exactly_with_the_recorded_ticks(tmp_path):
 
 def test_a_version_1_trace_still_reads(tmp_path):
     """Version 1 kept each write as one lz4 block; those traces replay as before."""
-    import lz4.block
-    import struct
     header = {"settings": {}, "empty": True, "mm_stat": "", "device_age": 0.0}
     body = json.dumps(header).encode()
     data = text_page(1) + random_page(2)
