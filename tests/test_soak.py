@@ -21,7 +21,7 @@ def test_quick_soak_loses_nothing_and_leaves_nothing(tmp_path):
     assert report["wrong_bytes"] == 0 and report["daemon_deaths"] == 0
     assert report["unexpected_errnos"] == [] and report["left_on_host"] == []
     ops = report["ops"]
-    for kind in ("fsx_buffered", "fsx_direct", "knob_writes", "resets"):
+    for kind in ("fsx_buffered", "fsx_direct", "knob_writes", "resets", "bd_writes"):
         assert ops.get(kind, 0) > 0, kind
     skipped = " ".join(report["skipped"])
     assert ops.get("fio_rounds", 0) > 0 or "fio" in skipped

@@ -11,8 +11,11 @@ all at the same time:
 - fio verify jobs (random 4 KiB writes, then every block read back and checked);
 - a knob loop that flips compressor, dram, mode, comp_threads, warn_at and
   critical_at, demotes, compacts, marks pages idle and recompresses them,
-  injects ratio and physical and clears them (never poison), sends hostile
-  control input that must be refused, and resets an idle second mount;
+  writes pages back to the backing file (a sparse file as large as the device
+  advertises, so it never fills), switches fallback and reclaim between host
+  memory and that file, injects ratio and physical and clears them (never
+  poison), sends hostile control input that must be refused, and resets an
+  idle second mount;
 - where the machine has loop devices, swap and a memory cgroup, a swap workload
   in a cgroup a third of its size, on a loop device over a slot file, checking
   its own data.
@@ -50,6 +53,7 @@ from .swap import unavailable as swap_unavailable
 P = PAGE_SIZE
 CRAMFS = str(Path(sys.executable).parent / "cramfs")
 SOAK_OPTIONS = "advertised=4G,physical=256M,overflow=refuse"
+BACKING_SIZE = 4 << 30            # advertised: a block for every page there can be
 
 
 @dataclass
@@ -242,10 +246,14 @@ class Soak:
                         "clear"]),
             ("idle", ["all", "0", "5"]), ("recomp_algorithm", ["algo=zstd", "algo=lz4"]),
             ("recompress", ["type=huge", "type=idle max_pages=64", "type=huge_idle"]),
+            ("writeback", ["huge", "idle", "huge_idle", "incompressible"]),
+            ("fallback", ["host", "writeback"]), ("reclaim", ["off", "compact", "writeback"]),
         ]
         hostile = [("dram", "٣M"), ("dram", "1_0"), ("warn_at", "१०%"), ("dram", "2^70"),
                    ("inject", "ratio 2\nbogus"), ("inject", "poison"), ("critical_at", "1e1"),
-                   ("comp_threads", "+1"), ("dram", "1" * 8192), ("mode", "sideways")]
+                   ("comp_threads", "+1"), ("dram", "1" * 8192), ("mode", "sideways"),
+                   ("writeback", "lukewarm"), ("writeback", "page=nosuchfile"),
+                   ("reclaim", "always"), ("writeback_limit_enable", "2")]
         self.ctl("recomp_algorithm", "algo=zstd\n")     # recompress needs one first
         while self.running():
             roll = rng.random()
@@ -375,7 +383,10 @@ def run(seconds: float, quick: bool) -> Report:
     main_mp, spare_mp = base / "soak", base / "spare"
     main_mp.mkdir()
     spare_mp.mkdir()
-    argv = [CRAMFS, "--foreground", "--log", str(base / "daemon.log"), "-o", SOAK_OPTIONS]
+    with open(base / "backing", "wb") as f:
+        f.truncate(BACKING_SIZE)
+    argv = [CRAMFS, "--foreground", "--log", str(base / "daemon.log"), "-o",
+            f"{SOAK_OPTIONS},backing_dev={base / 'backing'}"]
     daemon = spare = None
     t0 = time.monotonic()
     try:
@@ -398,6 +409,11 @@ def run(seconds: float, quick: bool) -> Report:
             for t in threads:
                 t.join()
         report = soak.report
+        try:      # the pages that went through the backing file, for the report
+            doc = json.loads((main_mp / ".cram" / "stat.json").read_text())
+            report.ops.update(bd_writes=doc["bd_writes"], bd_reads=doc["bd_reads"])
+        except (OSError, ValueError, KeyError) as e:
+            soak.unexpected(f"final stat.json: {e}")
     finally:
         for d in (daemon, spare):
             if d is not None:
