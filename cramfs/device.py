@@ -898,8 +898,9 @@ class Device:
             for idx, word in table.items():
                 if max_pages is not None and tried >= max_pages:
                     break
-                if word & KIND_MASK != DEVICE or algo_of(word) == second.ident:
-                    continue
+                if word & KIND_MASK != DEVICE or algo_of(word) == second.ident or (
+                        self._wb_busy and (table, idx) in self._under_wb):
+                    continue            # (zram skips pages under writeback too)
                 age = table.age(idx)
                 if age & TRIED or (want_idle and age & ~TRIED) or (
                         want_huge and not word & HUGE_BIT):

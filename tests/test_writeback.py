@@ -409,9 +409,11 @@ def test_fallback_writeback_through_a_mount(mounter, tmp_path):
     ("fallback=writeback", "needs a backing_dev"),
     ("reclaim=writeback", "needs a backing_dev"),
     ("reclaim=sometimes", "expected one of off, compact, writeback"),
+    ("backing_dev=MNT/inside", "is under the mountpoint"),
 ])
 def test_bad_backing_options_are_one_line_and_exit_2(tmp_path, opts, fragment):
     (tmp_path / "mnt").mkdir()
+    opts = opts.replace("MNT", str(tmp_path / "mnt"))
     r = subprocess.run([CRAMFS, "-o", opts, str(tmp_path / "mnt")], capture_output=True,
                        text=True, timeout=30)
     assert r.returncode == 2 and fragment in r.stderr and len(r.stderr.splitlines()) == 1
