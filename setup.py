@@ -9,7 +9,8 @@ setup(ext_modules=cythonize(
     [Extension("cramfs._zspool", ["cramfs/_zspool.pyx"],
                extra_compile_args=["-O2", "-D_GLIBCXX_ASSERTIONS"]),
      Extension("cramfs._pagetable", ["cramfs/_pagetable.pyx"], extra_compile_args=["-O2"]),
-     Extension("cramfs._devcore", ["cramfs/_devcore.pyx"], extra_compile_args=["-O2"]),
+     Extension("cramfs._devcore", ["cramfs/_devcore.pyx"], libraries=["lz4"],
+               extra_compile_args=["-O2"]),
      # Debian's liblz4 (liblz4-dev, installed by scripts/setup)
      Extension("cramfs._pagecodec", ["cramfs/_pagecodec.pyx"], libraries=["lz4"],
                extra_compile_args=["-O2"])],
