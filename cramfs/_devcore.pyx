@@ -28,7 +28,10 @@ from collections import OrderedDict
 
 from ._pagetable cimport NativeTable
 
+from functools import partial
+
 from .compressors import BY_ID
+from .parallel import map_parts
 
 DEF PAGE = 4096
 DEF KIND_MASK = 7
@@ -49,6 +52,7 @@ DEF INLINE_LIMIT = 1 << 56
 
 cdef uint64_t INLINE_MASK = (<uint64_t>1 << 57) - 1
 cdef bytes ZERO_PAGE = bytes(PAGE)         # a fault's stand-in for bytes nobody reads
+cdef object _DeviceError = None            # device.DeviceError, looked up on first use
 
 
 # A device on the native engine has NativeTables, called here without Python; a table
@@ -398,9 +402,34 @@ cdef class NativeCore:
         return size
 
     cpdef long long write(self, table, long long off, object data) except -1:
-        """Device.write's one-page case (the swap path); the rest is Device.write."""
-        if off >= 0 and off % PAGE == 0 and len(data) == PAGE:
+        """Device.write's one-page case (the swap path) and its whole-page case when the
+        request encoder applies, compiled; the rest is Device.write."""
+        cdef Py_ssize_t n = len(data)
+        cdef long long first, k, npages
+        cdef list encoded
+        global _DeviceError
+        if off < 0 or off % PAGE:
+            return super(NativeCore, self).write(table, off, data)
+        if n == PAGE:
             self.counters.writes += 1
             self._write_page(table, off // PAGE, data)
             return PAGE
-        return super(NativeCore, self).write(table, off, data)
+        encode = self._encode_request
+        if n % PAGE or self._direct_dram or encode is None or type(data) is not bytes:
+            return super(NativeCore, self).write(table, off, data)
+        # Device.write's whole-page loop, without slicing the request into page objects:
+        # with an encoding in hand, a page off the DRAM path is only its encoding
+        if _DeviceError is None:
+            from .device import DeviceError
+            _DeviceError = DeviceError
+        first, npages = off // PAGE, n // PAGE
+        encoded = map_parts(partial(encode, data), npages, self._comp_threads)
+        for k in range(npages):
+            self.counters.writes += 1
+            try:
+                self._store(table, first + k, encoded[k], False)
+            except _DeviceError:
+                if k:
+                    return k * PAGE
+                raise
+        return n
