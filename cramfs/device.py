@@ -105,9 +105,10 @@ Encoded = tuple[bytes | None, bytes, int, bool]
 DIRTY = -1
 
 
-@dataclass
+@dataclass(slots=True)
 class Counters:
-    """Monotonic counters, named as zram and zswap name them where they can be."""
+    """Monotonic counters, named as zram and zswap name them where they can be. (Slots:
+    a fault bumps two or three of them, and a slot is cheaper to reach than a dict.)"""
 
     reads: int = 0
     writes: int = 0
