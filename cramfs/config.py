@@ -111,7 +111,8 @@ SETTINGS: dict[str, Setting] = {
                 "most host memory refused pages may take (default: physical); past it "
                 "a refused page gets ENOSPC"),
         Setting("comp_threads", _int_in("comp_threads", 0, MAX_WORKERS), str,
-                "worker threads (de)compressing large requests; 0 keeps them inline"),
+                "worker threads compressing large writes (on the python engine also "
+                "decompressing large reads); 0 keeps them inline"),
         Setting("read_latency", _int_in("read_latency", 0, MAX_LATENCY_US), str,
                 "microseconds added per page read, emulating slower media"),
         Setting("write_latency", _int_in("write_latency", 0, MAX_LATENCY_US), str,
