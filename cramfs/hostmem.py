@@ -62,8 +62,11 @@ def tune_allocator() -> None:
     mlock's accounting: that halved 1 MiB writes. Blocks up to 4 MiB now come
     from the heap, and up to 16 MiB of free heap stays for reuse; `trim` still
     gives everything back on demand."""
+    mallopt = getattr(_libc, "mallopt", None)
+    if mallopt is None:          # not glibc: nothing to tune
+        return
     for param, value in ((M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD)):
-        if _libc.mallopt(param, value) != 1:
+        if mallopt(param, value) != 1:
             log.warning("mallopt(%d, %d) failed", param, value)
 
 
