@@ -391,6 +391,26 @@ cdef class NativeCore:
             self._read_into(table, first + k, PyBytes_AS_STRING(data) + k * PAGE)
         return data if start == 0 and size == count * PAGE else data[start:start + size]
 
+    cpdef long long write_encoded(self, table, long long off, list encoded,
+                                  object page_of) except -1:
+        """Device.write_encoded, its loop compiled (a replay's writes)."""
+        cdef long long first = off // PAGE, k
+        global _DeviceError
+        if off < 0 or off % PAGE or self._direct_dram:
+            return super(NativeCore, self).write_encoded(table, off, encoded, page_of)
+        if _DeviceError is None:
+            from .device import DeviceError
+            _DeviceError = DeviceError
+        for k in range(len(encoded)):
+            self.counters.writes += 1
+            try:
+                self._store(table, first + k, encoded[k], False)
+            except _DeviceError:
+                if k:
+                    return k * PAGE
+                raise
+        return len(encoded) * PAGE
+
     cpdef long long fault(self, table, long long off, long long size) except -1:
         """Device.fault, its loop compiled: a replay's reads, without their bytes."""
         cdef long long first = off // PAGE, last = (off + size - 1) // PAGE, idx

@@ -183,7 +183,7 @@ _SETS = [("mode", "zswap"), ("mode", "direct"), ("dram", "0"), ("dram", "16K"),
          ("reclaim", "off")]
 # drawn by weight: uniform choice among so many kinds left writes too rare for the
 # device to fill, and hypothesis's short lists rarely reached a writeback
-_WEIGHTS = {"write": 8, "read": 3, "fault": 1, "truncate": 1, "discard": 1, "unlink": 1,
+_WEIGHTS = {"write": 8, "wenc": 2, "read": 3, "fault": 1, "truncate": 1, "discard": 1, "unlink": 1,
             "demote": 1, "compact": 1, "idle": 1, "recompress": 1, "writeback": 2, "wbpage": 2,
             "land": 2, "settle": 1, "set": 2}
 
@@ -194,6 +194,10 @@ def _device_op(draw: st.DrawFn) -> tuple:
     if name == "write":
         return (name, draw(st.integers(0, FILE_PAGES * P - 1)),
                 draw(st.sampled_from([P, 2 * P, 8 * P, 1, 100, 3 * P + 17])),
+                draw(st.sampled_from(["zero", "same", "text", "random"])),
+                draw(st.integers(0, 1000)))
+    if name == "wenc":                        # a replay's write: pages already encoded
+        return (name, draw(st.integers(0, FILE_PAGES - 1)), draw(st.integers(1, 6)),
                 draw(st.sampled_from(["zero", "same", "text", "random"])),
                 draw(st.integers(0, 1000)))
     if name in ("read", "fault"):
@@ -239,6 +243,15 @@ def _apply(d: Device, ts: list, o: tuple, pending: list[IoJob]):
             return n
 
         return _outcome(write)
+    if name == "wenc":
+        data = payload(o[3], o[4], o[2] * P)
+        pages = [data[i:i + P] for i in range(0, len(data), P)]
+
+        def write_encoded() -> int:
+            return d.write_encoded(t, o[1] * P, [d._encode(p) for p in pages],
+                                   pages.__getitem__)
+
+        return _outcome(write_encoded)
     if name == "writeback":
         return _outcome(lambda: run_inline(d.writeback(o[1])))
     if name == "wbpage":
