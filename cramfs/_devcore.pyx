@@ -394,10 +394,16 @@ cdef class NativeCore:
     cpdef long long write_encoded(self, table, long long off, list encoded,
                                   object page_of) except -1:
         """Device.write_encoded, its loop compiled (a replay's writes)."""
-        cdef long long first = off // PAGE, k
-        global _DeviceError
         if off < 0 or off % PAGE or self._direct_dram:
             return super(NativeCore, self).write_encoded(table, off, encoded, page_of)
+        return self._store_pages(table, off // PAGE, encoded)
+
+    cdef long long _store_pages(self, table, long long first, list encoded) except -1:
+        """Device.write's whole-page loop over pages already encoded, off the DRAM path
+        (where a page is only its encoding): a refusal after some pages is a short
+        count, of the first page an error."""
+        cdef long long k
+        global _DeviceError
         if _DeviceError is None:
             from .device import DeviceError
             _DeviceError = DeviceError
@@ -425,9 +431,6 @@ cdef class NativeCore:
         """Device.write's one-page case (the swap path) and its whole-page case when the
         request encoder applies, compiled; the rest is Device.write."""
         cdef Py_ssize_t n = len(data)
-        cdef long long first, k, npages
-        cdef list encoded
-        global _DeviceError
         if off < 0 or off % PAGE:
             return super(NativeCore, self).write(table, off, data)
         if n == PAGE:
@@ -437,19 +440,6 @@ cdef class NativeCore:
         encode = self._encode_request
         if n % PAGE or self._direct_dram or encode is None or type(data) is not bytes:
             return super(NativeCore, self).write(table, off, data)
-        # Device.write's whole-page loop, without slicing the request into page objects:
-        # with an encoding in hand, a page off the DRAM path is only its encoding
-        if _DeviceError is None:
-            from .device import DeviceError
-            _DeviceError = DeviceError
-        first, npages = off // PAGE, n // PAGE
-        encoded = map_parts(partial(encode, data), npages, self._comp_threads)
-        for k in range(npages):
-            self.counters.writes += 1
-            try:
-                self._store(table, first + k, encoded[k], False)
-            except _DeviceError:
-                if k:
-                    return k * PAGE
-                raise
-        return n
+        # the whole request encoded at once, never sliced into page objects
+        return self._store_pages(table, off // PAGE,
+                                 map_parts(partial(encode, data), n // PAGE, self._comp_threads))

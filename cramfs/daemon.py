@@ -114,26 +114,14 @@ def serve(req: MountRequest, ready_fd: int | None) -> int:
     try:
         device = Device(req.config)
     except (OSError, ValueError) as e:     # the backing file went away since the check
-        msg = f"cramfs: cannot use backing_dev {req.config.backing_dev}: {e}"
-        if ready_fd is not None:
-            os.write(ready_fd, msg.encode())
-            os.close(ready_fd)
-        else:
-            print(msg, file=sys.stderr)
-        return 1
+        return _not_started(f"cannot use backing_dev {req.config.backing_dev}: {e}", ready_fd)
     ns = Namespace(device)
     ns.mountpoint = req.mountpoint
     ops = CramOperations(ns)
     try:
         pyfuse3.init(ops, req.mountpoint, req.fuse_options())
     except Exception as e:  # libfuse reports failures as RuntimeError with little detail
-        msg = f"cramfs: cannot mount {req.mountpoint}: {e}"
-        if ready_fd is not None:
-            os.write(ready_fd, msg.encode())
-            os.close(ready_fd)
-        else:
-            print(msg, file=sys.stderr)
-        return 1
+        return _not_started(f"cannot mount {req.mountpoint}: {e}", ready_fd)
     log.info("mounted %s: advertised=%d physical=%d compressor=%s", req.mountpoint,
              req.config.advertised, req.config.physical, req.config.compressor)
     if ready_fd is not None:
@@ -152,6 +140,17 @@ def serve(req: MountRequest, ready_fd: int | None) -> int:
     ns.device.close()
     log.info("unmounted %s", req.mountpoint)
     return 0
+
+
+def _not_started(why: str, ready_fd: int | None) -> int:
+    """Tell the parent (or the terminal, in the foreground) why the mount never came up."""
+    msg = f"cramfs: {why}"
+    if ready_fd is not None:
+        os.write(ready_fd, msg.encode())
+        os.close(ready_fd)
+    else:
+        print(msg, file=sys.stderr)
+    return 1
 
 
 def _tick(ns: Namespace) -> None:

@@ -1127,29 +1127,37 @@ class Device:
     def _wb_landed(self, run: _WritebackRun, batch: list[tuple[PageTable, int, int, bytes]],
                    results: list[Any]) -> IoJob | None:
         """A batch is in the file: each page still marked leaves the device."""
-        b = self.backing
-        assert b is not None
         for (table, idx, block, _), res in zip(batch, results, strict=True):
-            mine = self._under_wb.get((table, idx)) == block
-            if mine:
-                del self._under_wb[(table, idx)]
-            if res or not mine:
-                b.free(block)
-                if res:
-                    self.counters.bd_failed += 1
-                    run.err, run.why = int(res), f"backing file write failed: {os.strerror(res)}"
-                else:
-                    self.counters.writeback_dropped += 1
-                continue
-            self.counters.bd_writes += 1
-            self._release(table, idx)
-            self._install(table, idx, pack(BACKED, block))
-            run.written += 1
+            if self._land(table, idx, block, res):
+                run.written += 1
+            elif res:
+                run.err, run.why = int(res), f"backing file write failed: {os.strerror(res)}"
         self._wb_busy = bool(self._under_wb)
         self._refresh()
         if run.err:
             self._wb_report(run)
         return self._wb_batch(run)
+
+    def _land(self, table: PageTable, idx: int, block: int, res: int) -> bool:
+        """A page written under its mark (writeback or fallback=writeback) reached the
+        file, or failed (`res`, an errno): it becomes written back if the write worked
+        and the slot still holds the mark; otherwise its block goes (a write won, or
+        the file failed). True if the page landed."""
+        assert self.backing is not None
+        mine = self._under_wb.get((table, idx)) == block
+        if mine:
+            del self._under_wb[(table, idx)]
+        if res or not mine:
+            self.backing.free(block)
+            if res:
+                self.counters.bd_failed += 1
+            else:
+                self.counters.writeback_dropped += 1
+            return False
+        self.counters.bd_writes += 1
+        self._release(table, idx)
+        self._install(table, idx, pack(BACKED, block))
+        return True
 
     def _wb_report(self, run: _WritebackRun) -> None:
         tail = f", stopped: {run.why}" if run.err else ""
@@ -1183,28 +1191,15 @@ class Device:
 
     def _commit(self, staged: list[tuple[PageTable, int, int, bytes]],
                 results: list[Any]) -> None:
-        b = self.backing
-        assert b is not None
         failed = 0
         for (table, idx, block, _), res in zip(staged, results, strict=True):
-            mine = self._under_wb.get((table, idx)) == block
-            if mine:
-                del self._under_wb[(table, idx)]
-            if res or not mine:
-                b.free(block)
-                if res:
-                    self.counters.bd_failed += 1
-                    self.counters.failed_writes += 1
-                    failed = failed or int(res)
-                    self.events.add("bd_error", f"{_page(table, idx)}: backing file write "
-                                    f"failed: {os.strerror(res)}", ratelimit=True)
-                else:
-                    self.counters.writeback_dropped += 1
-                continue
-            self.counters.bd_writes += 1
-            self.counters.writeback_fallback += 1
-            self._release(table, idx)
-            self._install(table, idx, pack(BACKED, block))
+            if self._land(table, idx, block, res):
+                self.counters.writeback_fallback += 1
+            elif res:
+                self.counters.failed_writes += 1
+                failed = failed or int(res)
+                self.events.add("bd_error", f"{_page(table, idx)}: backing file write "
+                                f"failed: {os.strerror(res)}", ratelimit=True)
         self._wb_busy = bool(self._under_wb)
         self._refresh()
         if failed:

@@ -139,7 +139,7 @@ def test_a_write_to_a_page_under_writeback_wins(tmp_path, engine):
     assert dev.counters.writeback_dropped == 2 and dev.counters.bd_writes == 2
     assert dev.read(t, 0, 4 * P) == random_page(0) + text_page(9) + bytes(P) + random_page(3)
     dev.settle()
-    assert dev.backing.count == 2 and allocated(dev) <= 2 * P + 64 << 10
+    assert dev.backing.count == 2 and allocated(dev) <= 2 * P + (64 << 10)
     check_accounting(dev, [t])
     dev.close()
 
