@@ -1,4 +1,5 @@
 # cython: language_level=3, boundscheck=True, wraparound=False, initializedcheck=True
+# distutils: language = c++
 """The native engine's page transitions: device.py's hot paths, compiled.
 
 `device.Device` is the reference: every page transition is decided there, in
@@ -17,16 +18,16 @@ tests/test_engine.py drives a Device and a NativeDevice with the same random
 operations and demands equal results, counters, mm_stat and events.
 """
 
+cimport cython
 from libc.stdint cimport int64_t, uint64_t
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 
 cdef extern from "lz4.h" nogil:
     int LZ4_decompress_safe(const char *src, char *dst, int compressedSize, int dstCapacity)
 
-from collections import OrderedDict
-
 from ._pagetable cimport NativeTable
+from ._zspool cimport NativePool
 
 from functools import partial
 
@@ -51,6 +52,45 @@ DEF LZ4_ID = 0
 DEF INLINE_LIMIT = 1 << 56
 
 cdef uint64_t INLINE_MASK = (<uint64_t>1 << 57) - 1
+
+
+cdef inline int fill_page(uint64_t word, char *dst) except -1:
+    """Write a hole's or an inline same-filled page's bytes to dst; 1 if done, 0 for a
+    word that needs more than the word itself (a wide same-filled word and every
+    other kind)."""
+    cdef uint64_t handle
+    cdef int64_t value
+    cdef int i
+    if not word:
+        memset(dst, 0, PAGE)
+        return 1
+    if (word & KIND_MASK) != SAME or word & WIDE_WORD:
+        return 0
+    handle = word >> HANDLE_SHIFT
+    value = <int64_t>(handle >> 1)
+    if value >= INLINE_LIMIT:                 # sign-extend the 57-bit form
+        value -= <int64_t>1 << 57
+    for i in range(PAGE // 8):
+        memcpy(dst + 8 * i, &value, 8)        # little-endian, as the table's
+    return 1
+
+
+cdef inline int decode_kept(tuple kept, char *dst) except -1:
+    """Write a promoted page's bytes to dst from what the DRAM tier keeps: the page
+    itself (changed since, or stored whole) or its lz4 block; 0 for another algorithm."""
+    cdef int algo = kept[2]
+    cdef bytes blob = kept[1]
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(blob)
+    if algo == DIRTY or algo == NONE_ID:
+        if n != PAGE:
+            raise ValueError(f"a promoted page of {n} bytes")
+        memcpy(dst, PyBytes_AS_STRING(blob), PAGE)
+        return 1
+    if algo != LZ4_ID:
+        return 0
+    if LZ4_decompress_safe(PyBytes_AS_STRING(blob), dst, <int>n, PAGE) != PAGE:
+        raise ValueError("a promoted page's lz4 block is damaged")
+    return 1
 cdef bytes ZERO_PAGE = bytes(PAGE)         # a fault's stand-in for bytes nobody reads
 cdef object _DeviceError = None            # device.DeviceError, looked up on first use
 
@@ -77,42 +117,99 @@ cdef inline uint64_t t_clear(table, long long idx) except? 0:
     return table.clear(idx)
 
 
-cdef class NativeTier:
-    """tier.DramTier compiled: the same OrderedDict in LRU order, without a Python
-    frame per call (a promotion and its demotion make five of them)."""
+@cython.final
+@cython.no_gc
+cdef class _Node:
+    # one promoted page in the LRU list; no cycle outlives an unlink, so no GC
+    cdef _Node prev
+    cdef _Node next
+    cdef object key
+    cdef object value
 
-    cdef object _pages
+
+@cython.final
+cdef class NativeTier:
+    """tier.DramTier compiled: the same LRU order, as a doubly linked list of nodes
+    found through one dict. Every operation is O(1) with no iterator and no
+    reordering of a hash table (OrderedDict's move_to_end and first-key lookup
+    cost more than the page's own bookkeeping)."""
+
+    cdef dict _nodes
+    cdef _Node _head        # least recently used
+    cdef _Node _tail        # most recently used
 
     def __init__(self):
-        self._pages = OrderedDict()
+        self._nodes = {}
+
+    def __dealloc__(self):
+        # break the links, which no GC would find
+        cdef _Node n = self._head
+        cdef _Node nxt
+        while n is not None:
+            nxt = n.next
+            n.prev = n.next = None
+            n = nxt
 
     def __len__(self):
-        return len(self._pages)
+        return len(self._nodes)
+
+    cdef inline void _unlink(self, _Node n):
+        if n.prev is None:
+            self._head = n.next
+        else:
+            n.prev.next = n.next
+        if n.next is None:
+            self._tail = n.prev
+        else:
+            n.next.prev = n.prev
+        n.prev = n.next = None
+
+    cdef inline void _append(self, _Node n):
+        n.prev = self._tail
+        n.next = None
+        if self._tail is None:
+            self._head = n
+        else:
+            self._tail.next = n
+        self._tail = n
 
     cpdef put(self, key, data):
         """Insert as most recently used."""
-        self._pages[key] = data
-        self._pages.move_to_end(key)
+        cdef _Node n = self._nodes.get(key)
+        if n is None:
+            n = _Node.__new__(_Node)
+            n.key = key
+            self._nodes[key] = n
+        else:
+            self._unlink(n)
+        n.value = data
+        self._append(n)
 
     cpdef get(self, key):
         """Return the page and mark it most recently used."""
-        self._pages.move_to_end(key)
-        return self._pages[key]
+        cdef _Node n = self._nodes[key]
+        if n is not self._tail:
+            self._unlink(n)
+            self._append(n)
+        return n.value
 
     cpdef peek(self, key):
-        return self._pages[key]
+        return (<_Node>self._nodes[key]).value
 
     cpdef pop(self, key):
-        return self._pages.pop(key)
+        cdef _Node n = self._nodes.pop(key)
+        self._unlink(n)
+        return n.value
 
     cpdef oldest(self):
         """The least recently used key, or None when empty."""
-        return next(iter(self._pages), None)
+        return None if self._head is None else self._head.key
 
 
 cdef class NativeCore:
     # what the transitions read and write on every page, as C fields
-    cdef public object pool
+    cdef object _pool
+    cdef NativePool _npool              # the pool when it is the compiled one: C calls
     cdef public object fallback
     cdef public object tier
     cdef public object words
@@ -141,6 +238,26 @@ cdef class NativeCore:
     cdef public bint _wb_busy           # pages under writeback: releases go to Device
     cdef public object _encode
     # everything else Device keeps stays an ordinary attribute, in NativeDevice's __dict__
+
+    @property
+    def pool(self):
+        return self._pool
+
+    @pool.setter
+    def pool(self, value):
+        self._pool = value
+        self._npool = value if type(value) is NativePool else None
+
+    cdef inline long long _used(self) except -1:
+        """pool.used_bytes, read from C where it can be."""
+        if self._npool is not None:
+            return self._npool.used_bytes
+        return self._pool.used_bytes
+
+    cdef inline int _pool_free(self, uint64_t handle) except -1:
+        if self._npool is not None:
+            return self._npool.free(handle)
+        return self._pool.free(handle)
 
     # ------------------------------------------------------------ slots
 
@@ -192,7 +309,7 @@ cdef class NativeCore:
         kind = word & KIND_MASK
         self.pages[kind] -= 1
         if kind == DEVICE:
-            charge = self.pool.free(word >> HANDLE_SHIFT)
+            charge = self._pool_free(word >> HANDLE_SHIFT)
             extra = table.extra.pop(idx, 0) if table.extra else 0
             if nt is not None:
                 nt.stored_pages -= 1
@@ -229,7 +346,7 @@ cdef class NativeCore:
         cdef long long used
         if self._pending:
             return super(NativeCore, self)._refresh(overflowed, settings)
-        used = self.pool.used_bytes + self._extra
+        used = self._used() + self._extra
         if used > self.mem_used_max:
             self.mem_used_max = used
         if not (overflowed or settings) and self._quiet_low <= used < self._quiet_high:
@@ -244,7 +361,8 @@ cdef class NativeCore:
         cdef bytes blob
         cdef uint64_t old
         cdef int64_t value
-        cdef Py_ssize_t size
+        cdef uint64_t handle
+        cdef long long charge
         if word is not None:
             if type(word) is not bytes or PyBytes_GET_SIZE(word) != 8:
                 return super(NativeCore, self)._store(table, idx, enc, demoting, force)
@@ -259,14 +377,19 @@ cdef class NativeCore:
             self._refresh()
             return True
         blob = enc[1]
-        if self.inflate != 1 or (self.pool.used_bytes + self._extra > self._easy_below
+        if self.inflate != 1 or (self._used() + self._extra > self._easy_below
                                  and not force):
             return super(NativeCore, self)._store(table, idx, enc, demoting, force)
-        size = len(blob)
         self._release(table, idx)
-        self._install(table, idx, <uint64_t>self.pool.put(blob) << HANDLE_SHIFT
+        if self._npool is not None:
+            handle = self._npool.put(blob)
+            charge = self._npool.charge(PyBytes_GET_SIZE(blob))
+        else:
+            handle = self._pool.put(blob)
+            charge = self._pool.charge(len(blob))
+        self._install(table, idx, handle << HANDLE_SHIFT
                       | (HUGE_BIT if enc[3] else 0) | <uint64_t>enc[2] << ALGO_SHIFT | DEVICE,
-                      self.pool.charge(size), 0)
+                      charge, 0)
         self._refresh()
         return True
 
@@ -308,6 +431,25 @@ cdef class NativeCore:
         self._install(table, idx, PROMOTED)
         self._refresh()
 
+    cpdef bytes _peek(self, table, long long idx, bint touch=False):
+        """Device._peek for a hole, an inline same-filled page and a promoted page
+        kept as lz4 or whole; the rest is Device's."""
+        cdef uint64_t word = t_get(table, idx)
+        cdef bytes page
+        if not word:
+            return ZERO_PAGE
+        if (word & KIND_MASK) == PROMOTED and type(self.tier) is NativeTier:
+            tier = <NativeTier>self.tier
+            kept = tier.get((table, idx)) if touch else tier.peek((table, idx))
+            page = PyBytes_FromStringAndSize(NULL, PAGE)
+            if decode_kept(kept, PyBytes_AS_STRING(page)):
+                return page
+        elif (word & KIND_MASK) == SAME:
+            page = PyBytes_FromStringAndSize(NULL, PAGE)
+            if fill_page(word, PyBytes_AS_STRING(page)):
+                return page
+        return super(NativeCore, self)._peek(table, idx, touch)
+
     cpdef bytes _read_page(self, table, long long idx, object data=None):
         """Serve one page; `data` is its decompressed content if already known."""
         cdef uint64_t word = t_get(table, idx)
@@ -324,7 +466,10 @@ cdef class NativeCore:
         # one copy out of the pool serves both the decompression and the promotion
         blob = b""
         if data is None or promote:
-            blob = (self.pool if kind == DEVICE else self.fallback).get(word >> HANDLE_SHIFT)
+            if kind == DEVICE and self._npool is not None:
+                blob = self._npool.get(word >> HANDLE_SHIFT)
+            else:
+                blob = (self._pool if kind == DEVICE else self.fallback).get(word >> HANDLE_SHIFT)
         if data is None:
             data = BY_ID[algo].decompress(blob)
         if self.tracking:
@@ -352,20 +497,30 @@ cdef class NativeCore:
         cdef uint64_t word = t_get(table, idx)
         cdef int algo = word >> ALGO_SHIFT & 3
         cdef bytes blob, page
+        cdef const char *src
         cdef Py_ssize_t n
+        if fill_page(word, dst):
+            return 0
+        if (word & KIND_MASK) == PROMOTED and type(self.tier) is NativeTier:
+            if decode_kept((<NativeTier>self.tier).get((table, idx)), dst):
+                return 0
         if (word & KIND_MASK) != DEVICE or (algo != LZ4_ID and algo != NONE_ID):
             page = self._read_page(table, idx)
             if PyBytes_GET_SIZE(page) != PAGE:
                 raise ValueError(f"page {idx}: {PyBytes_GET_SIZE(page)} bytes")
             memcpy(dst, PyBytes_AS_STRING(page), PAGE)
             return 0
-        blob = self.pool.get(word >> HANDLE_SHIFT)
-        n = PyBytes_GET_SIZE(blob)
+        if self._npool is not None:
+            # decoded in place: nothing between here and the decoding touches the pool
+            src = self._npool.view(word >> HANDLE_SHIFT, &n)
+        else:
+            blob = self._pool.get(word >> HANDLE_SHIFT)
+            src, n = PyBytes_AS_STRING(blob), PyBytes_GET_SIZE(blob)
         if algo == NONE_ID:
             if n != PAGE:
                 raise ValueError(f"page {idx}: a whole page of {n} bytes")
-            memcpy(dst, PyBytes_AS_STRING(blob), PAGE)
-        elif LZ4_decompress_safe(PyBytes_AS_STRING(blob), dst, <int>n, PAGE) != PAGE:
+            memcpy(dst, src, PAGE)
+        elif LZ4_decompress_safe(src, dst, <int>n, PAGE) != PAGE:
             raise ValueError(f"page {idx}: damaged lz4 block")
         self._read_page(table, idx, ZERO_PAGE)
         return 0
@@ -420,10 +575,22 @@ cdef class NativeCore:
     cpdef long long fault(self, table, long long off, long long size) except -1:
         """Device.fault, its loop compiled: a replay's reads, without their bytes."""
         cdef long long first = off // PAGE, last = (off + size - 1) // PAGE, idx
+        cdef uint64_t word
+        cdef int kind
+        cdef bint native_tier = type(self.tier) is NativeTier
         if off < 0 or size <= 0:
             return super(NativeCore, self).fault(table, off, size)
         self.counters.reads += last - first + 1
         for idx in range(first, last + 1):
+            word = t_get(table, idx)
+            kind = word & KIND_MASK
+            # what _read_page does to a hole, a same-filled page and a promoted one is
+            # only to decode it (and touch the promoted one): nothing a fault needs
+            if not word or kind == SAME:
+                continue
+            if kind == PROMOTED and native_tier:
+                (<NativeTier>self.tier).get((table, idx))
+                continue
             self._read_page(table, idx, ZERO_PAGE)
         return size
 

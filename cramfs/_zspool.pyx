@@ -75,10 +75,6 @@ cdef class _Memory:
     """One memfd, mapped whole and grown by doubling (mremap may move it: nothing
     keeps an address across a call that can grow it)."""
 
-    cdef int fd
-    cdef unsigned char *base
-    cdef size_t mapped
-    cdef size_t carved
 
     def __cinit__(self):
         self.fd = memfd_create(b"cramfs-pool", MFD_CLOEXEC)
@@ -137,7 +133,7 @@ cdef class _Memory:
             raise OSError(errno, "fallocate(PUNCH_HOLE) on the pool memfd")
         return 0
 
-    cdef inline unsigned char *at(self, size_t offset, size_t length) except NULL:
+    cdef unsigned char *at(self, size_t offset, size_t length) except NULL:
         """The address of [offset, offset + length), checked against the mapping."""
         if self.base == NULL or offset + length > self.mapped or offset + length < offset:
             raise ValueError(f"pool offset {offset}+{length} outside the mapping")
@@ -147,13 +143,6 @@ cdef class _Memory:
 cdef class _Runs:
     """Runs of k contiguous pages for one zspage length (pool._Runs)."""
 
-    cdef _Memory mem
-    cdef uint32_t k
-    cdef size_t span
-    cdef vector[uint32_t] free
-    cdef vector[uint32_t] cached
-    cdef size_t cache_limit
-    cdef size_t next, end, populated_to
 
     def __cinit__(self, _Memory mem, uint32_t k):
         self.mem = mem
@@ -213,25 +202,6 @@ cdef class _Class:
     the fullness groups as intrusive doubly linked lists whose head is the zspage
     listed last, the one zsmalloc's find_get_zspage() takes."""
 
-    cdef int cid
-    cdef int index
-    cdef uint32_t size
-    cdef uint32_t k
-    cdef uint32_t per_zspage
-    cdef _Runs runs
-    cdef _Memory mem
-    cdef vector[uint32_t] page
-    cdef vector[uint16_t] used
-    cdef vector[uint16_t] bump
-    cdef vector[uint16_t] head
-    cdef vector[uint8_t] group
-    cdef vector[uint32_t] prev
-    cdef vector[uint32_t] nxt
-    cdef vector[uint32_t] free_ids
-    cdef uint32_t group_head[FULL]
-    cdef uint32_t mask
-    cdef long long live
-    cdef long long zspages
 
     def __cinit__(self, int cid, spec, _Runs runs):
         cdef int g
@@ -250,7 +220,7 @@ cdef class _Class:
 
     # ------------------------------------------------------------ fullness lists
 
-    cdef inline int fullness(self, uint32_t used):
+    cdef int fullness(self, uint32_t used):
         if used == self.per_zspage:
             return FULL
         return 100 * used // self.per_zspage // 10 + 1 if used else 0
@@ -301,7 +271,7 @@ cdef class _Class:
 
     # ------------------------------------------------------------ objects
 
-    cdef inline size_t offset(self, uint32_t zs, uint32_t idx):
+    cdef size_t offset(self, uint32_t zs, uint32_t idx):
         return (<size_t>self.page[zs] << PAGE_SHIFT) + <size_t>idx * self.size
 
     cdef uint32_t obj_malloc(self, uint32_t zs) except NIL:
@@ -464,17 +434,6 @@ cdef class _Class:
 cdef class NativePool:
     """pool.ArenaPool's interface and behaviour, compiled."""
 
-    cdef readonly object geometry
-    cdef readonly int huge_threshold
-    cdef readonly long long stored_bytes
-    cdef readonly long long used_bytes
-    cdef readonly long long huge_pages
-    cdef readonly long long pages_compacted
-    cdef _Memory _mem
-    cdef dict _runs
-    cdef list _classes
-    cdef _Runs _huge_runs
-    cdef vector[int] _cid_of_size         # object length -> class id, -1: huge
 
     def __init__(self, huge_threshold=None, int chain_size=DEFAULT_CHAIN_SIZE):
         geo = geometry(chain_size)
@@ -503,7 +462,7 @@ cdef class NativePool:
             self._runs[k] = _Runs(self._mem, k)
         return self._runs[k]
 
-    cdef inline int cid_of(self, Py_ssize_t size) except -2:
+    cdef int cid_of(self, Py_ssize_t size) except -2:
         if size < 0 or size > PAGE:
             raise ValueError(f"object size {size} outside 0-{PAGE}")
         return self._cid_of_size[size]
@@ -578,6 +537,13 @@ cdef class NativePool:
         cdef size_t off = self.locate(handle)
         cdef size_t size = handle & SIZE_MASK
         return PyBytes_FromStringAndSize(<char *>self._mem.at(off, size), size)
+
+    cdef const char *view(self, uint64_t handle, Py_ssize_t *size) except NULL:
+        """get() without the copy, for a caller that decodes the object at once: the
+        address stays valid only until the next call that can grow the pool."""
+        cdef size_t off = self.locate(handle)
+        size[0] = handle & SIZE_MASK
+        return <const char *>self._mem.at(off, size[0])
 
     cpdef int free(self, uint64_t handle) except -1:
         cdef uint64_t cid = handle >> CLS_SHIFT

@@ -779,6 +779,7 @@ class Device:
         targets = table.indices_in(first, first + count)
         for idx in targets:
             self._release(table, idx)
+        self._unmark(table, first, first + count)
         self.counters.discarded_pages += len(targets)
         self.counters.notify_free += len(targets)
         self._refresh()
@@ -794,6 +795,7 @@ class Device:
         form has fewer non-zero bytes, so it costs at most one more zspage."""
         for idx in table.indices_in(-(-size // PAGE_SIZE), 1 << 62):
             self._release(table, idx)
+        self._unmark(table, -(-size // PAGE_SIZE), 1 << 62)
         tail = size % PAGE_SIZE
         last = size // PAGE_SIZE
         word = table.get(last) if tail else 0
@@ -808,7 +810,17 @@ class Device:
         """Free every slot of a file that is gone."""
         for idx, _ in table.items():
             self._release(table, idx)
+        self._unmark(table, 0, 1 << 62)
         self._refresh()
+
+    def _unmark(self, table: PageTable, first: int, stop: int) -> None:
+        """Drop the writeback marks in [first, stop) that no release reached: a page
+        fallback=writeback staged into a hole marks a slot that holds no word, and
+        would otherwise land in a file already truncated or gone."""
+        if self._wb_busy:
+            for key in [k for k in self._under_wb if k[0] is table and first <= k[1] < stop]:
+                del self._under_wb[key]
+            self._wb_busy = bool(self._under_wb)
 
     def demote(self, count: int | None) -> int:
         """Demote up to `count` (None: all) promoted pages now, coldest first."""

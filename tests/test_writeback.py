@@ -238,6 +238,29 @@ def test_fallback_writeback_sends_refused_pages_to_the_file(tmp_path, engine):
     dev.close()
 
 
+@pytest.mark.parametrize("gone", ["truncate", "discard", "drop"])
+def test_a_staged_page_into_a_hole_does_not_land_after_its_slot_is_gone(tmp_path, engine,
+                                                                         gone):
+    # fallback=writeback stages a refused write to a hole: the slot holds no word
+    # while the write is in flight, so only the mark says the page is on its way
+    dev = device(tmp_path, engine=engine, physical=64 << 10, fallback="writeback")
+    t = fill(dev, [random_page(i) for i in range(24)])
+    assert dev._staged, "some pages were refused and staged"
+    holes = [idx for _, idx, _, _ in dev._staged if not t.get(idx)]
+    assert holes, "a staged page went to a hole"
+    if gone == "truncate":
+        dev.truncate(t, 0)
+    elif gone == "discard":
+        dev.discard(t, 0, 24)
+    else:
+        dev.drop(t)
+    dev.settle()
+    assert not any(dev.pages) and dev.physical_used == 0, "nothing held for a gone slot"
+    assert dev.backing is not None and dev.backing.count == 0 and allocated(dev) == 0
+    assert dev.counters.writeback_dropped >= len(holes)
+    dev.close()
+
+
 def test_reclaim_compacts_at_most_once_an_interval_then_writes_back(tmp_path, engine):
     clock = [100.0]
     path = backing_file(tmp_path)
