@@ -310,7 +310,10 @@ cdef class NativeCore:
         self.pages[kind] -= 1
         if kind == DEVICE:
             charge = self._pool_free(word >> HANDLE_SHIFT)
-            extra = table.extra.pop(idx, 0) if table.extra else 0
+            if nt is not None:
+                extra = nt.extra.pop(idx, 0) if nt.extra else 0
+            else:
+                extra = table.extra.pop(idx, 0) if table.extra else 0
             if nt is not None:
                 nt.stored_pages -= 1
                 nt.physical_bytes -= charge + extra
