@@ -595,8 +595,8 @@ class Device:
                 self.counters.fallback_limit_hit += 1
                 why += ", host memory for fallback is full"
             elif c.fallback == "host":
-                self.events.add("refused", f"{_page(table, idx)}: {why}, kept in host "
-                                "memory (fallback)", ratelimit=True)
+                self.events.add("refused", lambda: f"{_page(table, idx)}: {why}, kept in "
+                                "host memory (fallback)", ratelimit=True)
                 self._release(table, idx)
                 self._install(table, idx, pack(FALLBACK, self.fallback.put(blob), algo, huge))
                 self._refresh()
@@ -610,13 +610,13 @@ class Device:
             self._release(table, idx)
             if c.overflow == "poison":
                 self.counters.poisoned_pages += 1
-                self.events.add("poisoned", f"{_page(table, idx)}: device full, page "
-                                "poisoned", ratelimit=True)
+                self.events.add("poisoned", lambda: f"{_page(table, idx)}: device full, "
+                                "page poisoned", ratelimit=True)
                 self._install(table, idx, POISONED)
             else:
                 self.counters.dropped_writes += 1
-                self.events.add("dropped", f"{_page(table, idx)}: device full, write "
-                                "dropped", ratelimit=True)
+                self.events.add("dropped", lambda: f"{_page(table, idx)}: device full, "
+                                "write dropped", ratelimit=True)
             self._refresh()
             return True
         return None
@@ -636,11 +636,12 @@ class Device:
 
     def _refuse(self, table: PageTable, idx: int, why: str, demoting: bool) -> bool:
         if demoting:
-            self.events.add("demote_failed", f"{_page(table, idx)}: {why}, stays in DRAM",
-                            ratelimit=True)
+            self.events.add("demote_failed", lambda: f"{_page(table, idx)}: {why}, stays "
+                            "in DRAM", ratelimit=True)
             return False
         self.counters.failed_writes += 1
-        self.events.add("refused", f"{_page(table, idx)}: {why}, ENOSPC", ratelimit=True)
+        self.events.add("refused", lambda: f"{_page(table, idx)}: {why}, ENOSPC",
+                        ratelimit=True)
         raise DeviceError(errno.ENOSPC, f"device refused {_page(table, idx)}: {why}")
 
     def _enforce_budget(self) -> None:

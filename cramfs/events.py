@@ -27,10 +27,13 @@ class EventLog:
         self.count = 0
         self._rate: dict[str, tuple[float, int, int]] = {}
 
-    def add(self, kind: str, detail: str = "", ratelimit: bool = False) -> None:
+    def add(self, kind: str, detail: str | Callable[[], str] = "",
+            ratelimit: bool = False) -> None:
         """Append one line. With `ratelimit`, at most BURST lines of this kind per
         second are kept, like printk_ratelimit; the next kept line says how many
-        were suppressed, so a refusal storm cannot push level changes out."""
+        were suppressed, so a refusal storm cannot push level changes out. A
+        callable `detail` is called only for a line that is kept: in a refusal
+        storm, formatting the lines nobody sees cost more than refusing."""
         now = self._clock()
         if ratelimit:
             start, shown, suppressed = self._rate.get(kind, (now, 0, 0))
@@ -40,8 +43,10 @@ class EventLog:
                 self._rate[kind] = (start, shown, suppressed + 1)
                 return
             self._rate[kind] = (start, shown + 1, 0)
-            if suppressed:
-                detail += f" ({suppressed} similar suppressed)"
+        if not isinstance(detail, str):
+            detail = detail()
+        if ratelimit and suppressed:
+            detail += f" ({suppressed} similar suppressed)"
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
         line = f"{stamp}.{int(now % 1 * 1e6):06d}Z {kind} {detail}".rstrip()
         # one line, whatever the detail held: callers quote input, this is the backstop

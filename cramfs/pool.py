@@ -75,6 +75,11 @@ def class_size(size: int, chain_size: int = DEFAULT_CHAIN_SIZE) -> int:
     return geometry(chain_size).class_of(min(size, PAGE_SIZE)).size
 
 
+# class_size() for every object length at the default chain size: the fallback pool
+# charges every page it takes and frees, and a refusal storm sends it thousands a second
+_DEFAULT_CLASS_SIZE = [class_size(n) for n in range(PAGE_SIZE + 1)]
+
+
 class Pool(Protocol):
     @property
     def used_bytes(self) -> int: ...
@@ -123,19 +128,19 @@ class ClassPool:
         self.stored_bytes = 0
 
     def cost(self, size: int) -> int:
-        return class_size(size)
+        return _DEFAULT_CLASS_SIZE[min(size, PAGE_SIZE)]
 
     def charge(self, size: int) -> int:
-        return class_size(size)
+        return _DEFAULT_CLASS_SIZE[min(size, PAGE_SIZE)]
 
     def charge_of(self, handle: int) -> int:
-        return class_size(len(self._objects[handle]))
+        return self.charge(len(self._objects[handle]))
 
     def put(self, blob: bytes) -> int:
         handle = self._next
         self._next += 1
         self._objects[handle] = blob
-        self.used_bytes += class_size(len(blob))
+        self.used_bytes += self.charge(len(blob))
         self.stored_bytes += len(blob)
         return handle
 
@@ -144,7 +149,7 @@ class ClassPool:
 
     def free(self, handle: int) -> int:
         blob = self._objects.pop(handle)
-        charge = class_size(len(blob))
+        charge = self.charge(len(blob))
         self.used_bytes -= charge
         self.stored_bytes -= len(blob)
         return charge
