@@ -75,11 +75,12 @@ cdef inline int fill_page(uint64_t word, char *dst) except -1:
     return 1
 
 
-cdef inline int decode_kept(tuple kept, char *dst) except -1:
+cdef inline int decode_kept(int algo, object blob, char *dst) except -1:
     """Write a promoted page's bytes to dst from what the DRAM tier keeps: the page
-    itself (changed since, or stored whole) or its lz4 block; 0 for another algorithm."""
-    cdef int algo = kept[2]
-    cdef bytes blob = kept[1]
+    itself (changed since, or stored whole) or its lz4 block; 0 for another algorithm
+    (or anything but bytes)."""
+    if type(blob) is not bytes:
+        return 0
     cdef Py_ssize_t n = PyBytes_GET_SIZE(blob)
     if algo == DIRTY or algo == NONE_ID:
         if n != PAGE:
@@ -120,11 +121,25 @@ cdef inline uint64_t t_clear(table, long long idx) except? 0:
 @cython.final
 @cython.no_gc
 cdef class _Node:
-    # one promoted page in the LRU list; no cycle outlives an unlink, so no GC
+    # One promoted page in the LRU list (no cycle outlives an unlink, so no GC). What
+    # the tier keeps for it is in typed fields, for the compiled paths to read with
+    # no tuple made or taken apart; the Encoded tuple Python code gets is made when
+    # it asks.
     cdef _Node prev
     cdef _Node next
-    cdef object key
-    cdef object value
+    cdef object key             # (table, idx), as the dict has it
+    cdef object table
+    cdef long long idx
+    cdef object word            # Encoded's fields: same-filled word (None here)
+    cdef object blob            # the compressed form, or the page itself
+    cdef int algo               # compressor id, or DIRTY
+    cdef bint huge
+    cdef object kept            # the tuple Python code gave or was given, if any
+
+    cdef tuple encoded(self):
+        if self.kept is None:
+            self.kept = (self.word, self.blob, self.algo, self.huge)
+        return self.kept
 
 
 @cython.final
@@ -132,7 +147,8 @@ cdef class NativeTier:
     """tier.DramTier compiled: the same LRU order, as a doubly linked list of nodes
     found through one dict. Every operation is O(1) with no iterator and no
     reordering of a hash table (OrderedDict's move_to_end and first-key lookup
-    cost more than the page's own bookkeeping)."""
+    cost more than the page's own bookkeeping). The compiled paths use the
+    c_ methods, on a page's fields; Python code the DramTier methods, on tuples."""
 
     cdef dict _nodes
     cdef _Node _head        # least recently used
@@ -151,6 +167,9 @@ cdef class NativeTier:
             n = nxt
 
     def __len__(self):
+        return len(self._nodes)
+
+    cdef inline Py_ssize_t size(self):
         return len(self._nodes)
 
     cdef inline void _unlink(self, _Node n):
@@ -173,33 +192,59 @@ cdef class NativeTier:
             self._tail.next = n
         self._tail = n
 
-    cpdef put(self, key, data):
-        """Insert as most recently used."""
+    cdef _Node _place(self, key, table, long long idx):
+        """The node for `key`, made if new, as most recently used."""
         cdef _Node n = self._nodes.get(key)
         if n is None:
             n = _Node.__new__(_Node)
             n.key = key
+            n.table = table
+            n.idx = idx
             self._nodes[key] = n
         else:
             self._unlink(n)
-        n.value = data
         self._append(n)
+        return n
 
-    cpdef get(self, key):
-        """Return the page and mark it most recently used."""
-        cdef _Node n = self._nodes[key]
+    cdef int c_put(self, table, long long idx, bytes blob, int algo, bint huge) except -1:
+        cdef _Node n = self._place((table, idx), table, idx)
+        n.word, n.blob, n.algo, n.huge, n.kept = None, blob, algo, huge, None
+        return 0
+
+    cdef _Node c_get(self, table, long long idx):
+        """A page's node, marked most recently used (KeyError if not promoted)."""
+        cdef _Node n = self._nodes[(table, idx)]
         if n is not self._tail:
             self._unlink(n)
             self._append(n)
-        return n.value
+        return n
+
+    cdef int c_pop(self, table, long long idx) except -1:
+        self._unlink(<_Node>self._nodes.pop((table, idx)))
+        return 0
+
+    cdef inline _Node c_oldest(self):
+        return self._head
+
+    cpdef put(self, key, data):
+        """Insert as most recently used."""
+        table, idx = key
+        cdef _Node n = self._place(key, table, idx)
+        n.word, n.blob, n.algo, n.huge = data
+        n.kept = data
+
+    cpdef get(self, key):
+        """Return the page and mark it most recently used."""
+        table, idx = key
+        return self.c_get(table, idx).encoded()
 
     cpdef peek(self, key):
-        return (<_Node>self._nodes[key]).value
+        return (<_Node>self._nodes[key]).encoded()
 
     cpdef pop(self, key):
         cdef _Node n = self._nodes.pop(key)
         self._unlink(n)
-        return n.value
+        return n.encoded()
 
     cpdef oldest(self):
         """The least recently used key, or None when empty."""
@@ -332,7 +377,7 @@ cdef class NativeCore:
             self.fallback.free(word >> HANDLE_SHIFT)
         elif kind == PROMOTED:
             if type(self.tier) is NativeTier:
-                (<NativeTier>self.tier).pop((table, idx))
+                (<NativeTier>self.tier).c_pop(table, idx)
             else:
                 self.tier.pop((table, idx))
             if nt is not None:
@@ -379,9 +424,18 @@ cdef class NativeCore:
                           | SAME)
             self._refresh()
             return True
-        blob = enc[1]
+        return self._store_blob(table, idx, enc[1], enc[2], enc[3], demoting, force, enc)
+
+    cdef bint _store_blob(self, table, long long idx, bytes blob, int algo, bint huge,
+                          bint demoting, bint force, tuple enc) except -1:
+        """_store of a compressed page, its Encoded's fields apart (`enc` is the tuple,
+        or None where no one made it: made here only for Device's path)."""
+        cdef uint64_t handle
+        cdef long long charge
         if self.inflate != 1 or (self._used() + self._extra > self._easy_below
                                  and not force):
+            if enc is None:
+                enc = (None, blob, algo, huge)
             return super(NativeCore, self)._store(table, idx, enc, demoting, force)
         self._release(table, idx)
         if self._npool is not None:
@@ -391,7 +445,7 @@ cdef class NativeCore:
             handle = self._pool.put(blob)
             charge = self._pool.charge(len(blob))
         self._install(table, idx, handle << HANDLE_SHIFT
-                      | (HUGE_BIT if enc[3] else 0) | <uint64_t>enc[2] << ALGO_SHIFT | DEVICE,
+                      | (HUGE_BIT if huge else 0) | <uint64_t>algo << ALGO_SHIFT | DEVICE,
                       charge, 0)
         self._refresh()
         return True
@@ -403,12 +457,27 @@ cdef class NativeCore:
         self._store(table, idx, enc or self._encode(page), False, force)
 
     cpdef bint _demote_one(self) except -1:
+        cdef _Node n
         tier = self.tier
-        key = (<NativeTier>tier).oldest() if type(tier) is NativeTier else tier.oldest()
-        if key is None:
-            return False
+        if type(tier) is NativeTier:
+            n = (<NativeTier>tier).c_oldest()
+            if n is None:
+                return False
+            if n.word is None and type(n.blob) is bytes and (n.algo == self._algo
+                                                             or n.algo == NONE_ID):
+                # a clean page: its compressed form goes back as it is
+                if not self._store_blob(n.table, n.idx, n.blob, n.algo, n.huge, True, False,
+                                        n.kept):
+                    return False
+                self.counters.demotions += 1
+                return True
+            key = n.key
+        else:
+            key = tier.oldest()
+            if key is None:
+                return False
         table, idx = key
-        kept = (<NativeTier>tier).peek(key) if type(tier) is NativeTier else tier.peek(key)
+        kept = tier.peek(key)
         algo = kept[2]
         if algo == DIRTY:
             kept = self._encode(kept[1])
@@ -426,6 +495,17 @@ cdef class NativeCore:
                 return False
         return True
 
+    cdef int _promote_blob(self, table, long long idx, bytes blob, int algo,
+                           bint huge) except -1:
+        """_to_dram of a page just released from the device, its fields apart."""
+        if type(self.tier) is NativeTier:
+            (<NativeTier>self.tier).c_put(table, idx, blob, algo, huge)
+            self._install(table, idx, PROMOTED)
+            self._refresh()
+        else:
+            self._to_dram(table, idx, (None, blob, algo, huge))
+        return 0
+
     cpdef _to_dram(self, table, long long idx, tuple kept):
         if type(self.tier) is NativeTier:
             (<NativeTier>self.tier).put((table, idx), kept)
@@ -439,13 +519,14 @@ cdef class NativeCore:
         kept as lz4 or whole; the rest is Device's."""
         cdef uint64_t word = t_get(table, idx)
         cdef bytes page
+        cdef _Node n
         if not word:
             return ZERO_PAGE
         if (word & KIND_MASK) == PROMOTED and type(self.tier) is NativeTier:
             tier = <NativeTier>self.tier
-            kept = tier.get((table, idx)) if touch else tier.peek((table, idx))
+            n = tier.c_get(table, idx) if touch else tier._nodes[(table, idx)]
             page = PyBytes_FromStringAndSize(NULL, PAGE)
-            if decode_kept(kept, PyBytes_AS_STRING(page)):
+            if decode_kept(n.algo, n.blob, PyBytes_AS_STRING(page)):
                 return page
         elif (word & KIND_MASK) == SAME:
             page = PyBytes_FromStringAndSize(NULL, PAGE)
@@ -483,9 +564,8 @@ cdef class NativeCore:
             self.counters.faults += 1
             if promote:
                 if self._tier_room():
-                    kept = (None, blob, algo, bool(word & HUGE_BIT))
                     self._release(table, idx)
-                    self._to_dram(table, idx, kept)
+                    self._promote_blob(table, idx, blob, algo, word & HUGE_BIT != 0)
                     self.counters.promotions += 1
                 else:
                     self.counters.promotions_skipped += 1
@@ -500,12 +580,14 @@ cdef class NativeCore:
         cdef uint64_t word = t_get(table, idx)
         cdef int algo = word >> ALGO_SHIFT & 3
         cdef bytes blob, page
+        cdef _Node node
         cdef const char *src
         cdef Py_ssize_t n
         if fill_page(word, dst):
             return 0
         if (word & KIND_MASK) == PROMOTED and type(self.tier) is NativeTier:
-            if decode_kept((<NativeTier>self.tier).get((table, idx)), dst):
+            node = (<NativeTier>self.tier).c_get(table, idx)
+            if decode_kept(node.algo, node.blob, dst):
                 return 0
         if (word & KIND_MASK) != DEVICE or (algo != LZ4_ID and algo != NONE_ID):
             page = self._read_page(table, idx)
@@ -592,7 +674,7 @@ cdef class NativeCore:
             if not word or kind == SAME:
                 continue
             if kind == PROMOTED and native_tier:
-                (<NativeTier>self.tier).get((table, idx))
+                (<NativeTier>self.tier).c_get(table, idx)
                 continue
             self._read_page(table, idx, ZERO_PAGE)
         return size
