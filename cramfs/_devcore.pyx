@@ -273,6 +273,7 @@ cdef class NativeCore:
     cdef public double _quiet_low
     cdef public double _quiet_high
     cdef public object _easy_below
+    cdef public bint _refuse_to_host
     cdef public int _algo
     cdef public bint _zswap
     cdef public bint _promote
@@ -434,6 +435,9 @@ cdef class NativeCore:
         cdef long long charge
         if self.inflate != 1 or (self._used() + self._extra > self._easy_below
                                  and not force):
+            if self._refuse_to_host and not force and self._to_host(table, idx, blob, algo,
+                                                                    huge):
+                return True
             if enc is None:
                 enc = (None, blob, algo, huge)
             return super(NativeCore, self)._store(table, idx, enc, demoting, force)
@@ -447,6 +451,24 @@ cdef class NativeCore:
         self._install(table, idx, handle << HANDLE_SHIFT
                       | (HUGE_BIT if huge else 0) | <uint64_t>algo << ALGO_SHIFT | DEVICE,
                       charge, 0)
+        self._refresh()
+        return True
+
+    cdef bint _to_host(self, table, long long idx, bytes blob, int algo,
+                       bint huge) except -1:
+        """Device._screen's refusal into host memory (fallback=host, write control at
+        critical, no reclaim), compiled: a device under pressure takes this for every
+        page. False where the fallback pool is full: Device says why."""
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(blob)
+        fallback = self.fallback
+        if fallback.used_bytes + fallback.charge(size) > self.config.fallback_limit:
+            return False
+        self.counters.reject_write_control += 1
+        self.events.add("refused", partial(self._refused_to_host, table, idx, size),
+                        ratelimit=True)
+        self._release(table, idx)
+        self._install(table, idx, <uint64_t>fallback.put(blob) << HANDLE_SHIFT
+                      | (HUGE_BIT if huge else 0) | <uint64_t>algo << ALGO_SHIFT | FALLBACK)
         self._refresh()
         return True
 

@@ -283,6 +283,10 @@ class Device:
         # size, write control is not refusing, and no injected cost applies.
         easy = self.inflate == 1 and not (c.write_control and self.levels.level >= CRITICAL)
         self._easy_below = c.physical - _MAX_GROWTH if easy else -1
+        # A compressed page write control refuses whatever its size, into host memory
+        # (the compiled engine's fast path under pressure; _screen decides the same)
+        self._refuse_to_host = (self.inflate == 1 and c.write_control and c.reclaim == "off"
+                                and self.levels.level >= CRITICAL and c.fallback == "host")
 
     # ------------------------------------------------------------ accounting
 
@@ -595,8 +599,8 @@ class Device:
                 self.counters.fallback_limit_hit += 1
                 why += ", host memory for fallback is full"
             elif c.fallback == "host":
-                self.events.add("refused", lambda: f"{_page(table, idx)}: {why}, kept in "
-                                "host memory (fallback)", ratelimit=True)
+                self.events.add("refused", lambda: self._kept_in_host(table, idx, why),
+                                ratelimit=True)
                 self._release(table, idx)
                 self._install(table, idx, pack(FALLBACK, self.fallback.put(blob), algo, huge))
                 self._refresh()
@@ -620,6 +624,16 @@ class Device:
             self._refresh()
             return True
         return None
+
+    @staticmethod
+    def _kept_in_host(table: PageTable, idx: int, why: str) -> str:
+        return f"{_page(table, idx)}: {why}, kept in host memory (fallback)"
+
+    def _refused_to_host(self, table: PageTable, idx: int, size: int) -> str:
+        """The events line of a page refused into host memory, for the compiled path,
+        which has not asked whether it fit (only the line needs to know)."""
+        why = f"level {self.danger}" if self._fits(table, idx, size, 0) else "no physical room"
+        return self._kept_in_host(table, idx, why)
 
     def _fits(self, table: PageTable, idx: int, size: int, extra: int) -> bool:
         """Would a `size`-byte object for this slot stay within physical capacity?"""

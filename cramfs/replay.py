@@ -252,15 +252,11 @@ def _as_encoded(dev: Device, pages: tuple[trace.PageCode, ...]) -> list[Encoded]
     if dev.config.compressor != "lz4":
         return None
     huge = dev.config.huge_threshold
-    out: list[Encoded] = []
-    for tag, body in pages:
-        if tag == trace.SAME_TAG:
-            out.append((body, b"", 0, False))
-        elif tag == trace.LZ4_TAG and len(body) < huge:
-            out.append((None, body, _LZ4, False))
-        else:
-            out.append((None, trace.decode_page((tag, body)), _NONE, True))
-    return out
+    same, lz4 = trace.SAME_TAG, trace.LZ4_TAG
+    return [(body, b"", 0, False) if tag == same
+            else (None, body, _LZ4, False) if tag == lz4 and len(body) < huge
+            else (None, trace.decode_page((tag, body)), _NONE, True)
+            for tag, body in pages]
 
 
 def grid(options: dict[str, list[str]]) -> list[dict[str, str]]:

@@ -271,18 +271,17 @@ def _unpack_write(payload: bytes, version: int) -> tuple[bytes, tuple[PageCode, 
     if payload[0] == WHOLE:
         return lz4.block.decompress(payload[1:]), None
     pages: list[PageCode] = []
-    view, i, n = memoryview(payload), 1, len(payload)
+    append, u16 = pages.append, _U16.unpack_from
+    i, n = 1, len(payload)
     while i < n:
         tag = payload[i]
-        i += 1
-        if tag == SAME_TAG:
-            size = 8
-        elif tag == LZ4_TAG:
-            (size,) = _U16.unpack_from(payload, i)
-            i += 2
+        if tag == LZ4_TAG:
+            (size,) = u16(payload, i + 1)
+            i += 3
         else:
-            size = PAGE_SIZE
-        pages.append((tag, bytes(view[i:i + size])))
+            size = 8 if tag == SAME_TAG else PAGE_SIZE
+            i += 1
+        append((tag, payload[i:i + size]))
         i += size
     return b"", tuple(pages)
 
