@@ -27,7 +27,7 @@ cdef extern from "lz4.h" nogil:
     int LZ4_decompress_safe(const char *src, char *dst, int compressedSize, int dstCapacity)
 
 from ._pagetable cimport NativeTable
-from ._zspool cimport NativePool
+from ._zspool cimport NativeClassPool, NativePool
 
 from functools import partial
 
@@ -255,7 +255,8 @@ cdef class NativeCore:
     # what the transitions read and write on every page, as C fields
     cdef object _pool
     cdef NativePool _npool              # the pool when it is the compiled one: C calls
-    cdef public object fallback
+    cdef object _fallback
+    cdef NativeClassPool _nfallback     # the fallback pool when compiled: C calls
     cdef public object tier
     cdef public object words
     cdef public object counters
@@ -288,6 +289,15 @@ cdef class NativeCore:
     @property
     def pool(self):
         return self._pool
+
+    @property
+    def fallback(self):
+        return self._fallback
+
+    @fallback.setter
+    def fallback(self, value):
+        self._fallback = value
+        self._nfallback = value if type(value) is NativeClassPool else None
 
     @pool.setter
     def pool(self, value):
@@ -375,7 +385,10 @@ cdef class NativeCore:
             if word & WIDE_WORD:
                 self.words.free(word >> (HANDLE_SHIFT + 1))
         elif kind == FALLBACK:
-            self.fallback.free(word >> HANDLE_SHIFT)
+            if self._nfallback is not None:
+                self._nfallback.free(word >> HANDLE_SHIFT)
+            else:
+                self._fallback.free(word >> HANDLE_SHIFT)
         elif kind == PROMOTED:
             if type(self.tier) is NativeTier:
                 (<NativeTier>self.tier).c_pop(table, idx)
@@ -460,8 +473,9 @@ cdef class NativeCore:
         critical, no reclaim), compiled: a device under pressure takes this for every
         page. False where the fallback pool is full: Device says why."""
         cdef Py_ssize_t size = PyBytes_GET_SIZE(blob)
-        fallback = self.fallback
-        if fallback.used_bytes + fallback.charge(size) > self.config.fallback_limit:
+        cdef NativeClassPool fallback = self._nfallback
+        if fallback is None or (fallback.used_bytes + fallback.charge(size)
+                                > self.config.fallback_limit):
             return False
         self.counters.reject_write_control += 1
         self.events.add("refused", partial(self._refused_to_host, table, idx, size),
@@ -574,8 +588,10 @@ cdef class NativeCore:
         if data is None or promote:
             if kind == DEVICE and self._npool is not None:
                 blob = self._npool.get(word >> HANDLE_SHIFT)
+            elif kind == FALLBACK and self._nfallback is not None:
+                blob = self._nfallback.get(word >> HANDLE_SHIFT)
             else:
-                blob = (self._pool if kind == DEVICE else self.fallback).get(word >> HANDLE_SHIFT)
+                blob = (self._pool if kind == DEVICE else self._fallback).get(word >> HANDLE_SHIFT)
         if data is None:
             data = BY_ID[algo].decompress(blob)
         if self.tracking:

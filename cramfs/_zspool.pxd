@@ -96,3 +96,18 @@ cdef class NativePool:
     cpdef uint64_t put(self, bytes blob) except? 0
     cpdef bytes get(self, uint64_t handle)
     cpdef int free(self, uint64_t handle) except -1
+
+
+@cython.final
+cdef class NativeClassPool:
+    cdef dict _objects
+    cdef long long _next
+    cdef readonly long long used_bytes
+    cdef readonly long long stored_bytes
+    cdef vector[int] _class_size          # object length -> its class's size
+    cpdef int cost(self, Py_ssize_t size) except -1
+    cpdef int charge(self, Py_ssize_t size) except -1
+    cpdef int charge_of(self, long long handle) except -1
+    cpdef long long put(self, bytes blob) except -1
+    cpdef bytes get(self, long long handle)
+    cpdef int free(self, long long handle) except -1

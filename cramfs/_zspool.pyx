@@ -25,7 +25,8 @@ from posix.unistd cimport close, ftruncate
 
 import os
 
-from .pool import POPULATE_BYTES, REUSE_CACHE_BYTES, WINDOW_BYTES, ClassStats
+from .pool import (DEFAULT_CLASS_SIZE, POPULATE_BYTES, REUSE_CACHE_BYTES, WINDOW_BYTES,
+                   ClassStats)
 from .units import PAGE_SIZE as _PY_PAGE_SIZE
 from .zsgeometry import DEFAULT_CHAIN_SIZE, ZS_SIZE_CLASSES, geometry
 
@@ -609,3 +610,58 @@ cdef class NativePool:
 
     def close(self):
         self._mem.release()
+
+
+cdef class NativeClassPool:
+    """pool.ClassPool compiled: the host-memory side of fallback, objects kept whole as
+    bytes, each charged its size class. A device under pressure stores, reads and
+    frees a fallback page for every fault, and the compiled device core calls
+    these without Python."""
+
+    def __init__(self):
+        self._objects = {}
+        self._next = 1
+        self.used_bytes = self.stored_bytes = 0
+        self._class_size.assign(PAGE + 1, 0)
+        for n, size in enumerate(DEFAULT_CLASS_SIZE):
+            self._class_size[n] = size
+
+    cpdef int cost(self, Py_ssize_t size) except -1:
+        return self.charge(size)
+
+    cpdef int charge(self, Py_ssize_t size) except -1:
+        if size < 0:
+            raise ValueError(f"object size {size}")
+        return self._class_size[min(size, <Py_ssize_t>PAGE)]
+
+    cpdef int charge_of(self, long long handle) except -1:
+        return self.charge(PyBytes_GET_SIZE(<bytes>self._objects[handle]))
+
+    cpdef long long put(self, bytes blob) except -1:
+        cdef long long handle = self._next
+        if blob is None:
+            raise TypeError("put() needs bytes, not None")
+        self._next += 1
+        self._objects[handle] = blob
+        self.used_bytes += self.charge(PyBytes_GET_SIZE(blob))
+        self.stored_bytes += PyBytes_GET_SIZE(blob)
+        return handle
+
+    cpdef bytes get(self, long long handle):
+        return self._objects[handle]
+
+    cpdef int free(self, long long handle) except -1:
+        cdef bytes blob = self._objects.pop(handle)
+        cdef int charge = self.charge(PyBytes_GET_SIZE(blob))
+        self.used_bytes -= charge
+        self.stored_bytes -= PyBytes_GET_SIZE(blob)
+        return charge
+
+    def __len__(self):
+        return len(self._objects)
+
+    def compact(self):
+        return {}
+
+    def close(self):
+        self._objects.clear()

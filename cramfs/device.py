@@ -46,6 +46,7 @@ from .compressors import BY_ID, COMPRESSORS, describe
 from .config import SETTINGS, DeviceConfig
 from .engine import (
     NativeCore,
+    make_fallback_pool,
     make_pool,
     page_encoder,
     request_encoder,
@@ -73,7 +74,7 @@ from .pagetable import (
     same_handle,
     same_word_of,
 )
-from .pool import MAX_ZSPAGE_PAGES, ClassPool, Pool, rebase
+from .pool import MAX_ZSPAGE_PAGES, Pool, rebase
 from .tier import DramTier
 from .units import PAGE_SIZE, format_size, shown
 
@@ -210,7 +211,7 @@ class Device:
         self.mount_physical = self.config.physical
         self.pool: Pool = pool or make_pool(self.config.engine, self.config.huge_threshold,
                                             self.config.chain_size)
-        self.fallback: Pool = fallback_pool or ClassPool()
+        self.fallback: Pool = fallback_pool or make_fallback_pool(self.config.engine)
         self.tier: DramTier[tuple[PageTable, int], Encoded] = tier_class(self.config.engine)()
         self.words = WordStore()             # same-filled words too wide for a table word
         self.levels = LevelTracker()

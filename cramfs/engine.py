@@ -19,7 +19,7 @@ from typing import Any
 
 from .compressors import COMPRESSORS
 from .pagetable import PageTable
-from .pool import ArenaPool
+from .pool import ArenaPool, ClassPool
 from .tier import DramTier
 from .zsgeometry import DEFAULT_CHAIN_SIZE
 
@@ -29,11 +29,12 @@ try:
     from ._devcore import NativeCore, NativeTier
     from ._pagecodec import Lz4PageEncoder, encode_lz4_pages
     from ._pagetable import NativeTable
-    from ._zspool import NativePool
+    from ._zspool import NativeClassPool, NativePool
 except ImportError:          # not built: a checkout used without `pip install`
     NativeCore = None  # type: ignore[assignment,misc]
     NativeTier = None  # type: ignore[assignment,misc]
     NativePool = None  # type: ignore[assignment,misc]
+    NativeClassPool = None  # type: ignore[assignment,misc]
     NativeTable = None  # type: ignore[assignment,misc]
     encode_lz4_pages = None  # type: ignore[assignment]
     Lz4PageEncoder = None  # type: ignore[assignment,misc]
@@ -64,6 +65,12 @@ def make_pool(engine: str, huge_threshold: int | None = None,
     if engine == "native":
         return NativePool(huge_threshold, chain_size)
     return ArenaPool(huge_threshold, chain_size)
+
+
+def make_fallback_pool(engine: str) -> ClassPool | NativeClassPool:
+    """The pool a device on `engine` keeps refused pages in (fallback=host)."""
+    check(engine)
+    return NativeClassPool() if engine == "native" else ClassPool()
 
 
 def table_class(engine: str) -> type[PageTable]:

@@ -77,7 +77,7 @@ def class_size(size: int, chain_size: int = DEFAULT_CHAIN_SIZE) -> int:
 
 # class_size() for every object length at the default chain size: the fallback pool
 # charges every page it takes and frees, and a refusal storm sends it thousands a second
-_DEFAULT_CLASS_SIZE = [class_size(n) for n in range(PAGE_SIZE + 1)]
+DEFAULT_CLASS_SIZE = [class_size(n) for n in range(PAGE_SIZE + 1)]
 
 
 class Pool(Protocol):
@@ -128,10 +128,10 @@ class ClassPool:
         self.stored_bytes = 0
 
     def cost(self, size: int) -> int:
-        return _DEFAULT_CLASS_SIZE[min(size, PAGE_SIZE)]
+        return DEFAULT_CLASS_SIZE[min(size, PAGE_SIZE)]
 
     def charge(self, size: int) -> int:
-        return _DEFAULT_CLASS_SIZE[min(size, PAGE_SIZE)]
+        return DEFAULT_CLASS_SIZE[min(size, PAGE_SIZE)]
 
     def charge_of(self, handle: int) -> int:
         return self.charge(len(self._objects[handle]))

@@ -89,6 +89,34 @@ def test_pools_make_identical_decisions(chain, threshold, seq):
     nat.close()
 
 
+@settings(max_examples=150, deadline=None)
+@given(pool_ops)
+def test_fallback_pools_make_identical_decisions(seq):
+    ref, nat = engine.make_fallback_pool("python"), engine.make_fallback_pool("native")
+    assert type(nat).__name__ == "NativeClassPool"
+    live: list[tuple[int, bytes]] = []
+    for op in seq:
+        if op[0] == "put":
+            blob = random.Random(op[1] * 256 + op[2]).randbytes(op[1])
+            h = ref.put(blob)
+            assert nat.put(blob) == h
+            live.append((h, blob))
+        elif op[0] == "free" and live:
+            h, blob = live.pop(op[1] % len(live))
+            assert ref.charge_of(h) == nat.charge_of(h)
+            assert ref.free(h) == nat.free(h)
+        assert (nat.used_bytes, nat.stored_bytes, len(nat)) == (
+            ref.used_bytes, ref.stored_bytes, len(ref))
+        assert [nat.cost(n) for n in (0, 1, 100, 3000, P, P + 1)] == [
+            ref.cost(n) for n in (0, 1, 100, 3000, P, P + 1)]
+    for h, blob in live:
+        assert nat.get(h) == ref.get(h) == blob
+    with pytest.raises(KeyError):
+        nat.get(10**9)              # a handle never handed out
+    ref.close()
+    nat.close()
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.integers(0, (1 << 64) - 1))
 def test_native_pool_refuses_handles_it_did_not_hand_out(handle):
