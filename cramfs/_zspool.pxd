@@ -11,6 +11,7 @@ cdef class _Memory:
     cdef unsigned char *base
     cdef size_t mapped
     cdef size_t carved
+    cdef size_t cached                    # bytes of emptied runs kept resident
     cdef void release(self)
     cdef long long window(self) except -1
     cdef void populate(self, size_t offset, size_t length)
@@ -25,7 +26,6 @@ cdef class _Runs:
     cdef size_t span
     cdef vector[uint32_t] free
     cdef vector[uint32_t] cached
-    cdef size_t cache_limit
     cdef size_t next, end, populated_to
     cdef long long take(self) except -1
     cdef int give_back(self, uint32_t page) except -1

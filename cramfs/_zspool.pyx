@@ -84,6 +84,7 @@ cdef class _Memory:
         self.base = NULL
         self.mapped = 0
         self.carved = 0
+        self.cached = 0
 
     def __dealloc__(self):
         self.release()
@@ -149,7 +150,6 @@ cdef class _Runs:
         self.mem = mem
         self.k = k
         self.span = k * PAGE
-        self.cache_limit = max(<size_t>1, C_REUSE // self.span)
         self.next = self.end = self.populated_to = 0
 
     cdef long long take(self) except -1:
@@ -158,6 +158,7 @@ cdef class _Runs:
         if self.cached.size():
             page = self.cached.back()
             self.cached.pop_back()
+            self.mem.cached -= self.span
             return page
         if self.free.size():
             page = self.free.back()
@@ -176,8 +177,9 @@ cdef class _Runs:
         return start >> PAGE_SHIFT
 
     cdef int give_back(self, uint32_t page) except -1:
-        if self.cached.size() < self.cache_limit:
+        if self.mem.cached + self.span <= C_REUSE:
             self.cached.push_back(page)
+            self.mem.cached += self.span
             return 0
         self.mem.punch(<size_t>page << PAGE_SHIFT, self.span)
         self.free.push_back(page)
@@ -188,6 +190,7 @@ cdef class _Runs:
         for page in self.cached:
             self.mem.punch(<size_t>page << PAGE_SHIFT, self.span)
             self.free.push_back(page)
+        self.mem.cached -= self.span * self.cached.size()
         self.cached.clear()
         if self.populated_to > self.next:
             self.mem.punch(self.next, self.populated_to - self.next)

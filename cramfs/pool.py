@@ -42,9 +42,12 @@ from .zsgeometry import CHAIN_SIZES, DEFAULT_CHAIN_SIZE, ZS_SIZE_CLASSES, SizeCl
 
 MAX_ZSPAGE_PAGES = max(CHAIN_SIZES)     # the longest zspage any chain size makes
 WINDOW_BYTES = 32 << 20          # the memfd is carved this much at a time per run length
-# Emptied zspages kept mapped for quick reuse, per run length, before the rest go
-# back to the kernel: refaulting a punched page costs more than compressing it.
-REUSE_CACHE_BYTES = 1 << 20
+# Emptied zspages kept mapped for quick reuse, all run lengths together, before the
+# rest go back to the kernel: refaulting a punched page costs more than compressing
+# it, and the DRAM tier's promotions and demotions empty and refill zspages all the
+# time. (A replay of a recorded swap run punched 11,248 holes with 1 MiB for each
+# run length, 1,515 with 8 MiB shared, the same worst case.)
+REUSE_CACHE_BYTES = 8 << 20
 # Fresh memory is faulted in this much at a time (MADV_POPULATE_WRITE): one
 # madvise is far cheaper than a page fault on every new zspage.
 POPULATE_BYTES = 256 << 10
@@ -177,6 +180,7 @@ class _Memory:
         self.fd = os.memfd_create("cramfs-pool", os.MFD_CLOEXEC)
         self.mm: mmap.mmap | None = None
         self.carved = 0                   # bytes handed out as windows so far
+        self.cached = 0                   # bytes of emptied runs kept resident
         # an fd is a plain int: without this, a pool dropped unclosed leaks it
         self._close_fd = weakref.finalize(self, os.close, self.fd)
 
@@ -219,12 +223,12 @@ class _Runs:
         self.span = k * PAGE_SIZE
         self.free = array("I")           # punched: cost nothing until reused
         self.cached = array("I")         # still resident: reused first
-        self.cache_limit = max(1, REUSE_CACHE_BYTES // self.span)
         self.next = self.end = 0         # carving position in the newest window
         self.populated_to = 0
 
     def take(self) -> int:
         if self.cached:
+            self.mem.cached -= self.span
             return self.cached.pop()
         if self.free:
             return self.free.pop()
@@ -242,8 +246,9 @@ class _Runs:
         return page
 
     def give_back(self, page: int) -> None:
-        if len(self.cached) < self.cache_limit:
+        if self.mem.cached + self.span <= REUSE_CACHE_BYTES:
             self.cached.append(page)
+            self.mem.cached += self.span
             return
         self.mem.punch(page << PAGE_SHIFT, self.span)
         self.free.append(page)
@@ -254,6 +259,7 @@ class _Runs:
         for page in self.cached:
             self.mem.punch(page << PAGE_SHIFT, self.span)
         self.free.extend(self.cached)
+        self.mem.cached -= self.span * len(self.cached)
         del self.cached[:]
         if self.populated_to > self.next:
             self.mem.punch(self.next, self.populated_to - self.next)
