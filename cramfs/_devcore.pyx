@@ -19,7 +19,9 @@ operations and demands equal results, counters, mm_stat and events.
 """
 
 cimport cython
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t, uintptr_t
+from libcpp.vector cimport vector
+from cpython.ref cimport PyObject
 from libc.string cimport memcpy, memset
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 
@@ -118,6 +120,50 @@ cdef inline uint64_t t_clear(table, long long idx) except? 0:
     return table.clear(idx)
 
 
+cdef extern from *:
+    """
+    #include <unordered_map>
+    #include <utility>
+    #include <cstdint>
+    // The DRAM tier's index: a promoted page, named by its table's address and its
+    // index, to the slot of its node. The node holds the table, so the address
+    // cannot be reused while the entry exists.
+    struct cram_tier_hash {
+        size_t operator()(const std::pair<uintptr_t, long long>& k) const noexcept {
+            uint64_t h = (uint64_t)k.first * 0x9E3779B97F4A7C15ULL ^ (uint64_t)k.second;
+            h ^= h >> 31;
+            h *= 0xBF58476D1CE4E5B9ULL;
+            return (size_t)(h ^ (h >> 29));
+        }
+    };
+    typedef std::unordered_map<std::pair<uintptr_t, long long>, uint32_t,
+                               cram_tier_hash> cram_tier_map;
+    static inline long long cram_tier_find(const cram_tier_map &m, uintptr_t t,
+                                           long long i) {
+        auto it = m.find(std::make_pair(t, i));
+        return it == m.end() ? -1 : (long long)it->second;
+    }
+    static inline long long cram_tier_take(cram_tier_map &m, uintptr_t t, long long i) {
+        auto it = m.find(std::make_pair(t, i));
+        if (it == m.end())
+            return -1;
+        long long slot = it->second;
+        m.erase(it);
+        return slot;
+    }
+    static inline void cram_tier_set(cram_tier_map &m, uintptr_t t, long long i,
+                                     uint32_t slot) {
+        m[std::make_pair(t, i)] = slot;
+    }
+    """
+    cppclass cram_tier_map:
+        size_t size()
+        void clear()
+    long long cram_tier_find(const cram_tier_map &m, uintptr_t t, long long i)
+    long long cram_tier_take(cram_tier_map &m, uintptr_t t, long long i)
+    void cram_tier_set(cram_tier_map &m, uintptr_t t, long long i, uint32_t slot) except +
+
+
 @cython.final
 @cython.no_gc
 cdef class _Node:
@@ -127,9 +173,9 @@ cdef class _Node:
     # it asks.
     cdef _Node prev
     cdef _Node next
-    cdef object key             # (table, idx), as the dict has it
     cdef object table
     cdef long long idx
+    cdef uint32_t slot          # its place in NativeTier._slots
     cdef object word            # Encoded's fields: same-filled word (None here)
     cdef object blob            # the compressed form, or the page itself
     cdef int algo               # compressor id, or DIRTY
@@ -145,17 +191,22 @@ cdef class _Node:
 @cython.final
 cdef class NativeTier:
     """tier.DramTier compiled: the same LRU order, as a doubly linked list of nodes
-    found through one dict. Every operation is O(1) with no iterator and no
-    reordering of a hash table (OrderedDict's move_to_end and first-key lookup
-    cost more than the page's own bookkeeping). The compiled paths use the
-    c_ methods, on a page's fields; Python code the DramTier methods, on tuples."""
+    found through a C++ hash map keyed by (table, index). Every operation is O(1)
+    with no iterator, no reordering of a hash table (OrderedDict's move_to_end and
+    first-key lookup cost more than the page's own bookkeeping) and no key tuple
+    to make, hash and compare (a dict keyed by tuples cost a tenth of a replay).
+    The compiled paths use the c_ methods, on a page's fields; Python code the
+    DramTier methods, on tuples. The nodes live in `_slots`, which owns them; the
+    map only names their slots, so no pointer in it can outlive its object."""
 
-    cdef dict _nodes
-    cdef _Node _head        # least recently used
-    cdef _Node _tail        # most recently used
+    cdef cram_tier_map _index
+    cdef list _slots            # node by slot; None in a free slot
+    cdef vector[uint32_t] _free
+    cdef _Node _head            # least recently used
+    cdef _Node _tail            # most recently used
 
     def __init__(self):
-        self._nodes = {}
+        self._slots = []
 
     def __dealloc__(self):
         # break the links, which no GC would find
@@ -167,10 +218,7 @@ cdef class NativeTier:
             n = nxt
 
     def __len__(self):
-        return len(self._nodes)
-
-    cdef inline Py_ssize_t size(self):
-        return len(self._nodes)
+        return self._index.size()
 
     cdef inline void _unlink(self, _Node n):
         if n.prev is None:
@@ -192,35 +240,64 @@ cdef class NativeTier:
             self._tail.next = n
         self._tail = n
 
-    cdef _Node _place(self, key, table, long long idx):
-        """The node for `key`, made if new, as most recently used."""
-        cdef _Node n = self._nodes.get(key)
+    cdef inline _Node _find(self, table, long long idx):
+        cdef long long slot = cram_tier_find(self._index, <uintptr_t><PyObject *>table, idx)
+        return None if slot < 0 else <_Node>self._slots[slot]
+
+    cdef _Node _place(self, table, long long idx):
+        """The node for (table, idx), made if new, as most recently used."""
+        cdef _Node n = self._find(table, idx)
+        cdef uint32_t slot
         if n is None:
             n = _Node.__new__(_Node)
-            n.key = key
             n.table = table
             n.idx = idx
-            self._nodes[key] = n
+            if self._free.size():
+                slot = self._free.back()
+                self._free.pop_back()
+                self._slots[slot] = n
+            else:
+                slot = len(self._slots)
+                self._slots.append(n)
+            n.slot = slot
+            cram_tier_set(self._index, <uintptr_t><PyObject *>table, idx, slot)
         else:
             self._unlink(n)
         self._append(n)
         return n
 
+    cdef _Node _take(self, table, long long idx):
+        """Remove a page's node and return it (KeyError if not promoted)."""
+        cdef long long slot = cram_tier_take(self._index, <uintptr_t><PyObject *>table, idx)
+        if slot < 0:
+            raise KeyError((table, idx))
+        cdef _Node n = <_Node>self._slots[slot]
+        self._slots[slot] = None
+        self._free.push_back(<uint32_t>slot)
+        self._unlink(n)
+        return n
+
     cdef int c_put(self, table, long long idx, bytes blob, int algo, bint huge) except -1:
-        cdef _Node n = self._place((table, idx), table, idx)
+        cdef _Node n = self._place(table, idx)
         n.word, n.blob, n.algo, n.huge, n.kept = None, blob, algo, huge, None
         return 0
 
+    cdef _Node c_peek(self, table, long long idx):
+        cdef _Node n = self._find(table, idx)
+        if n is None:
+            raise KeyError((table, idx))
+        return n
+
     cdef _Node c_get(self, table, long long idx):
         """A page's node, marked most recently used (KeyError if not promoted)."""
-        cdef _Node n = self._nodes[(table, idx)]
+        cdef _Node n = self.c_peek(table, idx)
         if n is not self._tail:
             self._unlink(n)
             self._append(n)
         return n
 
     cdef int c_pop(self, table, long long idx) except -1:
-        self._unlink(<_Node>self._nodes.pop((table, idx)))
+        self._take(table, idx)
         return 0
 
     cdef inline _Node c_oldest(self):
@@ -229,7 +306,7 @@ cdef class NativeTier:
     cpdef put(self, key, data):
         """Insert as most recently used."""
         table, idx = key
-        cdef _Node n = self._place(key, table, idx)
+        cdef _Node n = self._place(table, idx)
         n.word, n.blob, n.algo, n.huge = data
         n.kept = data
 
@@ -239,16 +316,16 @@ cdef class NativeTier:
         return self.c_get(table, idx).encoded()
 
     cpdef peek(self, key):
-        return (<_Node>self._nodes[key]).encoded()
+        table, idx = key
+        return self.c_peek(table, idx).encoded()
 
     cpdef pop(self, key):
-        cdef _Node n = self._nodes.pop(key)
-        self._unlink(n)
-        return n.encoded()
+        table, idx = key
+        return self._take(table, idx).encoded()
 
     cpdef oldest(self):
         """The least recently used key, or None when empty."""
-        return None if self._head is None else self._head.key
+        return None if self._head is None else (self._head.table, self._head.idx)
 
 
 cdef class NativeCore:
@@ -507,7 +584,7 @@ cdef class NativeCore:
                     return False
                 self.counters.demotions += 1
                 return True
-            key = n.key
+            key = (n.table, n.idx)
         else:
             key = tier.oldest()
             if key is None:
@@ -560,7 +637,7 @@ cdef class NativeCore:
             return ZERO_PAGE
         if (word & KIND_MASK) == PROMOTED and type(self.tier) is NativeTier:
             tier = <NativeTier>self.tier
-            n = tier.c_get(table, idx) if touch else tier._nodes[(table, idx)]
+            n = tier.c_get(table, idx) if touch else tier.c_peek(table, idx)
             page = PyBytes_FromStringAndSize(NULL, PAGE)
             if decode_kept(n.algo, n.blob, PyBytes_AS_STRING(page)):
                 return page
