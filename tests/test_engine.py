@@ -59,6 +59,20 @@ def _state(pool: engine.AnyPool) -> tuple:
             [pool.cost(n) for n in (1, 100, 700, 2000, 3000, P)])
 
 
+def _put_or_free(ref, nat, op: tuple, live: list[tuple[int, bytes]]) -> None:
+    """A store or a free, on both pools: the same handle back from a store, the same
+    charge from a free."""
+    if op[0] == "put":
+        blob = random.Random(op[1] * 256 + op[2]).randbytes(op[1])
+        h = ref.put(blob)
+        assert nat.put(blob) == h
+        live.append((h, blob))
+    elif op[0] == "free" and live:
+        h, _ = live.pop(op[1] % len(live))
+        assert ref.charge_of(h) == nat.charge_of(h)
+        assert ref.free(h) == nat.free(h)
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.sampled_from([4, 8, 16]), st.sampled_from([None, 1, 500, 3000]), pool_ops)
 def test_pools_make_identical_decisions(chain, threshold, seq):
@@ -68,15 +82,8 @@ def test_pools_make_identical_decisions(chain, threshold, seq):
     nat = engine.make_pool("native", threshold, chain)
     live: list[tuple[int, bytes]] = []
     for op in seq:
-        if op[0] == "put":
-            blob = random.Random(op[1] * 256 + op[2]).randbytes(op[1])
-            h = ref.put(blob)
-            assert nat.put(blob) == h
-            live.append((h, blob))
-        elif op[0] == "free" and live:
-            h, blob = live.pop(op[1] % len(live))
-            assert ref.free(h) == nat.free(h)
-        elif op[0] == "compact":
+        _put_or_free(ref, nat, op, live)
+        if op[0] == "compact":
             moves = ref.compact()
             assert nat.compact() == moves
             live = [(h if (n := moves.get(h & ~0x1FFF)) is None else n | h & 0x1FFF, b)
@@ -96,15 +103,7 @@ def test_fallback_pools_make_identical_decisions(seq):
     assert type(nat).__name__ == "NativeClassPool"
     live: list[tuple[int, bytes]] = []
     for op in seq:
-        if op[0] == "put":
-            blob = random.Random(op[1] * 256 + op[2]).randbytes(op[1])
-            h = ref.put(blob)
-            assert nat.put(blob) == h
-            live.append((h, blob))
-        elif op[0] == "free" and live:
-            h, blob = live.pop(op[1] % len(live))
-            assert ref.charge_of(h) == nat.charge_of(h)
-            assert ref.free(h) == nat.free(h)
+        _put_or_free(ref, nat, op, live)
         assert (nat.used_bytes, nat.stored_bytes, len(nat)) == (
             ref.used_bytes, ref.stored_bytes, len(ref))
         assert [nat.cost(n) for n in (0, 1, 100, 3000, P, P + 1)] == [
