@@ -242,7 +242,7 @@ cdef class NativeTier:
 
     cdef inline _Node _find(self, table, long long idx):
         cdef long long slot = cram_tier_find(self._index, <uintptr_t><PyObject *>table, idx)
-        return None if slot < 0 else <_Node>self._slots[slot]
+        return None if slot < 0 else <_Node?>self._slots[slot]
 
     cdef _Node _place(self, table, long long idx):
         """The node for (table, idx), made if new, as most recently used."""
@@ -271,7 +271,7 @@ cdef class NativeTier:
         cdef long long slot = cram_tier_take(self._index, <uintptr_t><PyObject *>table, idx)
         if slot < 0:
             raise KeyError((table, idx))
-        cdef _Node n = <_Node>self._slots[slot]
+        cdef _Node n = <_Node?>self._slots[slot]
         self._slots[slot] = None
         self._free.push_back(<uint32_t>slot)
         self._unlink(n)
