@@ -35,6 +35,7 @@ class EventLog:
         callable `detail` is called only for a line that is kept: in a refusal
         storm, formatting the lines nobody sees cost more than refusing."""
         now = self._clock()
+        suppressed = 0
         if ratelimit:
             start, shown, suppressed = self._rate.get(kind, (now, 0, 0))
             if now - start >= 1.0:
@@ -45,7 +46,7 @@ class EventLog:
             self._rate[kind] = (start, shown + 1, 0)
         if not isinstance(detail, str):
             detail = detail()
-        if ratelimit and suppressed:
+        if suppressed:
             detail += f" ({suppressed} similar suppressed)"
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
         line = f"{stamp}.{int(now % 1 * 1e6):06d}Z {kind} {detail}".rstrip()

@@ -261,16 +261,10 @@ class Namespace:
                               "capacity")
 
     def read(self, inode: Inode, off: int, size: int) -> bytes:
-        rec = self.recorder
-        if rec is None:
+        if self.recorder is None:           # the request path: no varargs call
             return self._read(inode, off, size)
-        at = rec.now()
-        try:
-            data = self._read(inode, off, size)
-        except DeviceError as e:
-            rec.record(_READ, inode.ino, off, size, -e.errno, at=at)
-            raise
-        rec.record(_READ, inode.ino, off, size, len(data), at=at)
+        data: bytes = self._traced(_READ, inode.ino, off, size, b"", self._read, inode, off,
+                                   size)
         return data
 
     def _read(self, inode: Inode, off: int, size: int) -> bytes:
@@ -287,16 +281,10 @@ class Namespace:
         return self.device.fault(inode.table, off, size)
 
     def write(self, inode: Inode, off: int, data: bytes) -> int:
-        rec = self.recorder
-        if rec is None:
+        if self.recorder is None:           # the request path: no varargs call
             return self._write(inode, off, data)
-        at = rec.now()
-        try:
-            n = self._write(inode, off, data)
-        except DeviceError as e:
-            rec.record(_WRITE, inode.ino, off, len(data), -e.errno, data, at)
-            raise
-        rec.record(_WRITE, inode.ino, off, len(data), n, data, at)
+        n: int = self._traced(_WRITE, inode.ino, off, len(data), data, self._write, inode,
+                              off, data)
         return n
 
     def _write(self, inode: Inode, off: int, data: bytes) -> int:

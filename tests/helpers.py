@@ -23,6 +23,14 @@ def text_page(seed: int) -> bytes:
     return out[:PAGE_SIZE].ljust(PAGE_SIZE, b".")
 
 
+def discard_model(model: bytearray, first: int, count: int) -> None:
+    """What a discard of `count` pages from `first` does to a file modelled as bytes:
+    the pages inside it read as zeros."""
+    lo, hi = first * PAGE_SIZE, min((first + count) * PAGE_SIZE, len(model))
+    if lo < hi:
+        model[lo:hi] = bytes(hi - lo)
+
+
 def kinds(table: PageTable) -> dict[int, int]:
     return {i: w & KIND_MASK for i, w in table.items()}
 

@@ -19,7 +19,7 @@ from cramfs.config import DeviceConfig
 from cramfs.device import _MAX_GROWTH, Device, DeviceError
 from cramfs.units import PAGE_SIZE
 
-from .helpers import check_accounting, random_page, text_page
+from .helpers import check_accounting, discard_model, random_page, text_page
 
 P = PAGE_SIZE
 FILE_PAGES = 24
@@ -109,9 +109,7 @@ def run(cfg: dict, ops: list) -> None:
         elif name == "discard":
             _, first, count = o
             dev.discard(table, first, count)
-            lo, hi = first * P, (first + count) * P
-            if lo < len(model):
-                model[lo:min(hi, len(model))] = bytes(min(hi, len(model)) - lo)
+            discard_model(model, first, count)
         elif name == "demote":
             dev.demote(o[1])
         elif name == "compact":

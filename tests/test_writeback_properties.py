@@ -30,7 +30,7 @@ from cramfs.device import Device, DeviceError
 from cramfs.pagetable import BACKED, HANDLE_SHIFT, KIND_MASK, PageTable
 from cramfs.units import PAGE_SIZE
 
-from .helpers import check_accounting
+from .helpers import check_accounting, discard_model
 from .test_device_properties import payload
 
 P = PAGE_SIZE
@@ -148,9 +148,7 @@ def run(cfg: dict[str, Any], ops: list[tuple[Any, ...]], path: Path) -> None:
         elif name == "discard":
             _, first, count = o
             dev.discard(table, first, count)
-            lo, hi = first * P, min((first + count) * P, len(model))
-            if lo < hi:
-                model[lo:hi] = bytes(hi - lo)
+            discard_model(model, first, count)
         elif name == "demote":
             dev.demote(o[1])
         elif name == "compact":
