@@ -310,7 +310,8 @@ def _store_recompress(ns: Namespace, text: str) -> None:
 
 
 def _store_trace(ns: Namespace, text: str) -> None:
-    """`start PATH` records from now on into PATH (a file off this mount); `stop` ends."""
+    """`start PATH [compressors=zstd,lzo]` records from now on into PATH (a file off this
+    mount), also keeping each page as the listed compressors encode it; `stop` ends."""
     words = text.strip(" \t\n").split(maxsplit=1)
     rec = ns.recorder
     if words == ["stop"]:
@@ -318,8 +319,19 @@ def _store_trace(ns: Namespace, text: str) -> None:
             ns.device.reject("trace", "not recording")
         stop_trace(ns)
         return
+    also: tuple[str, ...] = ()
+    if len(words) == 2:
+        path, _, last = words[1].rpartition(" ")
+        if last.startswith("compressors="):
+            also = tuple(dict.fromkeys(c for c in last.split("=", 1)[1].split(",") if c))
+            bad = [c for c in also if c not in trace.ALSO_KEEPABLE]
+            if bad or not also:
+                ns.device.reject("trace", f"compressors= lists what a trace can keep besides "
+                                 f"lz4 ({', '.join(trace.ALSO_KEEPABLE)}), got {shown(last)}")
+            words[1] = path.rstrip(" \t")
     if len(words) != 2 or words[0] != "start" or not words[1].startswith("/"):
-        ns.device.reject("trace", f"expected 'start /ABSOLUTE/PATH' or 'stop', got {shown(text)}")
+        ns.device.reject("trace", "expected 'start /ABSOLUTE/PATH [compressors=zstd,...]' or "
+                         f"'stop', got {shown(text)}")
     if rec is not None and rec.active:
         raise DeviceError(errno.EBUSY, f"trace: already recording to {rec.path}")
     dev = ns.device
@@ -331,8 +343,9 @@ def _store_trace(ns: Namespace, text: str) -> None:
         "backing_size": dev.backing.blocks * PAGE_SIZE if dev.backing is not None else 0,
         "started": time.time(),
     }
-    ns.recorder = Recorder(words[1], header, ns.mountpoint)
+    ns.recorder = Recorder(words[1], header, ns.mountpoint, also=also)
     dev.events.add("trace", f"recording to {shown(words[1])}"
+                   + (f", pages also as {','.join(also)}" if also else "")
                    + ("" if header["empty"] else " (the device was not empty: a replay "
                                                  "will not be exact)"))
 
@@ -363,7 +376,8 @@ def _show_trace(ns: Namespace) -> str:
         return "off\n"
     if rec.error is not None:
         return f"stopped: {rec.error} ({rec.events} events in {rec.path})\n"
-    return f"recording {rec.path} {rec.events} events\n"
+    also = f" (pages also as {','.join(rec.also)})" if rec.also else ""
+    return f"recording {rec.path} {rec.events} events{also}\n"
 
 
 def _store_backing_dev(ns: Namespace, text: str) -> IoJob | None:

@@ -200,7 +200,7 @@ def _apply(ns: Namespace, r: trace.Record, inode: Inode | None,
     if op == trace.WRITE:
         assert inode is not None
         if r.pages is not None:
-            encoded = _as_encoded(ns.device, r.pages)
+            encoded = _as_encoded(ns.device, r)
             if encoded is not None:
                 pages = r.pages
                 return ns.write_encoded(inode, r.a, encoded,
@@ -246,17 +246,32 @@ def _apply(ns: Namespace, r: trace.Record, inode: Inode | None,
 _LZ4, _NONE = COMPRESSORS["lz4"].ident, COMPRESSORS["none"].ident
 
 
-def _as_encoded(dev: Device, pages: tuple[trace.PageCode, ...]) -> list[Encoded] | None:
-    """A recorded write's pages as the device's encoder would give them now, if its
-    compressor is lz4 (whose blocks the trace kept); None: encode them again."""
-    if dev.config.compressor != "lz4":
-        return None
+def _as_encoded(dev: Device, r: trace.Record) -> list[Encoded] | None:
+    """A recorded write's pages as the device's encoder would give them now, where the
+    trace kept them under its compressor (lz4 always; others if the recording was
+    asked to); None: encode them again."""
+    pages = r.pages
+    assert pages is not None
     huge = dev.config.huge_threshold
+    compressor = dev.config.compressor
     same, lz4 = trace.SAME_TAG, trace.LZ4_TAG
+    if compressor == "lz4":
+        return [(body, b"", 0, False) if tag == same
+                else (None, body, _LZ4, False) if tag == lz4 and len(body) < huge
+                else (None, trace.decode_page((tag, body)), _NONE, True)
+                for tag, body in pages]
+    if compressor == "none":          # nothing is shrunk: every other page is stored whole
+        return [(body, b"", 0, False) if tag == same
+                else (None, trace.decode_page((tag, body)), _NONE, True)
+                for tag, body in pages]
+    blocks = r.also.get(compressor) if r.also is not None else None
+    if blocks is None:
+        return None
+    ident = COMPRESSORS[compressor].ident
     return [(body, b"", 0, False) if tag == same
-            else (None, body, _LZ4, False) if tag == lz4 and len(body) < huge
+            else (None, block, ident, False) if block is not None and len(block) < huge
             else (None, trace.decode_page((tag, body)), _NONE, True)
-            for tag, body in pages]
+            for (tag, body), block in zip(pages, blocks, strict=True)]
 
 
 def grid(options: dict[str, list[str]]) -> list[dict[str, str]]:

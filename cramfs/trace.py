@@ -25,6 +25,14 @@ lz4 hands those encodings to the device as they are, and compresses nothing
 again; with another compressor it decodes the pages first. Version 1 traces
 (one lz4 block per write) still read.
 
+A recording started with `compressors=zstd,...` (version 3; the header lists
+them) also keeps each page as those compressors encode it: format byte 2, and
+after each page that is not same-filled, for each listed compressor in order,
+a u16 length and its block (0xFFFF and nothing: it does not shrink the page).
+A replay under one of them then compresses nothing again either. That costs
+the writer thread one compression per page and compressor (zstd: about 11 µs a
+page here), and the file those blocks.
+
 Recording costs the request path one tuple on a queue (the written bytes are
 kept by reference, not copied). A thread compresses and writes. A full disk, or
 a writer that falls too far behind, stops the recording with an events line;
@@ -47,16 +55,21 @@ from typing import Any, BinaryIO, NamedTuple
 
 import lz4.block
 
-from .engine import encode_lz4_pages
+from .compressors import COMPRESSORS
+from .engine import encode_lz4_pages, pack_lz4_pages
 from .units import PAGE_SIZE
 
 MAGIC = b"CRAMTRC\0"
-VERSION = 2
-READABLE = (1, 2)
+VERSION = 2                        # 3 where other compressors' blocks are kept too
+VERSION_ALSO = 3
+READABLE = (1, 2, 3)
 _HEAD = struct.Struct("<8sHI")
 _REC = struct.Struct("<dBIqqiI")
 _U16 = struct.Struct("<H")
-WHOLE, PAGES = 0, 1                # a write payload's format byte
+WHOLE, PAGES, PAGES_ALSO = 0, 1, 2  # a write payload's format byte
+NO_SHRINK = 0xFFFF                 # a kept block's length: the compressor did not shrink it
+# what `compressors=` may list: lz4 is always kept, and `none` needs nothing kept
+ALSO_KEEPABLE = ("zstd", "lzo")
 SAME_TAG, LZ4_TAG, RAW_TAG = 0, 1, 2
 MAX_BACKLOG = 256 << 20          # bytes waiting for the writer before recording stops
 
@@ -72,6 +85,9 @@ OP_NAMES = {CREATE: "create", UNLINK: "unlink", RENAME: "rename", OPENED: "open"
 # A written page as the trace keeps it: (SAME_TAG, word), (LZ4_TAG, lz4 block) or
 # (RAW_TAG, page).
 PageCode = tuple[int, bytes]
+# A write's pages as another compressor encodes them, page by page: its block, or None
+# where the page is same-filled or the compressor does not shrink it.
+AltBlocks = tuple[bytes | None, ...]
 
 
 def encode_pages(data: bytes) -> list[PageCode]:
@@ -114,6 +130,7 @@ class Record(NamedTuple):
     result: int           # bytes done, or -errno
     payload: bytes        # written data, a name, or "name\0value" (b"" if `pages`)
     pages: tuple[PageCode, ...] | None = None     # a write kept page by page
+    also: dict[str, AltBlocks] | None = None      # its pages under the header's compressors
 
     @property
     def name(self) -> str:
@@ -139,8 +156,13 @@ class Recorder:
     """Takes records on the request path and writes them from a thread of its own."""
 
     def __init__(self, path: str, header: dict[str, Any], own_mount: str | None = None,
-                 clock: Any = time.monotonic) -> None:
+                 clock: Any = time.monotonic, also: tuple[str, ...] = ()) -> None:
+        unknown = [c for c in also if c not in ALSO_KEEPABLE]
+        if unknown:
+            raise ValueError(f"cannot keep pages as {unknown[0]!r}; one of "
+                             f"{', '.join(ALSO_KEEPABLE)}")
         self.path = path
+        self.also = also                    # other compressors whose blocks are kept
         self.events = 0
         self._on = True                     # taking records (one flag for the hot path)
         self.error: str | None = None       # why recording stopped early
@@ -151,6 +173,8 @@ class Recorder:
         self._backlog = 0                   # payload bytes queued, roughly
         self._wake = threading.Event()
         self._stopping = False
+        if also:
+            header = {**header, "compressors": list(also)}
         self._thread = threading.Thread(target=self._run, args=(header, own_mount),
                                         name="cramfs-trace", daemon=True)
         self._thread.start()
@@ -213,7 +237,8 @@ class Recorder:
                 os.unlink(self.path)
                 return
             body = json.dumps(header).encode()
-            f.write(_HEAD.pack(MAGIC, VERSION, len(body)) + body)
+            version = VERSION_ALSO if self.also else VERSION
+            f.write(_HEAD.pack(MAGIC, version, len(body)) + body)
             queue = self._queue
             while True:
                 done = self._stopping or self.error is not None
@@ -246,32 +271,55 @@ class Recorder:
         for t, op, ino, a, b, result, payload in batch:
             t -= start
             if op == WRITE and payload:
-                payload = _pack_write(a, payload)
+                payload = _pack_write(a, payload, self.also)
             out.append(_REC.pack(t, op, ino, a, b, result, len(payload)))
             out.append(payload)
         f.write(b"".join(out))
         f.flush()
 
 
-def _pack_write(off: int, data: bytes) -> bytes:
+def _pack_write(off: int, data: bytes, also: tuple[str, ...] = ()) -> bytes:
     if off % PAGE_SIZE or len(data) % PAGE_SIZE:
         return bytes([WHOLE]) + lz4.block.compress(data)
-    out = [bytes([PAGES])]
-    for tag, body in encode_pages(data):
+    if not also and pack_lz4_pages is not None:      # the common case, compiled
+        return pack_lz4_pages(data)
+    return _pack_pages(data, also)
+
+
+def _pack_pages(data: bytes, also: tuple[str, ...]) -> bytes:
+    """_pack_write of whole pages, in Python: the reference pack_lz4_pages is held to,
+    and the format that also keeps other compressors' blocks."""
+    out = [bytes([PAGES_ALSO if also else PAGES])]
+    # the device's own compress functions: a replay must get exactly its blocks
+    compress = [COMPRESSORS[c].compress for c in also]
+    u16 = _U16.pack
+    for k, (tag, body) in enumerate(encode_pages(data)):
         out.append(bytes([tag]))
         if tag == LZ4_TAG:
-            out.append(_U16.pack(len(body)))
+            out.append(u16(len(body)))
         out.append(body)
+        if tag != SAME_TAG and compress:
+            page = data[k * PAGE_SIZE:(k + 1) * PAGE_SIZE]
+            for c in compress:
+                block = c(page)
+                if len(block) >= PAGE_SIZE:      # huge under every threshold: not kept
+                    out.append(u16(NO_SHRINK))
+                else:
+                    out.append(u16(len(block)))
+                    out.append(block)
     return b"".join(out)
 
 
-def _unpack_write(payload: bytes, version: int) -> tuple[bytes, tuple[PageCode, ...] | None]:
+def _unpack_write(payload: bytes, version: int, also: tuple[str, ...] = (),
+                  ) -> tuple[bytes, tuple[PageCode, ...] | None, dict[str, AltBlocks] | None]:
     if version == 1:
-        return lz4.block.decompress(payload), None
+        return lz4.block.decompress(payload), None, None
     if payload[0] == WHOLE:
-        return lz4.block.decompress(payload[1:]), None
+        return lz4.block.decompress(payload[1:]), None, None
     pages: list[PageCode] = []
     append, u16 = pages.append, _U16.unpack_from
+    kept = also if payload[0] == PAGES_ALSO else ()
+    blocks: list[list[bytes | None]] = [[] for _ in kept]
     i, n = 1, len(payload)
     while i < n:
         tag = payload[i]
@@ -283,7 +331,22 @@ def _unpack_write(payload: bytes, version: int) -> tuple[bytes, tuple[PageCode, 
             i += 1
         append((tag, payload[i:i + size]))
         i += size
-    return b"", tuple(pages)
+        if kept:
+            for column in blocks:
+                if tag == SAME_TAG:
+                    column.append(None)
+                    continue
+                (size,) = u16(payload, i)
+                i += 2
+                if size == NO_SHRINK:
+                    column.append(None)
+                else:
+                    column.append(payload[i:i + size])
+                    i += size
+    if i != n:
+        raise TraceError("a write record's pages overrun it")
+    alt = {c: tuple(column) for c, column in zip(kept, blocks, strict=True)} if kept else None
+    return b"", tuple(pages), alt
 
 
 class TraceError(Exception):
@@ -310,6 +373,7 @@ def read_trace(path: str | Path) -> tuple[dict[str, Any], Iterator[Record]]:
     except ValueError:
         f.close()
         raise TraceError(f"{path}: damaged header") from None
+    also = tuple(header.get("compressors", ()))
 
     def records() -> Iterator[Record]:
         # the records mapped, not read: two reads a record were a tenth of a replay
@@ -328,8 +392,8 @@ def read_trace(path: str | Path) -> tuple[dict[str, Any], Iterator[Record]]:
                     payload = mm[pos:pos + n]
                     pos += n
                     if op == WRITE and payload:
-                        data, pages = _unpack_write(payload, version)
-                        yield Record(t, op, ino, a, b, result, data, pages)
+                        data, pages, alt = _unpack_write(payload, version, also)
+                        yield Record(t, op, ino, a, b, result, data, pages, alt)
                         continue
                     yield Record(t, op, ino, a, b, result, payload)
 

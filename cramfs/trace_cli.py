@@ -108,6 +108,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     print(f"duration: {duration:.3f} s; started {'empty' if header['empty'] else 'NOT empty'}"
           f"; {'ended with stop' if end else 'cut short (no stop record)'}")
     print(f"settings: {' '.join(f'{k}={v}' for k, v in header['settings'].items())}")
+    print("pages kept as: " + ", ".join(["lz4", *header.get("compressors", ())]))
     print("calls: " + ", ".join(f"{n} {c}" for n, c in ops.most_common()))
     print(f"written: {format_size(written)}; read: {format_size(read)}")
     print("errors: " + (", ".join(f"{n} x{c}" for n, c in errors.most_common()) or "none"))
@@ -158,6 +159,11 @@ def cmd_whatif(args: argparse.Namespace) -> int:
             replay.config_of(header, combo)
         except ValueError as e:
             raise UsageError(f"{combo}: {e}") from None
+    kept = ("lz4", "none", *header.get("compressors", ()))
+    for name in axes.get("compressor", ()):
+        if name not in kept:
+            print(f"# compressor={name}: this trace did not keep its blocks, so every written "
+                  f"page is compressed again (record with 'compressors={name}' to skip that)")
     results = []
     for combo in combos:
         _, records = trace.read_trace(args.trace)

@@ -14,7 +14,7 @@ from pathlib import Path
 import lz4.block
 import pytest
 
-from cramfs import control, pagelog, replay, trace
+from cramfs import compressors, control, pagelog, replay, trace
 from cramfs.backing import run_inline
 from cramfs.config import DeviceConfig
 from cramfs.device import Device, DeviceError
@@ -341,3 +341,115 @@ def test_a_version_1_trace_still_reads(tmp_path):
     _, records = trace.read_trace(path)
     (r,) = list(records)
     assert r.op == trace.WRITE and r.pages is None and r.data == data and r.size == 2 * P
+
+
+def _compress_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+    """Count the pages `name` compresses from now on (the device looks its compressor up
+    when a device or an encoder is made, so patch before replaying)."""
+    calls = [0]
+    real = compressors.COMPRESSORS[name]
+
+    def counted(data: bytes) -> bytes:
+        calls[0] += 1
+        return real.compress(data)
+
+    monkeypatch.setitem(compressors.COMPRESSORS, name,
+                        compressors.Compressor(real.name, real.ident, counted, real.decompress))
+    return calls
+
+
+def test_pages_kept_under_other_compressors_replay_without_compressing_again(
+        tmp_path, monkeypatch):
+    """`compressors=zstd,lzo` keeps each page as those compressors encode it, so a what-if
+    under them stores exactly the blocks a direct run would, and compresses nothing again
+    but the writes that were not whole pages."""
+    ns = fresh()
+    store(ns, "trace", f"start {tmp_path / 'k.trace'} compressors=zstd,lzo,zstd")
+    show = control.ATTRIBUTES["trace"].show
+    assert show is not None and show(ns).endswith(" (pages also as zstd,lzo)\n")
+    rec = ns.recorder
+    assert rec is not None
+    workload(ns)
+    store(ns, "trace", "stop")
+    rec.join(10)
+    assert rec.error is None
+    assert (tmp_path / "k.trace").read_bytes()[8:10] == struct.pack("<H", trace.VERSION_ALSO)
+    header, records = trace.read_trace(tmp_path / "k.trace")
+    assert header["compressors"] == ["zstd", "lzo"]
+    recorded = list(records)
+    writes = [r for r in recorded if r.op == trace.WRITE and r.pages is not None]
+    for r in writes:
+        assert r.also is not None and set(r.also) == {"zstd", "lzo"}
+        for name, blocks in r.also.items():
+            assert len(blocks) == len(r.pages)
+            for (tag, _), block, page in zip(r.pages, blocks,
+                                             (r.data[i:i + P] for i in range(0, r.size, P)),
+                                             strict=True):
+                if tag == trace.SAME_TAG:
+                    assert block is None
+                elif block is not None:
+                    assert compressors.COMPRESSORS[name].decompress(block) == page
+    # each write that is not whole pages touches at most two, and is compressed again
+    partial_pages = 2 * sum(r.op == trace.WRITE and r.pages is None for r in recorded)
+    assert partial_pages
+    for name in ("zstd", "lzo", "none"):
+        override = {"compressor": name}
+        header, records = trace.read_trace(tmp_path / "k.trace")
+        direct = Namespace(Device(replay.config_of(header, override)))
+        workload(direct)
+        calls = _compress_calls(monkeypatch, name)
+        out = replay.replay(header, records, override)
+        assert out.mm_stat == direct.device.mm_stat(), name
+        assert out.diverged == 0
+        assert calls[0] <= partial_pages, (name, calls[0])
+    # a trace that kept lz4 alone compresses every written page again under zstd
+    ns = fresh()
+    record(ns, tmp_path / "plain.trace")
+    assert (tmp_path / "plain.trace").read_bytes()[8:10] == struct.pack("<H", trace.VERSION)
+    header, records = trace.read_trace(tmp_path / "plain.trace")
+    assert "compressors" not in header
+    calls = _compress_calls(monkeypatch, "zstd")
+    replay.replay(header, records, {"compressor": "zstd"})
+    assert calls[0] > 50
+
+
+def test_trace_compressors_refuse_what_cannot_be_kept(tmp_path):
+    ns = fresh()
+    for bad in ("compressors=lz5", "compressors=", "compressors=zstd,deflate",
+                "compressors=lz4"):
+        with pytest.raises(DeviceError) as e:
+            store(ns, "trace", f"start {tmp_path / 'x.trace'} {bad}")
+        assert e.value.errno == errno.EINVAL, bad
+        assert ns.recorder is None
+    # a path with a space in it is still a path
+    store(ns, "trace", f"start {tmp_path / 'a b.trace'}")
+    rec = ns.recorder
+    assert rec is not None and rec.also == ()
+    store(ns, "trace", "stop")
+    rec.join(10)
+    assert (tmp_path / "a b.trace").exists()
+
+
+def test_a_mount_on_zstd_replays_exactly_from_the_kept_zstd_blocks(mounter, tmp_path):
+    """Recorded through a real mount with `compressors=zstd`: the replay under the recorded
+    settings (zstd) stores the kept blocks and ends in the mount's own mm_stat."""
+    m = mounter("-o", "advertised=64M,physical=1M,dram=64K,compressor=zstd")
+    path = tmp_path / "zstd.trace"
+    m.set("trace", f"start {path} compressors=zstd")
+    assert m.ctl("trace").endswith("(pages also as zstd)\n")
+    subprocess.run(["dd", "if=/usr/bin/python3", f"of={m.path / 'slots'}", "bs=4K",
+                    "count=300", "oflag=direct", "status=none"], check=True)
+    subprocess.run(["dd", f"if={m.path / 'slots'}", "of=/dev/null", "bs=32K", "iflag=direct",
+                    "status=none"], check=True)
+    m.set("trace", "stop")
+    recorded = m.ctl("mm_stat").strip()
+    r = subprocess.run([TRACE_CLI, "stats", str(path)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and "pages kept as: lz4, zstd" in r.stdout, r.stderr
+    r = subprocess.run([TRACE_CLI, "replay", str(path)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert f"mm_stat: {recorded}" in r.stdout
+    with pytest.raises(OSError) as e:
+        m.set("trace", f"start {tmp_path / 'x.trace'} compressors=brotli")
+    assert e.value.errno == errno.EINVAL

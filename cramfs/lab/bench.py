@@ -259,8 +259,9 @@ def write_cost(data: bytes, writes: int) -> dict[str, float]:
 
 
 def trace_cost(pages: list[bytes], offsets: list[int]) -> dict[str, float]:
-    """write_cost with and without `.cram/trace` recording, in alternating rounds (few
-    enough writes that the trace writer, competing for the GIL, need not keep up)."""
+    """write_cost without `.cram/trace` recording, with it, and with it keeping zstd's
+    blocks too (`compressors=zstd`), in alternating rounds (few enough writes that the
+    trace writer, competing for the GIL, need not keep up)."""
     import tempfile
 
     from .. import control
@@ -270,13 +271,15 @@ def trace_cost(pages: list[bytes], offsets: list[int]) -> dict[str, float]:
 
     plain: list[float] = []
     traced: list[float] = []
+    also: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bench-trace-", dir="/var/tmp") as tmp:
-        for _ in range(3):
-            for out, path in ((plain, None), (traced, f"{tmp}/cost.trace")):
+        for n in range(3):
+            for out, start in ((plain, None), (traced, f"start {tmp}/{n}.trace"),
+                               (also, f"start {tmp}/{n}z.trace compressors=zstd")):
                 ns = Namespace(Device(DeviceConfig(advertised=1 << 40, physical=1 << 36,
                                                    dram=0)))
-                if path is not None:
-                    control.store(ns, control.ATTRIBUTES["trace"], f"start {path}".encode())
+                if start is not None:
+                    control.store(ns, control.ATTRIBUTES["trace"], start.encode())
                 f = ns.create("cost", 0o600, 0, 0)
                 t0 = time.perf_counter()
                 for i, off in enumerate(offsets):
@@ -288,9 +291,10 @@ def trace_cost(pages: list[bytes], offsets: list[int]) -> dict[str, float]:
                         control.store(ns, control.ATTRIBUTES["trace"], b"stop")
                     rec.join()
                 ns.device.close()
-    a, b = min(plain), min(traced)
+    a, b, c = min(plain), min(traced), min(also)
     return {"write_us_untraced": round(a, 2), "write_us_traced": round(b, 2),
-            "trace_overhead": round(b / a - 1, 3)}
+            "trace_overhead": round(b / a - 1, 3), "write_us_traced_zstd": round(c, 2),
+            "trace_zstd_overhead": round(c / a - 1, 3)}
 
 
 def read_cost(data: bytes, reads: int) -> dict[str, float]:
@@ -598,7 +602,9 @@ def table(r: dict[str, Any]) -> str:
     lines.append(f"one 4 KiB write in process, no FUSE (fio data, random slots of 256 MiB): "
                  f"{wc['write_us']} µs, of which lz4 {wc['lz4_us']} µs and bookkeeping "
                  f"{wc['bookkeeping_us']} µs; recording a trace: {wc['write_us_untraced']} "
-                 f"-> {wc['write_us_traced']} µs (+{wc['trace_overhead']:.1%})")
+                 f"-> {wc['write_us_traced']} µs (+{wc['trace_overhead']:.1%}), keeping zstd's "
+                 f"blocks too {wc['write_us_traced_zstd']} µs "
+                 f"(+{wc['trace_zstd_overhead']:.1%})")
     rc = r["read_cost"]
     lines.append(f"one page of an 8-page swap-in in process (fault, promotion, demotion): "
                  f"{rc['native_us']} µs native, {rc['python_us']} µs python; lz4 "

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from .. import trace
 from ..config import DeviceConfig
 from ..control import ATTRIBUTES
 from ..levels import LEVELS
@@ -92,9 +93,10 @@ class CramTarget:
     name = "cramfs"
 
     def __init__(self, options: list[str], mount: Path | None, swap_size: int,
-                 trace: Path | None = None) -> None:
+                 trace: Path | None = None, trace_also: str = "") -> None:
         self.options = options
         self.trace = trace            # record the run into this file (.cram/trace)
+        self.trace_also = trace_also  # other compressors whose blocks the trace keeps
         self.given = mount            # the user's mount; None: a fresh one per setup()
         self.mount = mount
         self.swap_size = swap_size
@@ -118,8 +120,10 @@ class CramTarget:
             if self.trace.exists():          # the file the user asked for: a new run's
                 say(f"+ rm {self.trace}")
                 self.trace.unlink()
-            say(f"+ echo start {self.trace} > {self.mount}/.cram/trace")
-            (self.mount / ".cram" / "trace").write_text(f"start {self.trace.resolve()}\n")
+            start = f"start {self.trace.resolve()}" + (
+                f" compressors={self.trace_also}" if self.trace_also else "")
+            say(f"+ echo {start} > {self.mount}/.cram/trace")
+            (self.mount / ".cram" / "trace").write_text(start + "\n")
         self.swap_device = swap_up(self.mount, self.swap_size,
                                    echo=lambda line: say(f"+ {line}"))
 
@@ -505,6 +509,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trace", type=Path, metavar="FILE",
                    help="record the cramfs run into FILE (.cram/trace), for cramfs-trace "
                    "replay and whatif")
+    p.add_argument("--trace-compressors", default="", metavar="ALGO,...",
+                   help="also keep each traced page as these compressors encode it "
+                   "(zstd, lzo), so a what-if with one of them compresses nothing again")
     p.add_argument("--out", type=Path, help="results folder (results/DATE-TIME)")
     p.add_argument("command", nargs=argparse.REMAINDER,
                    help="workload command after --; default: the built-in workload")
@@ -523,8 +530,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         p.error(f"cannot tell cramfs's compressor and physical size: {e}")
     algorithm = settings["compressor"]
+    bad = [c for c in args.trace_compressors.split(",") if c and c not in trace.ALSO_KEEPABLE]
+    if bad:
+        p.error(f"--trace-compressors: {bad[0]!r} is not one of {', '.join(trace.ALSO_KEEPABLE)}")
+    if args.trace_compressors and args.trace is None:
+        p.error("--trace-compressors needs --trace")
 
-    targets: list[Target] = [CramTarget(args.options, args.mount, args.swap_size, args.trace)]
+    targets: list[Target] = [CramTarget(args.options, args.mount, args.swap_size, args.trace,
+                                        args.trace_compressors)]
     if "zram" in args.compare:
         why = ZramTarget.unavailable(algorithm)
         if why:
