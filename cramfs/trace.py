@@ -26,9 +26,10 @@ again; with another compressor it decodes the pages first. Version 1 traces
 (one lz4 block per write) still read.
 
 A recording started with `compressors=zstd,...` (version 3; the header lists
-them) also keeps each page as those compressors encode it: format byte 2, and
-after each page that is not same-filled, for each listed compressor in order,
-a u16 length and its block (0xFFFF and nothing: it does not shrink the page).
+them) also keeps each page as those compressors encode it: format byte 2, a
+u32 length, the pages as in format 1, then for each listed compressor in
+order, for each page that is not same-filled, a u16 length and its block
+(0xFFFF and nothing: it does not shrink the page).
 A replay under one of them then compresses nothing again either. That costs
 the writer thread one compression per page and compressor (zstd: about 11 µs a
 page here), and the file those blocks.
@@ -66,6 +67,7 @@ READABLE = (1, 2, 3)
 _HEAD = struct.Struct("<8sHI")
 _REC = struct.Struct("<dBIqqiI")
 _U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
 WHOLE, PAGES, PAGES_ALSO = 0, 1, 2  # a write payload's format byte
 NO_SHRINK = 0xFFFF                 # a kept block's length: the compressor did not shrink it
 # what `compressors=` may list: lz4 is always kept, and `none` needs nothing kept
@@ -130,7 +132,7 @@ class Record(NamedTuple):
     result: int           # bytes done, or -errno
     payload: bytes        # written data, a name, or "name\0value" (b"" if `pages`)
     pages: tuple[PageCode, ...] | None = None     # a write kept page by page
-    also: dict[str, AltBlocks] | None = None      # its pages under the header's compressors
+    also: KeptBlocks | None = None      # its pages under the header's other compressors
 
     @property
     def name(self) -> str:
@@ -288,39 +290,98 @@ def _pack_write(off: int, data: bytes, also: tuple[str, ...] = ()) -> bytes:
 
 def _pack_pages(data: bytes, also: tuple[str, ...]) -> bytes:
     """_pack_write of whole pages, in Python: the reference pack_lz4_pages is held to,
-    and the format that also keeps other compressors' blocks."""
-    out = [bytes([PAGES_ALSO if also else PAGES])]
-    # the device's own compress functions: a replay must get exactly its blocks
-    compress = [COMPRESSORS[c].compress for c in also]
+    and the format that also keeps other compressors' blocks (after the pages, so a
+    replay that does not ask for them never parses them)."""
+    out = [b""]
     u16 = _U16.pack
-    for k, (tag, body) in enumerate(encode_pages(data)):
+    coded = encode_pages(data)
+    for tag, body in coded:
         out.append(bytes([tag]))
         if tag == LZ4_TAG:
             out.append(u16(len(body)))
         out.append(body)
-        if tag != SAME_TAG and compress:
-            page = data[k * PAGE_SIZE:(k + 1) * PAGE_SIZE]
-            for c in compress:
-                block = c(page)
-                if len(block) >= PAGE_SIZE:      # huge under every threshold: not kept
-                    out.append(u16(NO_SHRINK))
-                else:
-                    out.append(u16(len(block)))
-                    out.append(block)
+    if not also:
+        out[0] = bytes([PAGES])
+        return b"".join(out)
+    pages = b"".join(out)
+    out = [bytes([PAGES_ALSO]), _U32.pack(len(pages)), pages]
+    for name in also:
+        # the device's own compress function: a replay must get exactly its blocks
+        compress = COMPRESSORS[name].compress
+        for k, (tag, _) in enumerate(coded):
+            if tag == SAME_TAG:
+                continue
+            block = compress(data[k * PAGE_SIZE:(k + 1) * PAGE_SIZE])
+            if len(block) >= PAGE_SIZE:          # huge under every threshold: not kept
+                out.append(u16(NO_SHRINK))
+            else:
+                out.append(u16(len(block)))
+                out.append(block)
     return b"".join(out)
 
 
+class KeptBlocks:
+    """A write's pages as the header's other compressors encode them, parsed when a
+    replay first asks for one (a replay under lz4 never does)."""
+
+    __slots__ = ("_columns", "_names", "_section", "_tags")
+
+    def __init__(self, section: bytes, names: tuple[str, ...], tags: bytes) -> None:
+        self._section = section
+        self._names = names
+        self._tags = tags                # each page's tag, in order
+        self._columns: dict[str, AltBlocks] | None = None
+
+    def get(self, name: str) -> AltBlocks | None:
+        """Page by page: its block under `name`, or None where the page is same-filled
+        or `name` does not shrink it; None if `name` was not kept."""
+        if self._columns is None:
+            self._columns = self._parse()
+        return self._columns.get(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def _parse(self) -> dict[str, AltBlocks]:
+        s, u16, n = self._section, _U16.unpack_from, len(self._section)
+        i = 0
+        columns = {}
+        for name in self._names:
+            column: list[bytes | None] = []
+            for tag in self._tags:
+                if tag == SAME_TAG:
+                    column.append(None)
+                    continue
+                if i + 2 > n:
+                    raise TraceError("a write record's kept blocks are cut short")
+                (size,) = u16(s, i)
+                i += 2
+                if size == NO_SHRINK:
+                    column.append(None)
+                    continue
+                if i + size > n:
+                    raise TraceError("a write record's kept blocks are cut short")
+                column.append(s[i:i + size])
+                i += size
+            columns[name] = tuple(column)
+        if i != n:
+            raise TraceError("a write record's kept blocks overrun it")
+        return columns
+
+
 def _unpack_write(payload: bytes, version: int, also: tuple[str, ...] = (),
-                  ) -> tuple[bytes, tuple[PageCode, ...] | None, dict[str, AltBlocks] | None]:
+                  ) -> tuple[bytes, tuple[PageCode, ...] | None, KeptBlocks | None]:
     if version == 1:
         return lz4.block.decompress(payload), None, None
-    if payload[0] == WHOLE:
+    fmt = payload[0]
+    if fmt == WHOLE:
         return lz4.block.decompress(payload[1:]), None, None
+    i, n = 1, len(payload)
+    if fmt == PAGES_ALSO:
+        (size,) = _U32.unpack_from(payload, 1)
+        i, n = 5, 5 + size
     pages: list[PageCode] = []
     append, u16 = pages.append, _U16.unpack_from
-    kept = also if payload[0] == PAGES_ALSO else ()
-    blocks: list[list[bytes | None]] = [[] for _ in kept]
-    i, n = 1, len(payload)
     while i < n:
         tag = payload[i]
         if tag == LZ4_TAG:
@@ -331,22 +392,12 @@ def _unpack_write(payload: bytes, version: int, also: tuple[str, ...] = (),
             i += 1
         append((tag, payload[i:i + size]))
         i += size
-        if kept:
-            for column in blocks:
-                if tag == SAME_TAG:
-                    column.append(None)
-                    continue
-                (size,) = u16(payload, i)
-                i += 2
-                if size == NO_SHRINK:
-                    column.append(None)
-                else:
-                    column.append(payload[i:i + size])
-                    i += size
+    if fmt != PAGES_ALSO:
+        return b"", tuple(pages), None
     if i != n:
         raise TraceError("a write record's pages overrun it")
-    alt = {c: tuple(column) for c, column in zip(kept, blocks, strict=True)} if kept else None
-    return b"", tuple(pages), alt
+    kept = KeptBlocks(payload[n:], also, bytes(tag for tag, _ in pages))
+    return b"", tuple(pages), kept
 
 
 class TraceError(Exception):

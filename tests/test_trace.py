@@ -380,8 +380,9 @@ def test_pages_kept_under_other_compressors_replay_without_compressing_again(
     writes = [r for r in recorded if r.op == trace.WRITE and r.pages is not None]
     for r in writes:
         assert r.also is not None and set(r.also) == {"zstd", "lzo"}
-        for name, blocks in r.also.items():
-            assert len(blocks) == len(r.pages)
+        for name in r.also:
+            blocks = r.also.get(name)
+            assert blocks is not None and len(blocks) == len(r.pages)
             for (tag, _), block, page in zip(r.pages, blocks,
                                              (r.data[i:i + P] for i in range(0, r.size, P)),
                                              strict=True):
@@ -411,6 +412,13 @@ def test_pages_kept_under_other_compressors_replay_without_compressing_again(
     calls = _compress_calls(monkeypatch, "zstd")
     replay.replay(header, records, {"compressor": "zstd"})
     assert calls[0] > 50
+    assert writes[0].also is not None and writes[0].also.get("brotli") is None
+    # a kept section cut short is a damaged trace, said so when a replay asks for it
+    packed = trace._pack_write(0, writes[0].data, ("zstd",))
+    _, _, cut = trace._unpack_write(packed[:-1], trace.VERSION_ALSO, ("zstd",))
+    assert cut is not None
+    with pytest.raises(trace.TraceError):
+        cut.get("zstd")
 
 
 def test_trace_compressors_refuse_what_cannot_be_kept(tmp_path):
