@@ -122,38 +122,95 @@ cdef inline uint64_t t_clear(table, long long idx) except? 0:
 
 cdef extern from *:
     """
-    #include <unordered_map>
-    #include <utility>
+    #include <vector>
     #include <cstdint>
     // The DRAM tier's index: a promoted page, named by its table's address and its
     // index, to the slot of its node. The node holds the table, so the address
     // cannot be reused while the entry exists.
-    struct cram_tier_hash {
-        size_t operator()(const std::pair<uintptr_t, long long>& k) const noexcept {
-            uint64_t h = (uint64_t)k.first * 0x9E3779B97F4A7C15ULL ^ (uint64_t)k.second;
-            h ^= h >> 31;
-            h *= 0xBF58476D1CE4E5B9ULL;
-            return (size_t)(h ^ (h >> 29));
-        }
+    //
+    // Open addressing with linear probing in one array, at most half full, and
+    // deletion by backward shift (no tombstones): a lookup reads a cache line or
+    // two, and promotion and demotion allocate nothing. (std::unordered_map
+    // chased and allocated a node per entry: a tenth of a replay.) Every position
+    // is masked to the array, whose accesses are bounds-checked in the ASan build.
+    struct cram_tier_entry {
+        uintptr_t table;     // 0: empty (no object lives at address 0)
+        long long idx;
+        uint32_t slot;
     };
-    typedef std::unordered_map<std::pair<uintptr_t, long long>, uint32_t,
-                               cram_tier_hash> cram_tier_map;
+    struct cram_tier_map {
+        std::vector<cram_tier_entry> e;
+        size_t n = 0;
+        size_t size() const { return n; }
+        void clear() { e.clear(); n = 0; }
+    };
+    static inline size_t cram_tier_hash(uintptr_t t, long long i) {
+        uint64_t h = (uint64_t)t * 0x9E3779B97F4A7C15ULL ^ (uint64_t)i;
+        h ^= h >> 31;
+        h *= 0xBF58476D1CE4E5B9ULL;
+        return (size_t)(h ^ (h >> 29));
+    }
+    // the position of (t, i) in e, or of the empty entry that ends its probe
+    static inline size_t cram_tier_at(const std::vector<cram_tier_entry> &e, uintptr_t t,
+                                      long long i) {
+        size_t mask = e.size() - 1;
+        size_t p = cram_tier_hash(t, i) & mask;
+        while (e[p].table && !(e[p].table == t && e[p].idx == i))
+            p = (p + 1) & mask;
+        return p;
+    }
+    static inline size_t cram_tier_pos(const cram_tier_map &m, uintptr_t t, long long i) {
+        return cram_tier_at(m.e, t, i);
+    }
     static inline long long cram_tier_find(const cram_tier_map &m, uintptr_t t,
                                            long long i) {
-        auto it = m.find(std::make_pair(t, i));
-        return it == m.end() ? -1 : (long long)it->second;
+        if (m.e.empty())
+            return -1;
+        const cram_tier_entry &x = m.e[cram_tier_pos(m, t, i)];
+        return x.table ? (long long)x.slot : -1;
+    }
+    // twice the room; if the allocation fails (bad_alloc) the index is as it was
+    static void cram_tier_grow(cram_tier_map &m) {
+        std::vector<cram_tier_entry> bigger(m.e.empty() ? 64 : m.e.size() * 2,
+                                            cram_tier_entry{0, 0, 0});
+        for (const cram_tier_entry &x : m.e)
+            if (x.table)
+                bigger[cram_tier_at(bigger, x.table, x.idx)] = x;
+        m.e.swap(bigger);
+    }
+    // insert (t, i) -> slot if absent and return -1; else return the slot it has
+    static inline long long cram_tier_add(cram_tier_map &m, uintptr_t t, long long i,
+                                          uint32_t slot) {
+        if ((m.n + 1) * 2 > m.e.size())
+            cram_tier_grow(m);
+        cram_tier_entry &x = m.e[cram_tier_pos(m, t, i)];
+        if (x.table)
+            return (long long)x.slot;
+        x = cram_tier_entry{t, i, slot};
+        m.n++;
+        return -1;
     }
     static inline long long cram_tier_take(cram_tier_map &m, uintptr_t t, long long i) {
-        auto it = m.find(std::make_pair(t, i));
-        if (it == m.end())
+        if (m.e.empty())
             return -1;
-        long long slot = it->second;
-        m.erase(it);
+        size_t mask = m.e.size() - 1;
+        size_t hole = cram_tier_pos(m, t, i);
+        if (!m.e[hole].table)
+            return -1;
+        long long slot = m.e[hole].slot;
+        // backward shift: move up each later entry of the run whose home is not
+        // cyclically within (hole, q], so every probe still finds its key
+        for (size_t q = (hole + 1) & mask; m.e[q].table; q = (q + 1) & mask) {
+            size_t home = cram_tier_hash(m.e[q].table, m.e[q].idx) & mask;
+            bool stays = hole < q ? (hole < home && home <= q) : (hole < home || home <= q);
+            if (!stays) {
+                m.e[hole] = m.e[q];
+                hole = q;
+            }
+        }
+        m.e[hole] = cram_tier_entry{0, 0, 0};
+        m.n--;
         return slot;
-    }
-    static inline void cram_tier_set(cram_tier_map &m, uintptr_t t, long long i,
-                                     uint32_t slot) {
-        m[std::make_pair(t, i)] = slot;
     }
     """
     cppclass cram_tier_map:
@@ -161,7 +218,8 @@ cdef extern from *:
         void clear()
     long long cram_tier_find(const cram_tier_map &m, uintptr_t t, long long i)
     long long cram_tier_take(cram_tier_map &m, uintptr_t t, long long i)
-    void cram_tier_set(cram_tier_map &m, uintptr_t t, long long i, uint32_t slot) except +
+    long long cram_tier_add(cram_tier_map &m, uintptr_t t, long long i,
+                            uint32_t slot) except +
 
 
 @cython.final
@@ -191,7 +249,7 @@ cdef class _Node:
 @cython.final
 cdef class NativeTier:
     """tier.DramTier compiled: the same LRU order, as a doubly linked list of nodes
-    found through a C++ hash map keyed by (table, index). Every operation is O(1)
+    found through a flat hash index keyed by (table, index). Every operation is O(1)
     with no iterator, no reordering of a hash table (OrderedDict's move_to_end and
     first-key lookup cost more than the page's own bookkeeping) and no key tuple
     to make, hash and compare (a dict keyed by tuples cost a tenth of a replay).
@@ -245,24 +303,25 @@ cdef class NativeTier:
         return None if slot < 0 else <_Node?>self._slots[slot]
 
     cdef _Node _place(self, table, long long idx):
-        """The node for (table, idx), made if new, as most recently used."""
-        cdef _Node n = self._find(table, idx)
-        cdef uint32_t slot
-        if n is None:
-            n = _Node.__new__(_Node)
+        """The node for (table, idx), made if new, as most recently used: one probe of
+        the index either way (a promotion's page is rarely there already). The node
+        is made before the index names its slot, so a failure leaves no entry behind."""
+        cdef _Node n = _Node.__new__(_Node)
+        cdef uint32_t slot = self._free.back() if self._free.size() else len(self._slots)
+        cdef long long had = cram_tier_add(self._index, <uintptr_t><PyObject *>table, idx,
+                                           slot)
+        if had >= 0:
+            n = <_Node?>self._slots[had]
+            self._unlink(n)
+        else:
             n.table = table
             n.idx = idx
+            n.slot = slot
             if self._free.size():
-                slot = self._free.back()
                 self._free.pop_back()
                 self._slots[slot] = n
             else:
-                slot = len(self._slots)
                 self._slots.append(n)
-            n.slot = slot
-            cram_tier_set(self._index, <uintptr_t><PyObject *>table, idx, slot)
-        else:
-            self._unlink(n)
         self._append(n)
         return n
 
