@@ -50,7 +50,7 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
@@ -158,7 +158,7 @@ class Recorder:
     """Takes records on the request path and writes them from a thread of its own."""
 
     def __init__(self, path: str, header: dict[str, Any], own_mount: str | None = None,
-                 clock: Any = time.monotonic, also: tuple[str, ...] = ()) -> None:
+                 clock: Callable[[], float] = time.monotonic, also: tuple[str, ...] = ()) -> None:
         unknown = [c for c in also if c not in ALSO_KEEPABLE]
         if unknown:
             raise ValueError(f"cannot keep pages as {unknown[0]!r}; one of "
@@ -170,6 +170,10 @@ class Recorder:
         self.error: str | None = None       # why recording stopped early
         self.reported = False               # the error was told to the events log
         self._clock = clock
+        # The recording's clock: callers take it as a call starts and pass it as `at`,
+        # so a replay runs each call at the time the device saw it. The clock itself,
+        # not a method around it: every traced call takes it.
+        self.now: Callable[[], float] = clock
         self._start = clock()
         self._queue: deque[tuple[Any, ...]] = deque()
         self._backlog = 0                   # payload bytes queued, roughly
@@ -188,11 +192,6 @@ class Recorder:
     def _fail(self, why: str) -> None:
         self._on = False
         self.error = why
-
-    def now(self) -> float:
-        """The recording's clock: callers take it as a call starts and pass it as `at`,
-        so a replay runs each call at the time the device saw it."""
-        return float(self._clock())
 
     def record(self, op: int, ino: int = 0, a: int = 0, b: int = 0, result: int = 0,
                payload: bytes = b"", at: float | None = None) -> None:
