@@ -30,6 +30,7 @@ cdef extern from "lz4.h" nogil:
 
 from ._pagetable cimport NativeTable
 from ._zspool cimport NativeClassPool, NativePool
+from ._pagecodec cimport Lz4PageEncoder
 
 from functools import partial
 
@@ -624,8 +625,17 @@ cdef class NativeCore:
 
     cpdef _write_page(self, table, long long idx, object page, object enc=None,
                       bint force=False):
+        cdef int algo = 0
+        cdef bint huge = False
+        cdef bytes blob
         if self._direct_dram:
             return super(NativeCore, self)._write_page(table, idx, page, enc, force)
+        if enc is None and type(self._encode) is Lz4PageEncoder and type(page) is bytes:
+            # the swap path: the page encoded and stored with no tuple between
+            blob = (<Lz4PageEncoder>self._encode).c_encode(page, &algo, &huge)
+            if blob is not None:
+                self._store_blob(table, idx, blob, algo, huge, False, force, None)
+                return
         self._store(table, idx, enc or self._encode(page), False, force)
 
     cpdef bint _demote_one(self) except -1:

@@ -14,6 +14,7 @@ compress_continue); tests/test_engine.py holds the two to the same bytes. Only l
 output buffer is LZ4_compressBound() long and its size is passed in.
 """
 
+cimport cython
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -114,14 +115,10 @@ def encode_lz4_pages(bytes data, Py_ssize_t lo, Py_ssize_t hi, int ident, int no
     return result
 
 
+@cython.final
 cdef class Lz4PageEncoder:
     """`device.encoder("lz4", huge_threshold)` for one page at a time, compiled: the swap
     path writes single pages, where a Python encoder's checks cost as much as lz4."""
-
-    cdef int ident
-    cdef int none_id
-    cdef int huge_threshold
-    cdef void *state
 
     def __cinit__(self):
         self.state = malloc(LZ4_sizeofState())
@@ -136,7 +133,9 @@ cdef class Lz4PageEncoder:
         self.none_id = none_id
         self.huge_threshold = huge_threshold
 
-    def __call__(self, bytes page):
+    cdef bytes c_encode(self, bytes page, int *algo, bint *huge):
+        """The page's blob, its compressor id and huge flag through the pointers; None
+        for a same-filled page (whose word the caller gets from __call__)."""
         cdef char out[LZ4_BOUND_PAGE]
         cdef int size
         cdef const char *src
@@ -144,13 +143,23 @@ cdef class Lz4PageEncoder:
             raise ValueError("Lz4PageEncoder takes one whole page")
         src = PyBytes_AS_STRING(page)
         if same_filled(src):
-            return (PyBytes_FromStringAndSize(src, 8), b"", 0, False)
+            return None
         size = compress_page(self.state, src, out, LZ4_BOUND_PAGE)   # too short to drop the GIL
         if size <= 0 or size > LZ4_BOUND_PAGE:
             raise RuntimeError(f"LZ4 compression failed ({size})")
         if size >= self.huge_threshold:
-            return (None, page, self.none_id, True)
-        return (None, PyBytes_FromStringAndSize(out, size), self.ident, False)
+            algo[0], huge[0] = self.none_id, True
+            return page
+        algo[0], huge[0] = self.ident, False
+        return PyBytes_FromStringAndSize(out, size)
+
+    def __call__(self, bytes page):
+        cdef int algo = 0
+        cdef bint huge = False
+        blob = self.c_encode(page, &algo, &huge)
+        if blob is None:
+            return (PyBytes_FromStringAndSize(PyBytes_AS_STRING(page), 8), b"", 0, False)
+        return (None, blob, algo, huge)
 
 
 def pack_lz4_pages(bytes data):

@@ -288,20 +288,22 @@ class Namespace:
         return n
 
     def _write(self, inode: Inode, off: int, data: bytes) -> int:
-        return self._grow(inode, off, len(data), lambda: self.device.write(inode.table, off,
-                                                                           data))
+        # the request path: the device called directly, no closure and no frame around it
+        if off + len(data) > inode.size:
+            self._check_growth(off + len(data) - inode.size)
+        return self._grew(inode, off, self.device.write(inode.table, off, data))
 
     def write_encoded(self, inode: Inode, off: int, encoded: list[Encoded],
                       page_of: Callable[[int], bytes]) -> int:
         """write() of whole pages the caller already encoded with the device's
         compressor (a replay of a trace that kept them so)."""
-        return self._grow(inode, off, len(encoded) * PAGE_SIZE, lambda: self.device.write_encoded(
-            inode.table, off, encoded, page_of))
+        if off + len(encoded) * PAGE_SIZE > inode.size:
+            self._check_growth(off + len(encoded) * PAGE_SIZE - inode.size)
+        return self._grew(inode, off, self.device.write_encoded(inode.table, off, encoded,
+                                                                page_of))
 
-    def _grow(self, inode: Inode, off: int, length: int, write: Callable[[], int]) -> int:
-        if off + length > inode.size:
-            self._check_growth(off + length - inode.size)
-        n = write()
+    def _grew(self, inode: Inode, off: int, n: int) -> int:
+        """After the device took n bytes at off (the growth checked before)."""
         # The file grows only by what the device accepted, as after a short write to a full disk.
         if off + n > inode.size:
             self.total_size += off + n - inode.size
