@@ -16,7 +16,7 @@ output buffer is LZ4_compressBound() long and its size is passed in.
 
 cimport cython
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memcmp
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 
 DEF PAGE = 4096
@@ -160,64 +160,3 @@ cdef class Lz4PageEncoder:
         if blob is None:
             return (PyBytes_FromStringAndSize(PyBytes_AS_STRING(page), 8), b"", 0, False)
         return (None, blob, algo, huge)
-
-
-def pack_lz4_pages(bytes data):
-    """A trace's record of whole pages (trace.py, format 1), built in one call with the GIL
-    released once: the format byte, then per page tag 0 and its 8-byte word (same-filled),
-    tag 1, a u16 length and its lz4 block, or tag 2 and the page (lz4 does not shrink it).
-    The trace writer runs beside the request path; its per-page Python held the GIL
-    the requests wait for."""
-    cdef Py_ssize_t n, npages, i, used
-    cdef int bound = LZ4_compressBound(PAGE)
-    cdef int size
-    cdef int failed = 0
-    cdef const char *src
-    cdef const char *page
-    cdef char *out = NULL
-    cdef void *state = NULL
-    if data is None:
-        raise TypeError("pack_lz4_pages() needs bytes")
-    n = PyBytes_GET_SIZE(data)
-    if n % PAGE:
-        raise ValueError(f"{n} bytes is not whole pages")
-    npages = n // PAGE
-    src = PyBytes_AS_STRING(data)
-    # each page takes at most 3 + bound bytes: the compressor writes into the space
-    # after its tag and length, whose capacity it is told
-    out = <char *>malloc(1 + npages * (3 + bound))
-    state = malloc(LZ4_sizeofState())
-    if out == NULL or state == NULL:
-        free(out)
-        free(state)
-        raise MemoryError()
-    try:
-        out[0] = 1
-        used = 1
-        with nogil:
-            for i in range(npages):
-                page = src + i * PAGE
-                if same_filled(page):
-                    out[used] = 0
-                    memcpy(out + used + 1, page, 8)
-                    used += 9
-                    continue
-                size = compress_page(state, page, out + used + 3, bound)
-                if size <= 0 or size > bound:
-                    failed = size if size else -1
-                    break
-                if size >= PAGE:
-                    out[used] = 2
-                    memcpy(out + used + 1, page, PAGE)
-                    used += 1 + PAGE
-                else:
-                    out[used] = 1
-                    out[used + 1] = <char>(size & 0xFF)
-                    out[used + 2] = <char>(size >> 8)
-                    used += 3 + size
-        if failed:
-            raise RuntimeError(f"LZ4 compression failed ({failed})")
-        return PyBytes_FromStringAndSize(out, used)
-    finally:
-        free(out)
-        free(state)

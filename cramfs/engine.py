@@ -27,7 +27,7 @@ ENGINES = ("native", "python")
 
 try:
     from ._devcore import NativeCore, NativeTier
-    from ._pagecodec import Lz4PageEncoder, encode_lz4_pages, pack_lz4_pages
+    from ._pagecodec import Lz4PageEncoder, encode_lz4_pages
     from ._pagetable import NativeTable
     from ._zspool import NativeClassPool, NativePool
 except ImportError:          # not built: a checkout used without `pip install`
@@ -37,7 +37,6 @@ except ImportError:          # not built: a checkout used without `pip install`
     NativeClassPool = None  # type: ignore[assignment,misc]
     NativeTable = None  # type: ignore[assignment,misc]
     encode_lz4_pages = None  # type: ignore[assignment]
-    pack_lz4_pages = None  # type: ignore[assignment]
     Lz4PageEncoder = None  # type: ignore[assignment,misc]
 
 AnyPool = ArenaPool | NativePool     # what make_pool returns: the interface and then some

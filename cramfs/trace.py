@@ -57,7 +57,7 @@ from typing import Any, BinaryIO, NamedTuple
 import lz4.block
 
 from .compressors import COMPRESSORS
-from .engine import encode_lz4_pages, pack_lz4_pages
+from .engine import encode_lz4_pages
 from .units import PAGE_SIZE
 
 MAGIC = b"CRAMTRC\0"
@@ -282,15 +282,13 @@ class Recorder:
 def _pack_write(off: int, data: bytes, also: tuple[str, ...] = ()) -> bytes:
     if off % PAGE_SIZE or len(data) % PAGE_SIZE:
         return bytes([WHOLE]) + lz4.block.compress(data)
-    if not also and pack_lz4_pages is not None:      # the common case, compiled
-        return pack_lz4_pages(data)
     return _pack_pages(data, also)
 
 
 def _pack_pages(data: bytes, also: tuple[str, ...]) -> bytes:
-    """_pack_write of whole pages, in Python: the reference pack_lz4_pages is held to,
-    and the format that also keeps other compressors' blocks (after the pages, so a
-    replay that does not ask for them never parses them)."""
+    """_pack_write of whole pages: format 1, or format 2, which also keeps other
+    compressors' blocks (after the pages, so a replay that does not ask for them
+    never parses them)."""
     out = [b""]
     u16 = _U16.pack
     coded = encode_pages(data)

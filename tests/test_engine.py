@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cramfs import engine, parallel, trace
+from cramfs import engine, parallel
 from cramfs.backing import IoJob, run_inline
 from cramfs.config import DeviceConfig
 from cramfs.device import Device, DeviceError, encoder
@@ -259,23 +259,6 @@ def test_request_encoder_refuses_what_it_cannot_encode():
         native(bytes(2 * P), 2, 1)
     assert engine.request_encoder("python", "lz4", 3625) is None
     assert engine.request_encoder("native", "zstd", 3625) is None
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.lists(page_kinds, max_size=40))
-def test_the_compiled_trace_packer_matches_the_python_one(kinds):
-    """A traced write's pages packed in one compiled call, byte for byte as trace.py's
-    Python packer does it (which a replay decodes back to the same pages)."""
-    data = b"".join(_page(*k) for k in kinds)
-    assert engine.pack_lz4_pages is not None
-    packed = engine.pack_lz4_pages(data)
-    assert packed == trace._pack_pages(data, ())
-    _, pages, _ = trace._unpack_write(packed, trace.VERSION)
-    assert pages is not None and b"".join(map(trace.decode_page, pages)) == data
-    with pytest.raises(ValueError):
-        engine.pack_lz4_pages(data + b"x")
-    with pytest.raises(TypeError):
-        engine.pack_lz4_pages(None)
 
 
 # ---------------------------------------------------------------- whole devices
