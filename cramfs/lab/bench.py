@@ -45,6 +45,7 @@ class Job:
     loop: bool = False
     threads: int = 0        # cramfs's comp_threads for this job
     latency: int = 0        # cramfs's read_latency for this job, µs a page
+    dram: str = "0"         # cramfs's dram for this job: "64M" is the default's DRAM tier
 
     @property
     def engine(self) -> str:
@@ -65,6 +66,9 @@ JOBS = (
     Job("1m read", "read", "1m"),
     Job("1m write, comp_threads=1", "write", "1m", threads=1),
     Job("1m read, comp_threads=1", "read", "1m", threads=1),
+    # the default options' DRAM tier: every random read promotes a page and demotes another
+    Job("4k randwrite QD1, dram=64M", "randwrite", "4k", dram="64M"),
+    Job("4k randread QD1, dram=64M", "randread", "4k", dram="64M"),
     Job("loop 4k randwrite QD1", "randwrite", "4k", loop=True),
     Job("loop 4k randread QD1", "randread", "4k", loop=True),
     Job("4k randread QD1, read_latency=100", "randread", "4k", latency=100),
@@ -459,6 +463,7 @@ def run(quick: bool, out: Path, only: list[str] | None = None) -> dict[str, Any]
                 runs: dict[str, list[dict[str, float]]] = {m.name: [] for m in mounts}
                 mounts[1].set("comp_threads", job.threads)
                 mounts[1].set("read_latency", job.latency)
+                mounts[1].set("dram", job.dram)
                 for _ in range(rounds):
                     for m in mounts:
                         path = m.dir / "fio.dat"
@@ -480,6 +485,7 @@ def run(quick: bool, out: Path, only: list[str] | None = None) -> dict[str, Any]
                     f"{row['baseline']['iops']} ({row['vs_baseline']}x)")
         mounts[1].set("comp_threads", 0)
         mounts[1].set("read_latency", 0)
+        mounts[1].set("dram", "0")
         base = results["jobs"].get("4k randread QD1")
         for job in jobs:
             if job.latency and base:
