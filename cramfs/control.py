@@ -323,11 +323,10 @@ def _store_trace(ns: Namespace, text: str) -> None:
     if len(words) == 2:
         path, _, last = words[1].rpartition(" ")
         if last.startswith("compressors="):
-            also = tuple(dict.fromkeys(c for c in last.split("=", 1)[1].split(",") if c))
-            bad = [c for c in also if c not in trace.ALSO_KEEPABLE]
-            if bad or not also:
-                ns.device.reject("trace", f"compressors= lists what a trace can keep besides "
-                                 f"lz4 ({', '.join(trace.ALSO_KEEPABLE)}), got {shown(last)}")
+            try:
+                also = trace.keepable(last.split("=", 1)[1])
+            except ValueError as e:
+                ns.device.reject("trace", str(e))
             words[1] = path.rstrip(" \t")
     if len(words) != 2 or words[0] != "start" or not words[1].startswith("/"):
         ns.device.reject("trace", "expected 'start /ABSOLUTE/PATH [compressors=zstd,...]' or "

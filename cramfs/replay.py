@@ -23,7 +23,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -243,7 +243,7 @@ def _apply(ns: Namespace, r: trace.Record, inode: Inode | None,
     return 0
 
 
-_LZ4, _NONE = COMPRESSORS["lz4"].ident, COMPRESSORS["none"].ident
+_NONE = COMPRESSORS["none"].ident
 
 
 def _as_encoded(dev: Device, r: trace.Record) -> list[Encoded] | None:
@@ -252,21 +252,17 @@ def _as_encoded(dev: Device, r: trace.Record) -> list[Encoded] | None:
     asked to); None: encode them again."""
     pages = r.pages
     assert pages is not None
-    huge = dev.config.huge_threshold
     compressor = dev.config.compressor
-    same, lz4 = trace.SAME_TAG, trace.LZ4_TAG
+    blocks: Sequence[bytes | None] | None
     if compressor == "lz4":
-        return [(body, b"", 0, False) if tag == same
-                else (None, body, _LZ4, False) if tag == lz4 and len(body) < huge
-                else (None, trace.decode_page((tag, body)), _NONE, True)
-                for tag, body in pages]
-    if compressor == "none":          # nothing is shrunk: every other page is stored whole
-        return [(body, b"", 0, False) if tag == same
-                else (None, trace.decode_page((tag, body)), _NONE, True)
-                for tag, body in pages]
-    blocks = r.also.get(compressor) if r.also is not None else None
-    if blocks is None:
-        return None
+        blocks = [body if tag == trace.LZ4_TAG else None for tag, body in pages]
+    elif compressor == "none":        # nothing is shrunk: every other page is stored whole
+        blocks = [None] * len(pages)
+    else:
+        blocks = r.also.get(compressor) if r.also is not None else None
+        if blocks is None:
+            return None
+    huge, same = dev.config.huge_threshold, trace.SAME_TAG
     ident = COMPRESSORS[compressor].ident
     return [(body, b"", 0, False) if tag == same
             else (None, block, ident, False) if block is not None and len(block) < huge

@@ -58,7 +58,7 @@ import lz4.block
 
 from .compressors import COMPRESSORS
 from .engine import encode_lz4_pages
-from .units import PAGE_SIZE
+from .units import PAGE_SIZE, shown
 
 MAGIC = b"CRAMTRC\0"
 VERSION = 2                        # 3 where other compressors' blocks are kept too
@@ -72,6 +72,17 @@ WHOLE, PAGES, PAGES_ALSO = 0, 1, 2  # a write payload's format byte
 NO_SHRINK = 0xFFFF                 # a kept block's length: the compressor did not shrink it
 # what `compressors=` may list: lz4 is always kept, and `none` needs nothing kept
 ALSO_KEEPABLE = ("zstd", "lzo")
+
+
+def keepable(names: str) -> tuple[str, ...]:
+    """A `compressors=` list (`zstd,lzo`) as the compressors a recording keeps besides
+    lz4, each once; ValueError if one cannot be kept or there is none."""
+    also = tuple(dict.fromkeys(n for n in names.split(",") if n))
+    bad = [n for n in also if n not in ALSO_KEEPABLE]
+    if bad or not also:
+        raise ValueError(f"a trace keeps besides lz4 one or more of "
+                         f"{', '.join(ALSO_KEEPABLE)}, got {shown(names)}")
+    return also
 SAME_TAG, LZ4_TAG, RAW_TAG = 0, 1, 2
 MAX_BACKLOG = 256 << 20          # bytes waiting for the writer before recording stops
 
@@ -159,10 +170,8 @@ class Recorder:
 
     def __init__(self, path: str, header: dict[str, Any], own_mount: str | None = None,
                  clock: Callable[[], float] = time.monotonic, also: tuple[str, ...] = ()) -> None:
-        unknown = [c for c in also if c not in ALSO_KEEPABLE]
-        if unknown:
-            raise ValueError(f"cannot keep pages as {unknown[0]!r}; one of "
-                             f"{', '.join(ALSO_KEEPABLE)}")
+        if also:
+            keepable(",".join(also))          # ValueError for what cannot be kept
         self.path = path
         self.also = also                    # other compressors whose blocks are kept
         self.events = 0

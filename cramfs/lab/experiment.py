@@ -530,9 +530,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         p.error(f"cannot tell cramfs's compressor and physical size: {e}")
     algorithm = settings["compressor"]
-    bad = [c for c in args.trace_compressors.split(",") if c and c not in trace.ALSO_KEEPABLE]
-    if bad:
-        p.error(f"--trace-compressors: {bad[0]!r} is not one of {', '.join(trace.ALSO_KEEPABLE)}")
+    if args.trace_compressors:
+        try:
+            trace.keepable(args.trace_compressors)
+        except ValueError as e:
+            p.error(f"--trace-compressors: {e}")
     if args.trace_compressors and args.trace is None:
         p.error("--trace-compressors needs --trace")
 
