@@ -13,6 +13,8 @@ setup(ext_modules=cythonize(
                extra_compile_args=["-O2"]),
      # Debian's liblz4 (liblz4-dev, installed by scripts/setup)
      Extension("cramfs._pagecodec", ["cramfs/_pagecodec.pyx"], libraries=["lz4"],
+               extra_compile_args=["-O2"]),
+     Extension("cramfs._tracering", ["cramfs/_tracering.pyx"], libraries=["lz4"],
                extra_compile_args=["-O2"])],
     compiler_directives={"language_level": 3},
 ))

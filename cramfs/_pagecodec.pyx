@@ -16,50 +16,15 @@ output buffer is LZ4_compressBound() long and its size is passed in.
 
 cimport cython
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcmp
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 
-DEF PAGE = 4096
-DEF LZ4_BOUND_PAGE = 4096 + 4096 // 255 + 16     # LZ4_COMPRESSBOUND(4096)
-
-cdef extern from "lz4.h" nogil:
-    ctypedef struct LZ4_stream_t:
-        pass
-    int LZ4_sizeofState()
-    LZ4_stream_t *LZ4_initStream(void *buffer, size_t size)
-    int LZ4_compress_fast_continue(LZ4_stream_t *stream, const char *src, char *dst,
-                                   int srcSize, int dstCapacity, int acceleration)
-    int LZ4_compressBound(int inputSize)
-    int LZ4_versionNumber()
-
-
-cdef inline int compress_page(void *state, const char *src, char *dst, int capacity) noexcept nogil:
-    """One page as `lz4.block.compress(page, store_size=False)` compresses it: a fresh
-    stream, then compress_continue (one-shot LZ4_compress_default emits other bytes for
-    some pages). `state` is LZ4_sizeofState() bytes."""
-    cdef LZ4_stream_t *stream = LZ4_initStream(state, LZ4_sizeofState())
-    if stream == NULL:
-        return -1
-    return LZ4_compress_fast_continue(stream, src, dst, PAGE, capacity, 1)
-
+from ._lz4page cimport (LZ4_BOUND_PAGE, PAGE, LZ4_compressBound, LZ4_sizeofState,
+                        LZ4_versionNumber, compress_page, same_filled)
 
 
 def lz4_version() -> int:
     """liblz4's version as a number (10904 for 1.9.4)."""
     return LZ4_versionNumber()
-
-
-cdef inline bint same_filled(const char *page) noexcept nogil:
-    """zram's page_same_filled(): the last word first, then the whole page."""
-    cdef int i
-    if memcmp(page, page + PAGE - 8, 8) != 0:
-        return False
-    i = 8
-    while i < PAGE:
-        if memcmp(page, page + i, 8) != 0:
-            return False
-        i += 8
-    return True
 
 
 def encode_lz4_pages(bytes data, Py_ssize_t lo, Py_ssize_t hi, int ident, int none_id,

@@ -162,17 +162,15 @@ def store(ns: Namespace, attr: Attribute, data: bytes) -> IoJob | None:
         return attr.store(ns, text)
     # recorded as one control write, not as the namespace calls it makes (reset, discard)
     ns.recorder = None
-    at = rec.now()
     try:
         job = attr.store(ns, text)
     except DeviceError as e:
-        rec.record(trace.CONTROL, result=-e.errno, payload=f"{attr.name}\0{text}".encode(),
-                   at=at)
+        rec.record(trace.CONTROL, result=-e.errno, payload=f"{attr.name}\0{text}".encode())
         raise
     finally:
         if ns.recorder is None:
             ns.recorder = rec
-    rec.record(trace.CONTROL, payload=f"{attr.name}\0{text}".encode(), at=at)
+    rec.record(trace.CONTROL, payload=f"{attr.name}\0{text}".encode())
     return job
 
 
@@ -342,7 +340,7 @@ def _store_trace(ns: Namespace, text: str) -> None:
         "backing_size": dev.backing.blocks * PAGE_SIZE if dev.backing is not None else 0,
         "started": time.time(),
     }
-    ns.recorder = Recorder(words[1], header, ns.mountpoint, also=also)
+    ns.recorder = Recorder(words[1], header, ns.mountpoint, clock=dev.clock, also=also)
     dev.events.add("trace", f"recording to {shown(words[1])}"
                    + (f", pages also as {','.join(also)}" if also else "")
                    + ("" if header["empty"] else " (the device was not empty: a replay "

@@ -870,6 +870,12 @@ class Device:
 
     # ------------------------------------------------------------ idle and recompression
 
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The monotonic clock the device runs on (a replay's, in a replay): what a
+        trace stamps its records with."""
+        return self._monotonic
+
     def age(self) -> float:
         """Seconds since the device started, on its own clock."""
         return self._monotonic() - self._epoch

@@ -21,7 +21,6 @@ from . import trace
 from .device import Device, DeviceError, Encoded
 from .pagetable import PageTable
 from .trace import READ as _READ
-from .trace import WRITE as _WRITE
 from .trace import Recorder
 from .units import PAGE_SIZE
 
@@ -80,14 +79,13 @@ class Namespace:
         rec = self.recorder
         if rec is None:
             return fn(*args)
-        at = rec.now()
         try:
             out = fn(*args)
         except DeviceError as e:
-            rec.record(op, ino, a, b, -e.errno, payload, at)
+            rec.record(op, ino, a, b, -e.errno, payload)
             raise
         rec.record(op, ino, a, b, out if isinstance(out, int) else len(out)
-                   if isinstance(out, bytes) else 0, payload, at)
+                   if isinstance(out, bytes) else 0, payload)
         return out
     # ------------------------------------------------------------ names
 
@@ -217,9 +215,8 @@ class Namespace:
         """Housekeeping while no request comes: delayed frees come due. A tick that
         freed something is recorded, so a replay frees at the same moment."""
         rec = self.recorder
-        at = rec.now() if rec is not None else 0.0
         if self.device.tick() and rec is not None:
-            rec.record(trace.TICK, at=at)
+            rec.record(trace.TICK)
 
     @property
     def open_files(self) -> int:
@@ -286,13 +283,12 @@ class Namespace:
             return self._write(inode, off, data)
         # _traced, written out: recording may cost a write a tenth at most, and the
         # generic wrapper's frame and varargs were a third of what it cost
-        at = rec.now()
         try:
             n = self._write(inode, off, data)
         except DeviceError as e:
-            rec.record(_WRITE, inode.ino, off, len(data), -e.errno, data, at)
+            rec.record_write(inode.ino, off, data, -e.errno)
             raise
-        rec.record(_WRITE, inode.ino, off, len(data), n, data, at)
+        rec.record_write(inode.ino, off, data, n)
         return n
 
     def _write(self, inode: Inode, off: int, data: bytes) -> int:

@@ -34,22 +34,20 @@ A replay under one of them then compresses nothing again either. That costs
 the writer thread one compression per page and compressor (zstd: about 11 µs a
 page here), and the file those blocks.
 
-Recording costs the request path one tuple on a queue (the written bytes are
-kept by reference, not copied). A thread compresses and writes. A full disk, or
-a writer that falls too far behind, stops the recording with an events line;
-it never fails I/O.
+Recording costs the request path one slot of a ring (tracering.py; the written
+bytes are kept by reference, not copied). A thread compresses and writes, with
+the GIL released where the ring is compiled. A full disk, or a writer that falls
+too far behind, stops the recording with an events line; it never fails I/O.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import mmap
 import os
 import struct
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
@@ -58,6 +56,7 @@ import lz4.block
 
 from .compressors import COMPRESSORS
 from .engine import encode_lz4_pages
+from .tracering import PyTraceRing, TraceRing, make_ring
 from .units import PAGE_SIZE, shown
 
 MAGIC = b"CRAMTRC\0"
@@ -85,6 +84,7 @@ def keepable(names: str) -> tuple[str, ...]:
     return also
 SAME_TAG, LZ4_TAG, RAW_TAG = 0, 1, 2
 MAX_BACKLOG = 256 << 20          # bytes waiting for the writer before recording stops
+RING_RECORDS = 1 << 16           # and records (a ring of 48-byte slots: 3 MiB)
 
 # operations, by the namespace call they record
 CREATE, UNLINK, RENAME, OPENED, RELEASED, RESIZE, READ, WRITE, DISCARD, RESET, CONTROL, \
@@ -169,24 +169,22 @@ class Recorder:
     """Takes records on the request path and writes them from a thread of its own."""
 
     def __init__(self, path: str, header: dict[str, Any], own_mount: str | None = None,
-                 clock: Callable[[], float] = time.monotonic, also: tuple[str, ...] = ()) -> None:
+                 clock: Callable[[], float] = time.monotonic, also: tuple[str, ...] = (),
+                 native: bool | None = None) -> None:
         if also:
             keepable(",".join(also))          # ValueError for what cannot be kept
         self.path = path
         self.also = also                    # other compressors whose blocks are kept
-        self.events = 0
-        self._on = True                     # taking records (one flag for the hot path)
-        self.error: str | None = None       # why recording stopped early
         self.reported = False               # the error was told to the events log
-        self._clock = clock
-        # The recording's clock: callers take it as a call starts and pass it as `at`,
-        # so a replay runs each call at the time the device saw it. The clock itself,
-        # not a method around it: every traced call takes it.
-        self.now: Callable[[], float] = clock
+        # The recording's clock, the device's own: each record is stamped as its call
+        # returns, and a replay runs the call at that time on the device's clock.
         self._start = clock()
-        self._queue: deque[tuple[Any, ...]] = deque()
-        self._backlog = 0                   # payload bytes queued, roughly
-        self._wake = threading.Event()
+        self._ring = make_ring(RING_RECORDS, MAX_BACKLOG, clock, native)
+        # The request path calls the ring itself: record(op, ino, a, b, result,
+        # payload, at=None) and record_write(ino, off, data, result), which never
+        # raise and do nothing once recording stopped.
+        self.record: Callable[..., None] = self._ring.record
+        self.record_write: Callable[[int, int, bytes, int], None] = self._ring.record_write
         self._stopping = False
         if also:
             header = {**header, "compressors": list(also)}
@@ -196,34 +194,24 @@ class Recorder:
 
     @property
     def active(self) -> bool:
-        return self._on
+        return bool(self._ring.active)
 
-    def _fail(self, why: str) -> None:
-        self._on = False
-        self.error = why
+    @property
+    def events(self) -> int:
+        return int(self._ring.events)
 
-    def record(self, op: int, ino: int = 0, a: int = 0, b: int = 0, result: int = 0,
-               payload: bytes = b"", at: float | None = None) -> None:
-        # no lock: deque.append is atomic, and the writer takes what it finds
-        if not self._on:
-            return
-        if payload:
-            self._backlog += len(payload)
-            if self._backlog > MAX_BACKLOG:
-                self._fail(f"the trace writer fell {MAX_BACKLOG >> 20} MiB behind")
-                return
-        self._queue.append((self._clock() if at is None else at, op, ino, a, b, result,
-                            payload))  # raw time
-        self.events += 1
+    @property
+    def error(self) -> str | None:
+        """Why recording stopped early, if it did."""
+        return self._ring.error
 
     def stop(self, final: dict[str, Any]) -> None:
         """End the recording with the final state; the thread finishes on its own."""
         if self._stopping:
             return
         self.record(STOP, payload=json.dumps(final).encode())
-        self._on = False
+        self._ring.stop()
         self._stopping = True
-        self._wake.set()
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
@@ -231,61 +219,68 @@ class Recorder:
     # ------------------------------------------------------------ the writer thread
 
     def _run(self, header: dict[str, Any], own_mount: str | None) -> None:
+        ring = self._ring
+        try:
+            self._write_all(header, own_mount)
+        except OSError as e:
+            ring.fail(f"writing {self.path}: {e.strerror}")
+        except Exception as e:       # a bug: stop recording, never take the daemon down
+            ring.fail(f"the trace writer failed: {e!r}")
+        finally:
+            ring.release()
+
+    def _write_all(self, header: dict[str, Any], own_mount: str | None) -> None:
+        ring = self._ring
         try:
             # a new file only (a typo must not truncate one that exists), readable by its
             # owner only: it holds everything written, swapped-out memory included
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            f = os.fdopen(fd, "wb")
         except OSError as e:
-            self._fail(f"cannot open {self.path}: {e.strerror}")
+            ring.fail(f"cannot open {self.path}: {e.strerror}")
             return
-        try:
-            if own_mount is not None and os.fstat(f.fileno()).st_dev == os.stat(
-                    own_mount).st_dev:
-                self._fail(f"{self.path} is on this mount; a trace cannot record itself")
-                f.close()
+        with os.fdopen(fd, "wb") as f:
+            if own_mount is not None and os.fstat(fd).st_dev == os.stat(own_mount).st_dev:
+                ring.fail(f"{self.path} is on this mount; a trace cannot record itself")
                 os.unlink(self.path)
                 return
             body = json.dumps(header).encode()
             version = VERSION_ALSO if self.also else VERSION
             f.write(_HEAD.pack(MAGIC, version, len(body)) + body)
-            queue = self._queue
-            while True:
-                done = self._stopping or self.error is not None
-                batch = []
-                while queue:
-                    batch.append(queue.popleft())
-                if batch:
-                    self._backlog = max(0, self._backlog - sum(len(b[6]) for b in batch))
-                    self._write(f, batch)
-                if done and not queue:
-                    break
-                if not batch:
-                    self._wake.wait(0.005)      # a few ms: the request path never signals
-                    self._wake.clear()
-            f.close()
-        except OSError as e:
-            self._fail(f"writing {self.path}: {e.strerror}")
-            self._queue.clear()
-            with contextlib.suppress(OSError):
-                f.close()
-        except Exception as e:       # a bug: stop recording, never take the daemon down
-            self._fail(f"the trace writer failed: {e!r}")
-            self._queue.clear()
-            with contextlib.suppress(OSError):
-                f.close()
+            f.flush()
+            if isinstance(ring, PyTraceRing) or self.also:
+                self._pack_in_python(f, ring)
+            else:
+                # compiled packing, the GIL released throughout (other compressors'
+                # blocks are Python calls, so a recording that keeps them packs here)
+                err = ring.drain(fd, self._start)
+                if err:
+                    raise OSError(err, os.strerror(err))
 
-    def _write(self, f: BinaryIO, batch: list[tuple[Any, ...]]) -> None:
-        out = []
-        start = self._start
-        for t, op, ino, a, b, result, payload in batch:
-            t -= start
-            if op == WRITE and payload:
-                payload = _pack_write(a, payload, self.also)
-            out.append(_REC.pack(t, op, ino, a, b, result, len(payload)))
-            out.append(payload)
-        f.write(b"".join(out))
-        f.flush()
+    def _pack_in_python(self, f: BinaryIO, ring: TraceRing | PyTraceRing) -> None:
+        while True:
+            done = ring.finished            # before taking: records come before the flag
+            batch = ring.take()
+            if batch:
+                f.write(pack_records(batch, self._start, self.also))
+                f.flush()
+            elif done:
+                return
+            else:
+                time.sleep(0.005)           # a few ms: the request path never signals
+
+
+def pack_records(batch: list[tuple[Any, ...]], start: float,
+                 also: tuple[str, ...] = ()) -> bytes:
+    """Records as the trace holds them, times made relative to `start` (what
+    _tracering.TraceRing.drain writes, in Python)."""
+    out = []
+    for t, op, ino, a, b, result, payload in batch:
+        t -= start
+        if op == WRITE and payload:
+            payload = _pack_write(a, payload, also)
+        out.append(_REC.pack(t, op, ino, a, b, result, len(payload)))
+        out.append(payload)
+    return b"".join(out)
 
 
 def _pack_write(off: int, data: bytes, also: tuple[str, ...] = ()) -> bytes:

@@ -302,8 +302,6 @@ def test_delayed_frees_replay_exactly_with_the_recorded_ticks(tmp_path):
     store(ns, "trace", f"start {tmp_path / 't.trace'}")
     rec = ns.recorder
     assert rec is not None
-    rec._clock = rec.now = lambda: clock[0]                  # the device's clock
-    rec._start = clock[0]
     f = ns.create("f", 0o600, 0, 0)
     for i in range(48):                                      # the device is full
         ns.write(f, i * P, random_page(i))
