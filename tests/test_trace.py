@@ -14,7 +14,7 @@ from pathlib import Path
 import lz4.block
 import pytest
 
-from cramfs import compressors, control, pagelog, replay, trace
+from cramfs import compressors, control, pagelog, replay, trace, tracering
 from cramfs.backing import run_inline
 from cramfs.config import DeviceConfig
 from cramfs.device import Device, DeviceError
@@ -77,9 +77,16 @@ def record(ns: Namespace, path: Path, body=workload) -> trace.Recorder:
     return rec
 
 
-def test_a_replay_under_the_recorded_settings_ends_in_the_recorded_mm_stat(tmp_path):
+@pytest.mark.parametrize("ring", ["native", "python"])
+def test_a_replay_under_the_recorded_settings_ends_in_the_recorded_mm_stat(tmp_path, ring,
+                                                                           monkeypatch):
+    if ring == "python":        # the reference ring, as a checkout without the build has
+        monkeypatch.setattr(tracering, "native_available", lambda: False)
+    elif not tracering.native_available():
+        pytest.skip("the compiled ring is not built")
     ns = fresh()
     rec = record(ns, tmp_path / "t.trace")
+    assert isinstance(rec._ring, tracering.PyTraceRing) == (ring == "python")
     header, records = trace.read_trace(tmp_path / "t.trace")
     assert header["empty"] and header["settings"]["physical"] == str(160 * P)
     records = list(records)
