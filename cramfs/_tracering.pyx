@@ -97,6 +97,7 @@ cdef class TraceRing:
     cdef Py_ssize_t max_backlog
     cdef object clock
     cdef bint c_clock             # clock is time.monotonic: read it here, with no call
+    cdef bint draining            # drain() runs: take() and release() would race it
     cdef readonly bint active
     cdef readonly object error
 
@@ -218,6 +219,8 @@ cdef class TraceRing:
     def release(self):
         """After the writer ended: drop every payload still held."""
         cdef Py_ssize_t i
+        if self.draining:
+            raise RuntimeError("release() while drain() runs")
         for i in range(self.freed, self.head):
             Py_XDECREF(self.slots[i & self.mask].payload)
             self.slots[i & self.mask].payload = NULL
@@ -230,6 +233,8 @@ cdef class TraceRing:
         compressors' blocks). Called with the GIL, like record()."""
         cdef Py_ssize_t i, h = self.head, n = 0
         cdef Slot *s
+        if self.draining:
+            raise RuntimeError("take() while drain() runs")
         out = []
         for i in range(self.taken, h):
             s = &self.slots[i & self.mask]
@@ -250,8 +255,14 @@ cdef class TraceRing:
         is released throughout. 0, or the errno of a failed write (ENOMEM: out of
         memory for the packing buffer)."""
         cdef int err
-        with nogil:
-            err = self._drain(fd, start)
+        if self.draining:
+            raise RuntimeError("drain() runs already")
+        self.draining = True            # set with the GIL held: no second writer starts
+        try:
+            with nogil:
+                err = self._drain(fd, start)
+        finally:
+            self.draining = False
         return err
 
     cdef int _drain(self, int fd, double start) noexcept nogil:

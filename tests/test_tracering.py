@@ -177,6 +177,10 @@ def test_the_writer_drains_while_the_request_path_records(tmp_path):
     out: list[int] = []
     writer = threading.Thread(target=lambda: out.append(ring.drain(fd, start)))
     writer.start()
+    time.sleep(0.01)
+    for other in (ring.take, ring.release, lambda: ring.drain(fd, start)):
+        with pytest.raises(RuntimeError, match="drain"):
+            other()                    # one writer, and nothing that races it
     data = [page(k % 4, k) * (1 + k % 3) for k in range(64)]
     refs = [sys.getrefcount(d) for d in data]
     sent = []
