@@ -149,24 +149,24 @@ cdef class TraceRing:
         """record(WRITE, ino, off, len(data), result, data): the request path's own,
         with the fewest arguments to pass."""
         if self.active:
-            try:
-                self._put(WRITE_OP, ino, off, None, result, data, None)
-            except Exception as e:
-                self.fail(f"a record the trace cannot hold: {e!r}")
+            self._put(WRITE_OP, ino, off, None, result, data, None)
 
     def record(self, int op, ino=0, a=0, b=0, result=0, payload=b"", at=None):
         """Queue one record, at time `at` (the clock's now if None: the moment the
         recorded call returned). Never raises for what it is given: a record the
         trace cannot hold stops the recording."""
         if self.active:
-            try:
-                self._put(op, ino, a, b, result, payload, at)
-            except Exception as e:
-                self.fail(f"a record the trace cannot hold: {e!r}")
+            self._put(op, ino, a, b, result, payload, at)
 
-    cdef int _put(self, int op, ino, a, b, result, payload, at) except -1:
+    cdef void _put(self, int op, ino, a, b, result, payload, at) noexcept:
+        try:
+            self._fill(op, ino, a, b, result, payload, at)
+        except Exception as e:
+            self.fail(f"a record the trace cannot hold: {e!r}")
+
+    cdef int _fill(self, int op, ino, a, b, result, payload, at) except -1:
         # b None: the payload's length. An exception here (a value the trace has no
-        # room for, a payload that is no buffer) stops the recording, in the callers.
+        # room for, a payload that is no buffer) stops the recording, in _put.
         cdef Slot *s
         cdef Py_ssize_t n = 0
         cdef double t

@@ -71,13 +71,9 @@ class PyTraceRing:
     def record_write(self, ino: int, off: int, data: Any, result: int) -> None:
         """record(WRITE, ino, off, len(data), result, data): the request path's own,
         with the fewest arguments to pass."""
-        if self.active:
-            try:
-                self._put(WRITE, ino, off, None, result, data, None)
-            except Exception as e:
-                self.fail(f"a record the trace cannot hold: {e!r}")
+        self.record(WRITE, ino, off, None, result, data)
 
-    def record(self, op: int, ino: int = 0, a: int = 0, b: int = 0, result: int = 0,
+    def record(self, op: int, ino: int = 0, a: int = 0, b: int | None = 0, result: int = 0,
                payload: Any = b"", at: float | None = None) -> None:
         """Queue one record, at time `at` (the clock's now if None: the moment the
         recorded call returned). Never raises for what it is given: a record the
