@@ -67,7 +67,7 @@ cdef enum:
     SAME_TAG = 0                 # a page's tags
     LZ4_TAG = 1
     RAW_TAG = 2
-    FLUSH_AT = 1 << 20           # bytes packed before they are written out
+    BUFFER = 1 << 20             # packed records, written out when the next does not fit
     IDLE_US = 2000               # the writer's nap when the ring is empty
 
 
@@ -118,10 +118,9 @@ cdef class TraceRing:
 
     def __dealloc__(self):
         # no writer runs here: drain() holds a reference to the ring
-        cdef Py_ssize_t i
         if self.slots != NULL:
-            for i in range(self.freed, self.head):
-                Py_XDECREF(self.slots[i & self.mask].payload)
+            ring_store(&self.done, self.head)
+            self._drop_done()
             free(self.slots)
 
     @property
@@ -218,14 +217,10 @@ cdef class TraceRing:
 
     def release(self):
         """After the writer ended: drop every payload still held."""
-        cdef Py_ssize_t i
         if self.draining:
             raise RuntimeError("release() while drain() runs")
-        for i in range(self.freed, self.head):
-            Py_XDECREF(self.slots[i & self.mask].payload)
-            self.slots[i & self.mask].payload = NULL
-        self.freed = self.head
         ring_store(&self.done, self.head)
+        self._drop_done()
 
     def take(self):
         """The records not taken yet, as (time, op, inode, a, b, result, payload)
@@ -266,7 +261,7 @@ cdef class TraceRing:
         return err
 
     cdef int _drain(self, int fd, double start) noexcept nogil:
-        cdef Py_ssize_t cap = FLUSH_AT + HEAD_SIZE + 16, used = 0, h, i, need, n, k
+        cdef Py_ssize_t cap = BUFFER, used = 0, h, i, need, n, k
         cdef Py_ssize_t got
         cdef char *buf = <char *>malloc(cap)
         cdef char *grown
@@ -313,11 +308,6 @@ cdef class TraceRing:
                     err = ENOMEM
                     break
                 used += HEAD_SIZE + k
-                if used >= FLUSH_AT:
-                    err = _write_all(fd, buf, used)
-                    if err:
-                        break
-                    used = 0
             if err == 0 and used:
                 err = _write_all(fd, buf, used)
                 used = 0
