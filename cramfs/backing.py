@@ -24,13 +24,17 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import heapq
 import os
 import stat
+import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from . import safepath
 from .units import PAGE_SIZE, shown
 
 FALLOC_FL_KEEP_SIZE = 0x01
@@ -63,21 +67,70 @@ class Op:
     data: bytes = b""
 
 
-def open_file(path: str) -> tuple[int, int]:
-    """Open a backing file: (fd, blocks). ValueError with a message fit for a user if
-    it is not a usable regular file; OSError as the system gives it."""
-    if not path.startswith("/"):
-        raise ValueError(f"backing_dev must be an absolute path, got {shown(path)}")
-    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+# How long a mount waits for a backing file another daemon still holds: one that was
+# just unmounted punches out its blocks and closes the file after umount returns.
+LOCK_WAIT = 10.0
+_LOCK_POLL = 0.05
+# struct flock on Linux (x86_64 and aarch64 alike): l_type, l_whence, l_start, l_len,
+# l_pid (0, as OFD locks require), padded to 32 bytes
+_FLOCK = struct.Struct("hhxxxxqqixxxx")
+
+
+def _lock(fd: int, wait: float) -> None:
+    """Hold the whole file with an OFD write lock for as long as fd stays open (in
+    any process it was inherited by): a second mount naming the file, or any process
+    that locks it, is refused, as zram opens its backing device exclusively."""
+    want = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, want)
+            return
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+        if time.monotonic() >= deadline:
+            raise OSError(errno.EBUSY, "in use by another cramfs mount (or another "
+                          "process holds a lock on it)")
+        time.sleep(_LOCK_POLL)
+
+
+def open_file(path: str, wait: float = 0.0) -> tuple[int, int]:
+    """Open and lock a backing file: (fd, blocks).
+
+    The path is followed through no symlink (safepath), and what was opened is judged
+    from the descriptor: a regular file, with one link, owned by root or by the user
+    mounting, at least a page long. ValueError with a message fit for a user for a
+    file that may not be used; OSError(EBUSY) if another holder keeps it locked past
+    `wait` seconds; other OSErrors as the system gives them."""
+    try:
+        fd = safepath.open_nofollow(path, os.O_RDWR | os.O_NOCTTY)
+    except OSError as e:
+        if e.errno == errno.EINVAL:
+            raise ValueError(f"backing_dev must be an absolute path, got {shown(path)}") \
+                from None
+        if e.errno == errno.ELOOP:
+            raise ValueError(f"backing_dev {shown(path)} has a symlink in its path; cramfs "
+                             "follows none (root's own, such as /var/run, included): give "
+                             "the real path") from None
+        raise
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise ValueError(f"backing_dev {shown(path)} is not a regular file "
                              "(cramfs writes back to a file, not a block device)")
+        if st.st_nlink != 1:
+            raise ValueError(f"backing_dev {shown(path)} has {st.st_nlink} links; cramfs "
+                             "punches holes in it, so it must be the file's only name")
+        if st.st_uid not in (0, os.getuid()):
+            raise ValueError(f"backing_dev {shown(path)} is owned by uid {st.st_uid}; it "
+                             f"must belong to root or to the user mounting (uid "
+                             f"{os.getuid()})")
         blocks = st.st_size // PAGE_SIZE
         if not blocks:
             raise ValueError(f"backing_dev {shown(path)} is smaller than a page; give it "
                              "a size first (truncate -s 1G FILE)")
+        _lock(fd, wait)
     except BaseException:
         os.close(fd)
         raise

@@ -185,20 +185,23 @@ def check_host(req: MountRequest) -> None:
 
 
 def check_backing(req: MountRequest) -> None:
-    """backing_dev must be a sized regular file, and not under the mountpoint (where
-    the mount would hide it, or serve it from the daemon that writes to it)."""
+    """backing_dev must be a file cramfs may own (backing.open_file: no symlink on
+    the way, a regular file with one link, root's or the mounting user's, no other
+    holder), and not under the mountpoint (where the mount would hide it, or serve
+    it from the daemon that writes to it). A file an unmounted daemon still closes
+    is waited for, a bounded time."""
     path = req.config.backing_dev
     if not path:
         return
     if (os.path.normpath(path) + "/").startswith(os.path.normpath(req.mountpoint) + "/"):
         raise UsageError(f"backing_dev {path} is under the mountpoint {req.mountpoint}")
     try:
-        fd, _ = backing.open_file(path)
+        fd, _ = backing.open_file(path, wait=backing.LOCK_WAIT)
     except OSError as e:
         raise UsageError(f"cannot use backing_dev {path}: {e.strerror}") from None
     except ValueError as e:
         raise UsageError(str(e)) from None
-    os.close(fd)
+    os.close(fd)     # the daemon opens and locks it again, for the life of the mount
 
 
 def main(argv: list[str] | None = None) -> int:

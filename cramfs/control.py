@@ -15,8 +15,9 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
-from . import backing, hostmem, trace
+from . import backing, hostmem, safepath, trace
 from .backing import IoJob
 from .compressors import COMPRESSORS
 from .config import SETTINGS
@@ -26,6 +27,8 @@ from .pool import ClassStats
 from .stats import BYTES, FRACTION, IO_STAT, MM_STAT, NUMERIC, STATS, Stat
 from .trace import Recorder
 from .units import PAGE_SIZE, format_size, parse_decimal, parse_int, parse_size, shown
+
+_BLANKS = " \t\r\f\v"     # ASCII: anything else is not a blank, and no value holds it
 
 Show = Callable[[Namespace], str]
 # A store either finishes at once or returns the backing-file I/O it needs, for the
@@ -39,6 +42,7 @@ class Attribute:
     show: Show | None = None
     store: Store | None = None
     stream: bool = False   # regenerate on every read, for `tail -f`
+    lines: bool = False    # takes several lines in one write (discard, inject)
     private: bool = False  # root only: it names files, which other users may not see
 
     @property
@@ -69,10 +73,16 @@ def _status(ns: Namespace) -> str:
     dev = ns.device
     s = ns.stats()
     lines = [f"{st.name}: {_shown(st, s[st.name])}" for st in STATS if st.status]
-    for name in ("write_control", "fallback", "fallback_limit", "reclaim", "backing_dev"):
+    for name in ("write_control", "fallback", "fallback_limit", "reclaim"):
         setting = dev.config.show(name)
         lines.append(f"{name}: {setting}" if not setting.isdigit()
                      else f"{name}: {setting} ({format_size(int(setting))})")
+    lines.append(f"backing_dev: {_backing_shown(ns)}")
+    if ns.kernel_discard is not None:
+        lines.append("discard: " + ("fallocate (punch hole, zero range, blkdiscard, swapon "
+                                    "--discard)" if ns.kernel_discard else
+                                    "unavailable (this pyfuse3 has no fallocate; only "
+                                    ".cram/discard frees pages)"))
     for name in ("fallback_limit_hit", "promotions_skipped", *(
             ("bd_reads", "bd_writes", "bd_failed", "writeback_fallback", "reclaim_written",
              "reclaim_failed") if dev.backing is not None or dev.config.reclaim != "off"
@@ -93,6 +103,17 @@ def _status(ns: Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _backing_shown(ns: Namespace) -> str:
+    """Whether a backing file is set and its size, for every user: its path is only in
+    the root-only `.cram/backing_dev` (a path tells others where swapped-out memory
+    lands)."""
+    b = ns.device.backing
+    if b is None:
+        return "none"
+    size = b.blocks * PAGE_SIZE
+    return f"set, {size} bytes ({format_size(size)})"
+
+
 def _stat(ns: Namespace) -> str:
     s = ns.stats()
     return "".join(f"{st.name} {_fmt(s[st.name])}\n" for st in NUMERIC)
@@ -103,6 +124,9 @@ def _stat_json(ns: Namespace) -> str:
     are objects with zram's field names."""
     dev = ns.device
     doc: dict[str, object] = {k: getattr(dev.config, k) for k in SETTINGS}
+    # set or none, never the path: that is in the root-only .cram/backing_dev
+    doc["backing_dev"] = "none" if dev.backing is None else "set"
+    doc["backing_size"] = dev.backing.blocks * PAGE_SIZE if dev.backing is not None else 0
     s = ns.stats()
     doc.update({st.name: s[st.name] for st in STATS})
     if doc["ratio"] == float("inf"):
@@ -142,8 +166,29 @@ def _knob(name: str) -> Attribute:
 
 def _expect(ns: Namespace, name: str, text: str, value: str, what: str) -> None:
     """Triggers accept one exact value, as zram's reset and compact do."""
-    if text.strip() != value:
+    if text != value:
         ns.device.reject(name, f"write {value} to {what}, got {shown(text)}")
+
+
+def _value(ns: Namespace, attr: Attribute, text: str) -> str:
+    """The one input rule of every control file, sysfs's: a value and at most one
+    trailing newline, nothing around it; a file that takes several lines (discard,
+    inject) applies that to each line and takes no empty one. What a value may then
+    hold is its parser's business: numbers and keywords in ASCII, file names as the
+    bytes they are (decoded with surrogateescape, as the adapter decodes names)."""
+    if "\0" in text:
+        ns.device.reject(attr.name, "input holds a NUL byte")
+    body = text[:-1] if text.endswith("\n") else text
+    lines = body.split("\n")
+    if len(lines) > 1 and not attr.lines:
+        ns.device.reject(attr.name, f"one value per write, with at most one trailing "
+                         f"newline; got {shown(text)}")
+    for line in lines:
+        if line != line.strip(_BLANKS):
+            ns.device.reject(attr.name, f"blanks around {shown(line)}")
+        if attr.lines and not line:
+            ns.device.reject(attr.name, "an empty line")
+    return body
 
 
 def store(ns: Namespace, attr: Attribute, data: bytes) -> IoJob | None:
@@ -153,24 +198,22 @@ def store(ns: Namespace, attr: Attribute, data: bytes) -> IoJob | None:
     assert attr.store is not None
     if len(data) > PAGE_SIZE:
         ns.device.reject(attr.name, f"input of {len(data)} bytes; at most {PAGE_SIZE}")
-    try:
-        text = data.decode()
-    except UnicodeDecodeError:
-        ns.device.reject(attr.name, "input is not UTF-8 text")
+    text = data.decode("utf-8", "surrogateescape")
     rec = ns.recorder
+    payload = f"{attr.name}\0{text}".encode("utf-8", "surrogateescape")
     if rec is None or attr.name == "trace":
-        return attr.store(ns, text)
+        return attr.store(ns, _value(ns, attr, text))
     # recorded as one control write, not as the namespace calls it makes (reset, discard)
     ns.recorder = None
     try:
-        job = attr.store(ns, text)
+        job = attr.store(ns, _value(ns, attr, text))
     except DeviceError as e:
-        rec.record(trace.CONTROL, result=-e.errno, payload=f"{attr.name}\0{text}".encode())
+        rec.record(trace.CONTROL, result=-e.errno, payload=payload)
         raise
     finally:
         if ns.recorder is None:
             ns.recorder = rec
-    rec.record(trace.CONTROL, payload=f"{attr.name}\0{text}".encode())
+    rec.record(trace.CONTROL, payload=payload)
     return job
 
 
@@ -191,12 +234,13 @@ def _store_mem_used_max(ns: Namespace, text: str) -> None:
 def _store_discard(ns: Namespace, text: str) -> None:
     """`FILE OFFSET LENGTH`, one per line: every line is checked before any applies."""
     todo = []
-    for line in filter(str.strip, text.splitlines()):
-        parts = line.strip().rsplit(maxsplit=2)
+    for line in text.split("\n"):
+        parts = line.rsplit(" ", 2)
         if len(parts) != 3:
             ns.device.reject("discard", f"expected FILE OFFSET LENGTH, got {shown(line)}")
         name, off, length = parts
         try:
+            # past the end of the file it does nothing, as a punch hole there
             todo.append((name, ns.lookup(name), parse_size(off), parse_size(length)))
         except (ValueError, DeviceError) as e:
             ns.device.reject("discard", str(e))
@@ -208,9 +252,18 @@ def _store_discard(ns: Namespace, text: str) -> None:
                              "released")
 
 
+def _page_index(ns: Namespace, name: str, text: str) -> int:
+    """A page of a file, as zram takes an index: past the file's end is EINVAL."""
+    idx = parse_int(text)
+    pages = -(-ns.lookup(name).size // PAGE_SIZE)
+    if idx >= pages:
+        raise ValueError(f"page {idx} is past the end of {shown(name, 64)} ({pages} pages)")
+    return idx
+
+
 def _all_or_number(ns: Namespace, name: str, text: str, what: str) -> int | None:
     """`all` (None) or a whole number, as zram's demote-like triggers take them."""
-    arg = text.strip()
+    arg = text
     try:
         return None if arg == "all" else parse_int(arg)
     except ValueError as e:
@@ -220,14 +273,14 @@ def _all_or_number(ns: Namespace, name: str, text: str, what: str) -> int | None
 def _store_demote(ns: Namespace, text: str) -> None:
     count = _all_or_number(ns, "demote", text, "a page count")
     done = ns.device.demote(count)
-    ns.device.events.add("demote", f"{text.strip()}: {done} pages demoted")
+    ns.device.events.add("demote", f"{text}: {done} pages demoted")
 
 
 def _parse_inject(ns: Namespace, line: str) -> Callable[[], None]:
     """Check one inject command fully and return the action that applies it."""
     dev = ns.device
-    cmd, _, rest = line.strip().partition(" ")
-    args = rest.split()
+    cmd, _, rest = line.partition(" ")
+    args = rest.split(" ") if rest else []
     try:
         if cmd == "ratio" and len(args) == 1:
             factor = parse_decimal(args[0])
@@ -239,8 +292,8 @@ def _parse_inject(ns: Namespace, line: str) -> Callable[[], None]:
             dev.config.with_value("physical", str(size))      # raises if it cannot apply
             return lambda: dev.inject_physical(size)
         if cmd == "poison" and len(args) >= 2:
-            name, page = rest.strip().rsplit(maxsplit=1)      # the name may hold spaces
-            table, idx = ns.lookup(name).table, parse_int(page)
+            name, page = rest.rsplit(" ", 1)      # the name may hold spaces
+            table, idx = ns.lookup(name).table, _page_index(ns, name, page)
             if not table.get(idx):
                 raise ValueError(f"page {idx} of {shown(name, 64)} holds no data")
             return lambda: dev.inject_poison(table, idx)
@@ -260,7 +313,7 @@ def _parse_inject(ns: Namespace, line: str) -> Callable[[], None]:
 def _keywords(ns: Namespace, name: str, text: str, allowed: tuple[str, ...]) -> dict[str, str]:
     """zram's `key=value key=value` input, every key known and none twice."""
     out: dict[str, str] = {}
-    for token in text.split():
+    for token in text.split(" "):
         key, eq, value = token.partition("=")
         if not eq or key not in allowed or key in out or not value:
             ns.device.reject(name, f"expected {' '.join(k + '=...' for k in allowed)}, "
@@ -307,30 +360,72 @@ def _store_recompress(ns: Namespace, text: str) -> None:
     ns.device.recompress(kind, max_pages, threshold)
 
 
-def _store_trace(ns: Namespace, text: str) -> None:
-    """`start PATH [compressors=zstd,lzo]` records from now on into PATH (a file off this
-    mount), also keeping each page as the listed compressors encode it; `stop` ends."""
-    words = text.strip(" \t\n").split(maxsplit=1)
+def _trace_refused(ns: Namespace, err: int, why: str) -> NoReturn:
+    ns.device.events.add("rejected", f"trace: {why}")
+    raise DeviceError(err, f"trace: {why}")
+
+
+def _store_trace(ns: Namespace, text: str) -> IoJob | None:
+    """`start PATH [compressors=zstd,lzo]` records from now on into PATH, a new file off
+    this mount, also keeping each page as the listed compressors encode it; `stop`
+    ends. The file is made at the write (off the request loop, as it may be on any
+    filesystem), so the write's errno says why it could not be: EEXIST, ENOENT for a
+    missing parent, ELOOP for a symlink anywhere on the path, EINVAL for a relative
+    path or one on this mount, EACCES."""
+    words = text.split(" ", 1)
     rec = ns.recorder
     if words == ["stop"]:
         if rec is None or not rec.active:
             ns.device.reject("trace", "not recording")
         stop_trace(ns)
-        return
+        return None
     also: tuple[str, ...] = ()
     if len(words) == 2:
         path, _, last = words[1].rpartition(" ")
-        if last.startswith("compressors="):
+        if path and last.startswith("compressors="):
             try:
                 also = trace.keepable(last.split("=", 1)[1])
             except ValueError as e:
                 ns.device.reject("trace", str(e))
-            words[1] = path.rstrip(" \t")
-    if len(words) != 2 or words[0] != "start" or not words[1].startswith("/"):
+            words[1] = path
+    if len(words) != 2 or words[0] != "start" or not words[1]:
         ns.device.reject("trace", "expected 'start /ABSOLUTE/PATH [compressors=zstd,...]' or "
                          f"'stop', got {shown(text)}")
+    path = words[1]
+    try:
+        safepath.check_path(path)
+    except OSError as e:
+        ns.device.reject("trace", f"{shown(path)}: {e.strerror}")
+    mp = ns.mountpoint
+    if mp and (os.path.normpath(path) + "/").startswith(os.path.normpath(mp) + "/"):
+        ns.device.reject("trace", f"{shown(path)} is on this mount; a trace cannot record "
+                         "itself")
     if rec is not None and rec.active:
         raise DeviceError(errno.EBUSY, f"trace: already recording to {rec.path}")
+
+    def create() -> int | OSError:
+        try:
+            return safepath.create_exclusive(
+                path, 0o600, refuse_dev=os.stat(mp).st_dev if mp else None)
+        except OSError as e:
+            return e
+
+    def created(result: int | OSError) -> None:
+        if isinstance(result, OSError):
+            _trace_refused(ns, result.errno or errno.EIO,
+                           f"cannot start {shown(path)}: {result.strerror}")
+        if ns.recorder is not None and ns.recorder.active:     # another start won
+            os.close(result)
+            os.unlink(path)
+            raise DeviceError(errno.EBUSY, f"trace: already recording to {ns.recorder.path}")
+        start_trace(ns, path, result, also)
+
+    return IoJob(create, created)
+
+
+def start_trace(ns: Namespace, path: str, fd: int, also: tuple[str, ...]) -> None:
+    """Record into `fd`, a new file (a typo must not truncate one that exists) readable
+    by its owner only: it holds everything written, swapped-out memory included."""
     dev = ns.device
     header = {
         "settings": {name: dev.config.show(name) for name in SETTINGS},
@@ -340,8 +435,8 @@ def _store_trace(ns: Namespace, text: str) -> None:
         "backing_size": dev.backing.blocks * PAGE_SIZE if dev.backing is not None else 0,
         "started": time.time(),
     }
-    ns.recorder = Recorder(words[1], header, ns.mountpoint, clock=dev.clock, also=also)
-    dev.events.add("trace", f"recording to {shown(words[1])}"
+    ns.recorder = Recorder(path, fd, header, clock=dev.clock, also=also)
+    dev.events.add("trace", f"recording to {shown(path)}"
                    + (f", pages also as {','.join(also)}" if also else "")
                    + ("" if header["empty"] else " (the device was not empty: a replay "
                                                  "will not be exact)"))
@@ -407,6 +502,9 @@ def _store_backing_dev(ns: Namespace, text: str) -> IoJob | None:
         return fd, blocks
 
     def opened(result: tuple[int, int] | Exception) -> None:
+        if isinstance(result, OSError) and result.errno == errno.EBUSY:
+            dev.events.add("rejected", f"backing_dev: {shown(path)} {result.strerror}")
+            raise DeviceError(errno.EBUSY, f"backing_dev: {shown(path)} {result.strerror}")
         if isinstance(result, OSError):
             dev.reject("backing_dev", f"cannot open {shown(path)}: {result.strerror}")
         if isinstance(result, Exception):
@@ -418,13 +516,13 @@ def _store_backing_dev(ns: Namespace, text: str) -> IoJob | None:
 
 def _store_writeback(ns: Namespace, text: str) -> IoJob | None:
     """zram's writeback types, or `page=FILE:N` where zram takes page_index=N."""
-    arg = text.strip(" \t\n")
+    arg = text
     if arg.startswith("page="):
         name, colon, page = arg[5:].rpartition(":")
         try:
             if not colon or not name:
                 raise ValueError(f"expected page=FILE:N, got {shown(arg)}")
-            target = (ns.lookup(name).table, parse_int(page))
+            target = (ns.lookup(name).table, _page_index(ns, name, page))
         except (ValueError, DeviceError) as e:
             ns.device.reject("writeback", str(e))
         return ns.device.writeback("page", target)
@@ -432,7 +530,7 @@ def _store_writeback(ns: Namespace, text: str) -> IoJob | None:
 
 
 def _store_wb_limit_enable(ns: Namespace, text: str) -> None:
-    arg = text.strip(" \t\n")
+    arg = text
     if arg not in ("0", "1"):
         ns.device.reject("writeback_limit_enable", f"expected 0 or 1, got {shown(arg)}")
     ns.device.wb_limit_enable = arg == "1"
@@ -470,7 +568,7 @@ def _show_pool(ns: Namespace) -> str:
 
 def _store_inject(ns: Namespace, text: str) -> None:
     """One command per line; all of them are checked before any is applied."""
-    actions = [_parse_inject(ns, line) for line in text.splitlines() if line.strip()]
+    actions = [_parse_inject(ns, line) for line in text.split("\n")]
     if not actions:
         ns.device.reject("inject", "no command given")
     for act in actions:
@@ -509,7 +607,7 @@ ATTRIBUTES: dict[str, Attribute] = {a.name: a for a in (
     *(_knob(s.name) for s in SETTINGS.values() if s.runtime),
     Attribute("mem_used_max", lambda ns: f"{ns.device.mem_used_max}\n", _store_mem_used_max),
     Attribute("reset", store=_store_reset),
-    Attribute("discard", store=_store_discard),
+    Attribute("discard", store=_store_discard, lines=True),
     Attribute("demote", store=_store_demote),
     Attribute("compact", store=_store_compact),
     Attribute("idle", store=_store_idle),
@@ -523,7 +621,7 @@ ATTRIBUTES: dict[str, Attribute] = {a.name: a for a in (
               _store_wb_limit_enable),
     Attribute("writeback_limit", lambda ns: f"{ns.device.wb_limit}\n", _store_wb_limit),
     Attribute("bd_stat", lambda ns: ns.device.bd_stat() + "\n"),
-    Attribute("inject", _show_inject, _store_inject),
+    Attribute("inject", _show_inject, _store_inject, lines=True),
     Attribute("trace", _show_trace, _store_trace, private=True),
 )}
 

@@ -16,6 +16,7 @@ started it; mounts are found in the mount table (type fuse.cramfs).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import os
@@ -92,6 +93,10 @@ def read_stats(mount: str) -> dict[str, Any]:
     except OSError as e:
         raise CtlError(f"{mount}: cannot read .cram/stat.json: {e.strerror}") from None
     doc["mountpoint"] = mount
+    if doc.get("backing_dev") == "set":
+        # stat.json only says one is set: its path is in the root-only .cram/backing_dev
+        with contextlib.suppress(OSError):
+            doc["backing_dev"] = (Path(mount) / ".cram" / "backing_dev").read_text().strip()
     return doc
 
 

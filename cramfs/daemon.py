@@ -25,7 +25,7 @@ import trio
 from . import control
 from .cli import MountRequest
 from .device import Device
-from .fuse_ops import CramOperations
+from .fuse_ops import FALLOCATE, CramOperations
 from .hostmem import harden, tune_allocator
 from .namespace import Namespace
 
@@ -117,6 +117,7 @@ def serve(req: MountRequest, ready_fd: int | None) -> int:
         return _not_started(f"cannot use backing_dev {req.config.backing_dev}: {e}", ready_fd)
     ns = Namespace(device)
     ns.mountpoint = req.mountpoint
+    ns.kernel_discard = FALLOCATE
     ops = CramOperations(ns)
     try:
         pyfuse3.init(ops, req.mountpoint, req.fuse_options())
@@ -124,6 +125,11 @@ def serve(req: MountRequest, ready_fd: int | None) -> int:
         return _not_started(f"cannot mount {req.mountpoint}: {e}", ready_fd)
     log.info("mounted %s: advertised=%d physical=%d compressor=%s", req.mountpoint,
              req.config.advertised, req.config.physical, req.config.compressor)
+    if not FALLOCATE:
+        log.warning("discard unavailable: pyfuse3 %s has no fallocate handler, so punch "
+                    "hole, blkdiscard and swapon --discard cannot reach the device; freed "
+                    "pages stay stored until overwritten (scripts/setup builds a pyfuse3 "
+                    "with it; .cram/discard still works)", pyfuse3.__version__)
     if ready_fd is not None:
         os.write(ready_fd, b"ready")
         os.close(ready_fd)

@@ -41,7 +41,7 @@ from dataclasses import dataclass, fields
 from typing import Any, NoReturn
 
 from . import parallel
-from .backing import READ, WRITE, BackingFile, IoJob, Op, open_file, run_inline
+from .backing import LOCK_WAIT, READ, WRITE, BackingFile, IoJob, Op, open_file, run_inline
 from .compressors import BY_ID, COMPRESSORS, describe
 from .config import SETTINGS, DeviceConfig
 from .engine import (
@@ -252,7 +252,8 @@ class Device:
         self._last_compact = float("-inf")
         self._configured()
         if self.config.backing_dev:
-            self.attach_backing(self.config.backing_dev, *open_file(self.config.backing_dev))
+            self.attach_backing(self.config.backing_dev,
+                                *open_file(self.config.backing_dev, LOCK_WAIT))
 
     def _configured(self) -> None:
         """Recompute what is derived from the settings (after any change)."""
@@ -791,13 +792,15 @@ class Device:
         return done
 
     def discard(self, table: PageTable, first: int, count: int) -> int:
-        """Release `count` whole pages from `first`; return how many held data."""
+        """Release `count` whole pages from `first`; return how many held data.
+        notify_free counts every page of the range, held or not, as zram's discard
+        does; discarded_pages only those that held data."""
         targets = table.indices_in(first, first + count)
         for idx in targets:
             self._release(table, idx)
         self._unmark(table, first, first + count)
         self.counters.discarded_pages += len(targets)
-        self.counters.notify_free += len(targets)
+        self.counters.notify_free += count
         self._refresh()
         return len(targets)
 
@@ -1349,10 +1352,16 @@ class Device:
         """Change a setting live; EINVAL (and an events line) leaves the old value."""
         if name not in SETTINGS or not SETTINGS[name].runtime:
             self.reject(name, "cannot be changed while mounted")
+        old_delay = self.config.release_delay
         try:
             self.config = self.config.with_value(name, text)
         except ValueError as e:
             self.reject(name, str(e))
+        if self.config.release_delay < old_delay and self._pending:
+            # a shorter delay applies to the frees already waiting too: each is due its
+            # new delay after it was freed (_refresh below releases those now due)
+            early = (old_delay - self.config.release_delay) / 1000
+            self._pending = collections.deque((t - early, h) for t, h in self._pending)
         self._configured()
         self.events.add("knob", f"{name}={self.config.show(name)}")
         self._enforce_budget()

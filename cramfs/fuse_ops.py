@@ -43,6 +43,10 @@ CTL_BY_INO = {ino: ATTRIBUTES[name] for name, ino in CTL_INO.items()}
 _FILE_TIMEOUT = 1.0     # every change to a slot file goes through us, so caching is safe
 _READY = select.POLLIN | select.POLLRDNORM
 _NOTIFIED = select.POLLPRI | select.POLLERR
+# Does this pyfuse3 pass FUSE_FALLOCATE on? Stock 3.5 has no handler, so the kernel
+# gets ENOSYS and freed pages reach the device only through .cram/discard. Asked of
+# pyfuse3's own class: CramOperations always defines the method.
+FALLOCATE = hasattr(pyfuse3.Operations, "fallocate")
 
 
 def guarded(fn: Callable[Concatenate[CramOperations, P], R],
@@ -453,6 +457,16 @@ class CramOperations(pyfuse3.Operations):
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         pass
+
+    @guarded
+    def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
+        """Punch hole and zero range (Namespace.fallocate): the way a loop device's
+        discard, blkdiscard and `swapon --discard` reach the device. Called only by a
+        pyfuse3 with the fallocate handler (patches/); see FALLOCATE."""
+        h = self._handle(fh)
+        if not isinstance(h, Inode):
+            raise FUSEError(errno.EOPNOTSUPP)
+        self.ns.fallocate(h, mode, offset, length)
 
     @guarded
     def poll(self, inode: int, fh: int, poll_handle: pyfuse3.PollHandle | None,

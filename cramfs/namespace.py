@@ -28,6 +28,8 @@ NAME_MAX = 255
 FIRST_FILE_INO = 1000     # inodes below this belong to the root and the control files
 MAX_FILES = 1 << 20
 RESERVED_NAMES = frozenset({".cram"})
+# fallocate(2)'s modes (linux/falloc.h)
+KEEP_SIZE, PUNCH_HOLE, ZERO_RANGE = 0x01, 0x02, 0x10
 
 
 @dataclass(eq=False)
@@ -71,6 +73,9 @@ class Namespace:
         self.on_names_dropped: list[Callable[[list[str]], None]] = []
         # .cram/trace: every call below that changes or reads data is recorded
         self.recorder: Recorder | None = None
+        # whether the kernel's discards (fallocate) reach us: None when no FUSE mount
+        # serves this namespace (the in-process API, a replay)
+        self.kernel_discard: bool | None = None
         self.mountpoint: str | None = None      # set by the daemon; a trace must not be here
 
     def _traced(self, op: int, ino: int, a: int, b: int, payload: bytes,
@@ -293,8 +298,14 @@ class Namespace:
 
     def _write(self, inode: Inode, off: int, data: bytes) -> int:
         # the request path: the device called directly, no closure and no frame around it
-        if off + len(data) > inode.size:
-            self._check_growth(off + len(data) - inode.size)
+        end = off + len(data)
+        if end > inode.size and self.total_size + end - inode.size > self.device.config.advertised:
+            # what fits below the advertised capacity is stored: a short count, as a disk
+            # gives when it fills part way through a request
+            fits = inode.size + self.device.config.advertised - self.total_size - off
+            if fits <= 0:
+                self._check_growth(end - inode.size)
+            data = data[:fits]
         return self._grew(inode, off, self.device.write(inode.table, off, data))
 
     def write_encoded(self, inode: Inode, off: int, encoded: list[Encoded],
@@ -321,11 +332,49 @@ class Namespace:
                               off, length)
         return n
 
+    def fallocate(self, inode: Inode, mode: int, off: int, length: int) -> None:
+        """fallocate(2) on a slot file, as a local filesystem answers it, except that a
+        device with a fake capacity cannot promise space.
+
+        PUNCH_HOLE|KEEP_SIZE releases the whole pages in the range (as a discard, so
+        it goes where `.cram/discard` goes: notify_free, pending writebacks, the DRAM
+        tier, release_delay, the trace) and zeroes the partial ones; nothing past the
+        end of the file changes. ZERO_RANGE does the same and extends the file if the
+        range ends past it (unless KEEP_SIZE): a page of zeros is same-filled and costs
+        nothing. Allocation (mode 0, KEEP_SIZE alone) and every other mode are
+        EOPNOTSUPP, so glibc's posix_fallocate falls back to writing zeros. Never
+        ENOSYS: FUSE would then stop sending fallocate for the whole mount."""
+        if mode not in (PUNCH_HOLE | KEEP_SIZE, ZERO_RANGE, ZERO_RANGE | KEEP_SIZE):
+            raise DeviceError(errno.EOPNOTSUPP, f"fallocate mode {mode:#x}")
+        if off < 0 or length <= 0:
+            raise DeviceError(errno.EINVAL, "fallocate: negative offset or empty range")
+        end = off + length
+        grow = mode == ZERO_RANGE and end > inode.size
+        if grow:
+            self._check_growth(end - inode.size)     # ENOSPC before anything changes
+        stop = min(end, inode.size)
+        if off < stop:
+            self.discard(inode, off, length)         # the whole pages, first: room
+            first, last = -(-off // PAGE_SIZE), end // PAGE_SIZE
+            if first > last:                          # inside one page
+                parts = [(off, stop)]
+            else:
+                parts = [(off, min(first * PAGE_SIZE, stop)), (last * PAGE_SIZE, stop)]
+            for lo, hi in parts:
+                # a partial page is zeroed where it holds data; a hole already reads 0
+                held = lo < hi and inode.table.get(lo // PAGE_SIZE)
+                if held and self.write(inode, lo, bytes(hi - lo)) != hi - lo:
+                    raise DeviceError(errno.ENOSPC, "fallocate: a partial page could "
+                                      "not be zeroed")
+        if grow:
+            self.resize(inode, end)
+
     def _discard(self, inode: Inode, off: int, length: int) -> int:
         if off < 0 or length < 0:
             raise DeviceError(errno.EINVAL, "negative offset or length")
         first = -(-off // PAGE_SIZE)
-        last = (off + length) // PAGE_SIZE
+        # nothing lies past the end of the file: pages there were released by truncate
+        last = min((off + length) // PAGE_SIZE, -(-inode.size // PAGE_SIZE))
         return self.device.discard(inode.table, first, max(0, last - first))
 
     def stats(self) -> dict[str, int | float | str]:

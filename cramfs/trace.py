@@ -168,12 +168,13 @@ class Record(NamedTuple):
 class Recorder:
     """Takes records on the request path and writes them from a thread of its own."""
 
-    def __init__(self, path: str, header: dict[str, Any], own_mount: str | None = None,
+    def __init__(self, path: str, fd: int, header: dict[str, Any],
                  clock: Callable[[], float] = time.monotonic, also: tuple[str, ...] = (),
                  native: bool | None = None) -> None:
         if also:
             keepable(",".join(also))          # ValueError for what cannot be kept
         self.path = path
+        self.fd = fd                        # opened by the caller (safepath.create_exclusive)
         self.also = also                    # other compressors whose blocks are kept
         self.reported = False               # the error was told to the events log
         # The recording's clock, the device's own: each record is stamped as its call
@@ -188,7 +189,7 @@ class Recorder:
         self._stopping = False
         if also:
             header = {**header, "compressors": list(also)}
-        self._thread = threading.Thread(target=self._run, args=(header, own_mount),
+        self._thread = threading.Thread(target=self._run, args=(header,),
                                         name="cramfs-trace", daemon=True)
         self._thread.start()
 
@@ -218,10 +219,10 @@ class Recorder:
 
     # ------------------------------------------------------------ the writer thread
 
-    def _run(self, header: dict[str, Any], own_mount: str | None) -> None:
+    def _run(self, header: dict[str, Any]) -> None:
         ring = self._ring
         try:
-            self._write_all(header, own_mount)
+            self._write_all(header)
         except OSError as e:
             ring.fail(f"writing {self.path}: {e.strerror}")
         except Exception as e:       # a bug: stop recording, never take the daemon down
@@ -229,20 +230,9 @@ class Recorder:
         finally:
             ring.release()
 
-    def _write_all(self, header: dict[str, Any], own_mount: str | None) -> None:
+    def _write_all(self, header: dict[str, Any]) -> None:
         ring = self._ring
-        try:
-            # a new file only (a typo must not truncate one that exists), readable by its
-            # owner only: it holds everything written, swapped-out memory included
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        except OSError as e:
-            ring.fail(f"cannot open {self.path}: {e.strerror}")
-            return
-        with os.fdopen(fd, "wb") as f:
-            if own_mount is not None and os.fstat(fd).st_dev == os.stat(own_mount).st_dev:
-                ring.fail(f"{self.path} is on this mount; a trace cannot record itself")
-                os.unlink(self.path)
-                return
+        with os.fdopen(self.fd, "wb") as f:
             body = json.dumps(header).encode()
             version = VERSION_ALSO if self.also else VERSION
             f.write(_HEAD.pack(MAGIC, version, len(body)) + body)
@@ -252,7 +242,7 @@ class Recorder:
             else:
                 # compiled packing, the GIL released throughout (other compressors'
                 # blocks are Python calls, so a recording that keeps them packs here)
-                err = ring.drain(fd, self._start)
+                err = ring.drain(self.fd, self._start)
                 if err:
                     raise OSError(err, os.strerror(err))
 

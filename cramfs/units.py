@@ -13,6 +13,7 @@ PAGE_SIZE = 4096
 PAGE_SHIFT = 12
 
 _SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+MAX_INT = (1 << 63) - 1
 MAX_SIZE = 1 << 60     # 1 EiB: a size past this is a typo, and statvfs could not show it
 # ASCII only: Python's int() and float() also take '３', '1_0', '+1', '-0' and '1e-308',
 # none of which a sysfs attribute or a mount option should accept.
@@ -91,8 +92,11 @@ def format_onoff(value: bool) -> str:
 
 
 def parse_int(text: str) -> int:
-    """A non-negative decimal integer in ASCII digits."""
+    """A non-negative decimal integer in ASCII digits that fits a signed 64-bit field
+    (every counter, index and limit the device keeps, native engine included)."""
     s = text.strip(_SPACE)
     if not _INT_RE.fullmatch(s):
         raise ValueError(f"not a whole number: {shown(text)}")
+    if int(s) > MAX_INT:
+        raise ValueError(f"number too large: {shown(text)} (at most {MAX_INT})")
     return int(s)

@@ -6,8 +6,11 @@ from __future__ import annotations
 import errno
 import gc
 import os
+from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cramfs.config import DeviceConfig
 from cramfs.device import Device, DeviceError
@@ -237,3 +240,107 @@ def test_non_utf8_names_are_kept_as_bytes(ns):
     with pytest.raises(DeviceError) as e:
         ns.create(os.fsdecode(b"\xff" * 256), 0o600, 0, 0)
     assert e.value.errno == errno.ENAMETOOLONG
+
+
+# ------------------------------------------------------------ one input rule, every file
+
+# A value each writable control file accepts, on the device `rule_ns` builds. A new
+# writable file without an entry here fails test_every_writable_file_has_a_case.
+ACCEPTED = {
+    "mem_used_max": "0", "reset": "1", "discard": "f 0 4096", "demote": "all",
+    "compact": "1", "idle": "all", "recomp_algorithm": "algo=zstd",
+    "recompress": "type=idle max_pages=1", "backing_dev": "none",
+    "writeback": "page=f:0", "writeback_limit_enable": "0", "writeback_limit": "5",
+    "inject": "clear", "trace": "stop",
+}
+
+
+def _accepted(ns: Namespace, name: str) -> str:
+    return ACCEPTED.get(name) or ns.device.config.show(name)
+
+
+def _writable() -> list[str]:
+    from cramfs.control import ATTRIBUTES
+    return sorted(a.name for a in ATTRIBUTES.values() if a.store)
+
+
+def test_every_writable_file_has_a_case():
+    from cramfs.config import SETTINGS
+    assert {n for n in _writable() if n not in SETTINGS or not SETTINGS[n].runtime} \
+        == set(ACCEPTED)
+
+
+def rule_ns(tmp: str) -> Namespace:
+    path = os.path.join(tmp, "backing")
+    with open(path, "wb") as fh:
+        fh.truncate(64 * P)
+    ns = Namespace(Device(DeviceConfig(advertised=1 << 20, physical=16 * P,
+                                       backing_dev=path)))
+    f = ns.create("f", 0o600, 0, 0)
+    for i in range(4):
+        ns.write(f, i * P, text_page(i))
+    return ns
+
+
+@pytest.mark.parametrize("newline", ["", "\n"])
+def test_each_accepted_value_is_accepted_with_one_newline(tmp_path, newline):
+    """The baseline the mutations below start from: each value, alone and with its one
+    newline, is taken (trace's stop after a start; backing_dev and reset last, as they
+    empty the device)."""
+    ns = rule_ns(str(tmp_path))
+    store(ns, "recomp_algorithm", "algo=zstd")
+    store(ns, "trace", f"start {tmp_path}/t.trace")
+    rec = ns.recorder
+    last = ("reset", "backing_dev")
+    for name in [n for n in _writable() if n not in last] + list(last):
+        store(ns, name, _accepted(ns, name) + newline)
+    assert rec is not None and ns.recorder is None and ns.device.backing is None
+    rec.join(10)
+
+
+# what the audits sent: more than one newline, blanks around a value, whitespace
+# that is not ASCII, a NUL, a second line to a file that takes one
+_NOT_ASCII_SPACE = st.sampled_from(["\u00a0", "\u2028", "\u2029", "\u3000", "\u200b",
+                                    "\x85", "\u1680", "\ufeff", "\x1c"])
+mutation = st.one_of(
+    st.builds(lambda nl: ("", "\n" * nl), st.integers(2, 4)),
+    st.builds(lambda b: (b, ""), st.sampled_from([" ", "\t", "\r", "\n"])),
+    st.builds(lambda b: ("", b), st.sampled_from([" ", "\t", "\r", " \n", "\r\n", "\0",
+                                                   "\0\n"])),
+    st.builds(lambda c, at_end: ("", c) if at_end else (c, ""), _NOT_ASCII_SPACE,
+              st.booleans()),
+    st.builds(lambda c: (c + " ", ""), _NOT_ASCII_SPACE),
+)
+
+
+@given(name=st.sampled_from(_writable()), around=mutation)
+@settings(max_examples=400, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_anything_around_a_value_is_einval_and_changes_nothing(rule_tmp, name, around):
+    ns = rule_tmp
+    before, text = ns.device.mm_stat(), ns.device.config
+    head, tail = around
+    einval(ns, name, head + _accepted(ns, name) + tail)
+    assert ns.device.mm_stat() == before and ns.device.config == text
+    assert ns.recorder is None and ns.device.backing is not None
+
+
+@pytest.fixture(scope="module")
+def rule_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Namespace]:
+    ns = rule_ns(str(tmp_path_factory.mktemp("rule")))
+    store(ns, "recomp_algorithm", "algo=zstd")
+    yield ns
+    ns.device.close()
+
+
+@pytest.mark.parametrize("name, text", [
+    ("writeback", "page=f:9223372036854775808"), ("writeback", "page=f:4"),
+    ("writeback", "page=f:99999999999999999999"), ("inject", "poison f 9223372036854775808"),
+    ("inject", "poison f 4"), ("writeback_limit", "9223372036854775808"),
+    ("discard", "f 0 4K\n\nf 4K 4K"), ("demote", "9223372036854775808"),
+    ("idle", "99999999999999999999"), ("recompress", "type=idle max_pages=9223372036854775808"),
+])
+def test_numbers_past_a_field_or_a_file_are_einval(rule_tmp, name, text):
+    before = rule_tmp.device.mm_stat()
+    einval(rule_tmp, name, text)
+    assert rule_tmp.device.mm_stat() == before

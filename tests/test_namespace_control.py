@@ -9,6 +9,7 @@ import stat
 import pytest
 
 from cramfs import control
+from cramfs.backing import run_inline
 from cramfs.config import DeviceConfig
 from cramfs.control import ATTRIBUTES, file_xattrs
 from cramfs.device import Device, DeviceError
@@ -33,8 +34,9 @@ def show(ns: Namespace, name: str) -> str:
 
 
 def store(ns: Namespace, name: str, text: str) -> None:
-    """As a write() reaches the adapter: bytes, checked whole."""
-    control.store(ns, ATTRIBUTES[name], text.encode())
+    """As a write() reaches the adapter: bytes, checked whole; the I/O it needs (a
+    backing file opened, a trace made) run inline."""
+    run_inline(control.store(ns, ATTRIBUTES[name], text.encode()))
 
 
 def einval(ns: Namespace, name: str, text: str) -> None:

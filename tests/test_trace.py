@@ -6,6 +6,7 @@ import collections
 import contextlib
 import errno
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -21,13 +22,12 @@ from cramfs.device import Device, DeviceError
 from cramfs.namespace import Namespace
 
 from .helpers import random_page, text_page
+from .test_namespace_control import store
 
 P = 4096
 TRACE_CLI = str(Path(sys.executable).parent / "cramfs-trace")
 
 
-def store(ns: Namespace, name: str, value: str) -> None:
-    control.store(ns, control.ATTRIBUTES[name], value.encode())
 
 
 def workload(ns: Namespace) -> None:
@@ -149,11 +149,10 @@ def test_an_existing_file_is_never_overwritten(tmp_path):
     ns = fresh()
     keep = tmp_path / "precious"
     keep.write_text("do not touch")
-    store(ns, "trace", f"start {keep}")
-    rec = ns.recorder
-    assert rec is not None
-    rec.join(10)
-    assert rec.error is not None and "exists" in rec.error
+    with pytest.raises(DeviceError) as e:
+        store(ns, "trace", f"start {keep}")
+    assert e.value.errno == errno.EEXIST and ns.recorder is None
+    assert b"trace: cannot start" in ns.device.events.text()
     assert keep.read_text() == "do not touch"
     store(ns, "trace", f"start {tmp_path / 'new.trace'}")     # a new start is allowed
     rec = ns.recorder
@@ -165,10 +164,9 @@ def test_an_existing_file_is_never_overwritten(tmp_path):
 
 def test_a_full_disk_stops_the_recording_and_never_fails_io(tmp_path, monkeypatch):
     ns = fresh()
-    # /dev/full exists, so the recorder's O_EXCL would refuse it: open it the plain way
-    real_open = trace.os.open
-    monkeypatch.setattr(trace.os, "open", lambda path, flags, mode=0o777: real_open(
-        path, flags & ~trace.os.O_EXCL & ~trace.os.O_CREAT, mode))
+    # /dev/full exists, so the trace's O_EXCL would refuse it: open it the plain way
+    monkeypatch.setattr(control.safepath, "create_exclusive",
+                        lambda path, mode, refuse_dev: os.open(path, os.O_WRONLY))
     store(ns, "trace", "start /dev/full")
     rec = ns.recorder
     assert rec is not None
@@ -227,16 +225,13 @@ def test_trace_through_a_mount(mounter, tmp_path):
     assert r.returncode == 0, r.stderr
     assert f"mm_stat: {recorded}" in r.stdout
     assert "the recorded run ended in the same mm_stat" in r.stdout
-    # a trace cannot be written onto the mount it records
-    m.set("trace", f"start {m.path / 'self.trace'}")
-    for _ in range(100):
-        if m.ctl("trace").startswith("stopped"):
-            break
-        subprocess.run(["sleep", "0.05"], check=True)
-    assert "on this mount" in m.ctl("trace")
+    # a trace cannot be written onto the mount it records: refused at the write
+    with pytest.raises(OSError) as e:
+        m.set("trace", f"start {m.path / 'self.trace'}")
+    assert e.value.errno == errno.EINVAL
+    assert m.ctl("trace") == "off\n"
     assert not (m.path / "self.trace").exists()
-    events = json.dumps(m.ctl("events"))
-    assert "recording stopped" in events
+    assert "is on this mount" in m.ctl("events")
 
 
 def test_a_replay_with_a_backing_file_writes_to_a_scratch_copy(tmp_path):

@@ -253,7 +253,17 @@ class Soak:
                    ("inject", "ratio 2\nbogus"), ("inject", "poison"), ("critical_at", "1e1"),
                    ("comp_threads", "+1"), ("dram", "1" * 8192), ("mode", "sideways"),
                    ("writeback", "lukewarm"), ("writeback", "page=nosuchfile"),
-                   ("reclaim", "always"), ("writeback_limit_enable", "2")]
+                   ("reclaim", "always"), ("writeback_limit_enable", "2"),
+                   # sysfs's rule: one value, one optional newline, ASCII around it
+                   ("reset", "1\n\n"), ("reset", "1\u00a0"), ("compact", "\u2028 1"),
+                   ("demote", "all\u00a0"), ("idle", "1\u00a0"), ("dram", "64M\n\n"),
+                   ("compact", "1\0"), ("inject", "clear\n\nclear"),
+                   # numbers past a field's range or a file's end
+                   ("writeback", "page=soak-swap:9223372036854775808"),
+                   ("writeback", "page=soak-swap:1000000000000"),
+                   ("inject", "poison soak-swap 99999999999999999999"),
+                   ("writeback_limit", "9223372036854775808"),
+                   ("trace", "start /tmp/soak\0.trace"), ("trace", "start soak.trace")]
         self.ctl("recomp_algorithm", "algo=zstd\n")     # recompress needs one first
         while self.running():
             roll = rng.random()
