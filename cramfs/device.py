@@ -124,6 +124,7 @@ class Counters:
     discarded_pages: int = 0
     zero_released_pages: int = 0
     notify_free: int = 0
+    discards: int = 0                # discard requests: .cram/discard lines, fallocate
     invalid_io: int = 0
     huge_pages_since: int = 0
     pages_compacted: int = 0
@@ -801,6 +802,7 @@ class Device:
         self._unmark(table, first, first + count)
         self.counters.discarded_pages += len(targets)
         self.counters.notify_free += count
+        self.counters.discards += 1
         self._refresh()
         return len(targets)
 

@@ -112,8 +112,12 @@ STATS: tuple[Stat, ...] = (
        "zram io_stat failed_writes", COUNT),
     _c("invalid_io", "invalid_io_total", "Requests that made no sense.",
        "zram io_stat invalid_io", COUNT),
-    _c("notify_free", "notify_free_pages_total", "Pages freed by discard.",
+    _c("notify_free", "notify_free_pages_total", "Pages discarded: every page of each "
+       "range within its file, held or not, as zram counts a discard.",
        "zram io_stat notify_free"),
+    _c("discards", "discard_requests_total", "Discard requests: .cram/discard lines, punch "
+       "holes and zero ranges (blkdiscard, swapon --discard through a loop device).",
+       unit=COUNT),
     _c("poisoned_pages", "poisoned_pages_total", "Pages poisoned (overflow=poison or "
        "injected)."),
     _c("dropped_writes", "dropped_pages_total", "Pages dropped (overflow=drop)."),

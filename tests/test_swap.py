@@ -129,7 +129,7 @@ def test_swap_down_is_idempotent_and_only_touches_its_own(mnt, tmp_path, clean_h
         assert lines[:3] == [f"truncate -s {64 << 20} {mnt.path}/swap0",
                              f"losetup --direct-io=on --show -f {mnt.path}/swap0",
                              f"mkswap {loop}"]
-        assert lines[3].startswith("swapon -p ") and lines[3].endswith(loop)
+        assert lines[3].startswith("swapon --discard -p ") and lines[3].endswith(loop)
         assert loop in active_swaps()
         assert Path(f"/sys/block/{Path(loop).name}/loop/dio").read_text().strip() == "1"
         lines.clear()
@@ -173,3 +173,25 @@ def test_swap_through_a_backing_file_loses_nothing(tmp_path, clean_host):
     assert cram["bd_reads"] > 0, "swap-ins faulted pages back from the file"
     assert cram["bd_writes"] >= cram["reclaim_written"]
     assert os.stat(backing).st_blocks == 0, "the unmount punched every block out"
+
+
+def test_swap_with_discard_gives_freed_slots_back(tmp_path, clean_host):
+    """swapon --discard through the loop device: once the workload exits and the kernel
+    frees its swap, the clusters' discards reach the device, which then holds at most
+    8 MiB more than the kernel's swap Used, within 20 s."""
+    out = tmp_path / "results"
+    cmd = [sys.executable, "-m", "cramfs.lab.experiment", "--size", "192M", "--limit", "64M",
+           "--swap-size", "512M", "--interval", "0.2", "--settle", "20", "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    cram = json.loads((out / "summary.json").read_text())["cramfs"]
+    assert cram["workload_exit_status"] == 0 and not cram["data_loss"]
+    assert cram["swapped_out_bytes"] >= 64 << 20, "the workload must really swap"
+    assert cram["peak_device_held"] >= 64 << 20
+    assert cram["discard_requests"] > 1, "swapon's discard of the area, then clusters"
+    held, used = cram["device_held_after_exit"], cram["kernel_swap_used_after_exit"]
+    assert held <= used + (8 << 20), (held, used)
+    assert cram["settled_after_exit_s"] is not None and cram["settled_after_exit_s"] <= 20
+    with open(out / "timeline.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[-1]["running"] == "False" and int(rows[-1]["device_held"]) == held

@@ -50,17 +50,23 @@ from .workload import EXIT_MISMATCH
 SAMPLED = ("physical", "physical_used", "logical_stored", "ratio", "danger", "promotions",
            "demotions", "reject_write_control", "fallback_pages", "fallback_bytes",
            "promoted_pages", "promoted_bytes", "stored_pages", "written_back_pages",
-           "bd_reads", "bd_writes", "reclaim_written")
-FIELDS = ("target", "time", "running", *SAMPLED, "warn_at", "critical_at", "swap_used",
+           "bd_reads", "bd_writes", "reclaim_written", "notify_free", "discards")
+FIELDS = ("target", "time", "running", *SAMPLED, "device_held", "warn_at", "critical_at",
+          "swap_used",
           "pswpin", "pswpout", "rss", "daemon_rss", "daemon_overhead")
 assert all(name in BY_NAME for name in SAMPLED)
+# After the workload exits, the device counts as settled once it holds no more than this
+# beyond the kernel's swap Used. The kernel discards a cluster of 512 slots (2 MiB) only
+# once all of it is free, so each cluster that keeps one used slot keeps up to 2 MiB of
+# freed pages on the device: four such clusters' worth.
+SETTLED_SLACK = 8 << 20
 
 
 def _idle_sample() -> dict[str, Any]:
     """What a target with no device statistics (the baseline; zram for most) reports."""
     out: dict[str, Any] = dict.fromkeys(SAMPLED, 0)
     out.update(ratio=float("inf"), danger="", warn_at=None, critical_at=None, daemon_rss=None,
-               daemon_overhead=None)
+               daemon_overhead=None, device_held=0)
     return out
 
 
@@ -93,8 +99,9 @@ class CramTarget:
     name = "cramfs"
 
     def __init__(self, options: list[str], mount: Path | None, swap_size: int,
-                 trace: Path | None = None, trace_also: str = "") -> None:
+                 trace: Path | None = None, trace_also: str = "", discard: bool = True) -> None:
         self.options = options
+        self.discard = discard        # swapon --discard: freed swap reaches the device
         self.trace = trace            # record the run into this file (.cram/trace)
         self.trace_also = trace_also  # other compressors whose blocks the trace keeps
         self.given = mount            # the user's mount; None: a fresh one per setup()
@@ -125,7 +132,7 @@ class CramTarget:
             say(f"+ echo {start} > {self.mount}/.cram/trace")
             (self.mount / ".cram" / "trace").write_text(start + "\n")
         self.swap_device = swap_up(self.mount, self.swap_size,
-                                   echo=lambda line: say(f"+ {line}"))
+                                   echo=lambda line: say(f"+ {line}"), discard=self.discard)
 
     def sample(self) -> dict[str, Any]:
         assert self.mount is not None
@@ -134,7 +141,10 @@ class CramTarget:
         if out["ratio"] is None:
             out["ratio"] = float("inf")
         out.update(warn_at=s["warn_at"], critical_at=s["critical_at"], daemon_rss=None,
-                   daemon_overhead=None)
+                   daemon_overhead=None,
+                   # every page the device keeps for a swap slot, wherever it keeps it
+                   device_held=(s["stored_pages"] + s["promoted_pages"] + s["fallback_pages"])
+                   * 4096)
         if self._daemon is not None:
             # what the daemon holds beyond the memory the device model accounts for:
             # its empty self, the pool, the promoted pages and the fallback pages
@@ -167,8 +177,9 @@ class NullTarget:
 
     name = "baseline"
 
-    def __init__(self, swap_size: int) -> None:
+    def __init__(self, swap_size: int, discard: bool = True) -> None:
         self.swap_size = swap_size
+        self.discard = discard        # as cramfs's, so the stacks differ only by cramfs
         self._daemon: Daemon | None = None
         self._tmp: Path | None = None
         self.swap_device = ""
@@ -177,7 +188,8 @@ class NullTarget:
         self._tmp = Path(tempfile.mkdtemp(prefix="cramfs-null-"))
         self._daemon = Daemon([sys.executable, "-m", "cramfs.lab.nullfs"], self._tmp)
         self.swap_device = swap_up(self._tmp, self.swap_size,
-                                   echo=lambda line: say(f"+ {line}"), any_fs=True)
+                                   echo=lambda line: say(f"+ {line}"), any_fs=True,
+                                   discard=self.discard)
 
     def sample(self) -> dict[str, Any]:
         return _idle_sample()
@@ -225,7 +237,7 @@ class ZramTarget:
         orig, used = mm["orig_data_size"], mm["mem_used_total"]
         out = _idle_sample()
         out.update(physical_used=used, logical_stored=orig, stored_pages=orig // 4096,
-                   ratio=round(orig / used, 2) if used else float("inf"))
+                   ratio=round(orig / used, 2) if used else float("inf"), device_held=orig)
         return out
 
     def teardown(self) -> None:
@@ -280,7 +292,7 @@ class ZswapTarget:
         pool, stored = zswap.held()
         out = _idle_sample()
         out.update(physical_used=pool, logical_stored=stored, stored_pages=stored // 4096,
-                   ratio=round(stored / pool, 2) if pool else float("inf"))
+                   ratio=round(stored / pool, 2) if pool else float("inf"), device_held=stored)
         return out
 
     def teardown(self) -> None:
@@ -355,10 +367,13 @@ def _apply(mount: Path, entry: Scheduled, now: float) -> dict[str, Any]:
 
 
 def run_target(target: Target, command: list[str], limit: int, interval: float,
-               schedule: tuple[Scheduled, ...] = (),
+               schedule: tuple[Scheduled, ...] = (), settle: float = 0.0,
                ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Run the workload on one target, sampling it; a cramfs target also gets the
-    schedule's control writes, each as soon as its time has come."""
+    schedule's control writes, each as soon as its time has come. After the workload
+    exits, sampling goes on for up to `settle` seconds, until the device holds no more
+    than SETTLED_SLACK beyond the kernel's swap Used: the kernel frees the exited
+    workload's swap, and how soon the device hears of it is what discard is for."""
     rows: list[dict[str, Any]] = []
     applied: list[dict[str, Any]] = []
     pending = sorted(schedule, key=lambda e: e.at) if isinstance(target, CramTarget) else []
@@ -375,9 +390,12 @@ def run_target(target: Target, command: list[str], limit: int, interval: float,
         # in the child before exec, so not one page of the workload is charged elsewhere
         proc = subprocess.Popen(command, preexec_fn=lambda: group.add(os.getpid()))
         last_report = t0
+        exited: float | None = None
         while True:
             done = proc.poll() is not None
             now = time.monotonic()
+            if done and exited is None:
+                exited = now
             while pending and not done and pending[0].at <= now - t0:
                 assert isinstance(target, CramTarget) and target.mount is not None
                 applied.append(_apply(target.mount, pending.pop(0), now - t0))
@@ -385,6 +403,11 @@ def run_target(target: Target, command: list[str], limit: int, interval: float,
             row = {"target": target.name, "time": round(now - t0, 3), "running": not done,
                    **target.sample(), "swap_used": swap_used(target.swap_device),
                    "pswpin": pin - in0, "pswpout": pout - out0, "rss": cgroup.rss()}
+            if not done and proc.poll() is not None:
+                # it exited while we sampled: the kernel may have freed its swap already,
+                # so this row is not one of the run's
+                row["running"] = False
+                done, exited = True, now
             rows.append(row)
             if now - last_report >= 2 or done:
                 last_report = now
@@ -392,10 +415,13 @@ def run_target(target: Target, command: list[str], limit: int, interval: float,
                     f"{format_size(row['pswpout'] * 4096)}, in "
                     f"{format_size(row['pswpin'] * 4096)}  ratio {row['ratio']}  "
                     f"danger {row['danger'] or '-'}")
-            if done:
+            if done and exited is not None and (
+                    now - exited >= settle
+                    or row["device_held"] <= row["swap_used"] + SETTLED_SLACK):
                 break
             time.sleep(interval)
-        wall = time.monotonic() - t0
+        assert exited is not None
+        wall = exited - t0
         status = proc.returncode
         proc = None
         result = summarize(rows, wall, status)
@@ -417,7 +443,13 @@ def summarize(rows: list[dict[str, Any]], wall: float, status: int) -> dict[str,
     """Figures comparable across targets: ratios are taken while the workload runs (after
     it exits, the kernel frees its swap and only zram hears of it)."""
     running = [r for r in rows if r["running"]] or rows
-    stored = [r for r in running if r["physical_used"] > 0]
+    exit_row = next((r for r in rows if not r["running"]), rows[-1] if rows else {})
+    first_discard = next((r for r in rows if r["discards"] > rows[0]["discards"]), None)
+    before_discard = [r for r in running if first_discard is None
+                      or r["time"] < first_discard["time"]] or running
+    # ratios while the workload's swap is whole: once its exit frees the swap, the
+    # clusters' discards empty the device's zspages one object at a time
+    stored = [r for r in before_discard if r["physical_used"] > 0]
     times = [r["time"] for r in rows]
     spans = [b - a for a, b in itertools.pairwise(times)] + [0.0]
     time_in: dict[str, float] = {}
@@ -454,9 +486,20 @@ def summarize(rows: list[dict[str, Any]], wall: float, status: int) -> dict[str,
         "reclaim_written": last.get("reclaim_written", 0),
         "seconds_per_level": {lv: round(time_in.get(lv, 0.0), 2) for lv in LEVELS}
         if time_in else {},
-        # what a FUSE device never hears: swap slots the kernel freed (no discard reaches it)
-        "device_stored_after_exit": last.get("logical_stored", 0),
+        # what the device holds for swap against what the kernel still uses: freed slots
+        # reach the device only as discards (swapon --discard), zram's at once
+        "peak_device_held": max((r["device_held"] for r in rows), default=0),
+        "device_held_after_exit": last.get("device_held", 0),
         "kernel_swap_used_after_exit": last.get("swap_used", 0),
+        "settled_after_exit_s": round(last["time"] - exit_row["time"], 2)
+        if last and last["device_held"] <= last["swap_used"] + SETTLED_SLACK else None,
+        # when the kernel's discards came (the first, at swapon, is the whole area's):
+        # it discards a cluster of slots only once all of it is free
+        "first_swap_discard_at_s": first_discard["time"] if first_discard else None,
+        "peak_device_held_beyond_swap_used_before_it": max(
+            (r["device_held"] - r["swap_used"] for r in before_discard), default=0),
+        "discarded_pages": last.get("notify_free", 0),
+        "discard_requests": last.get("discards", 0),
     }
 
 
@@ -503,6 +546,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="run the same on kernel zram, or on kernel zswap in front of a swap "
                    "file on the host's disk (repeatable)")
     p.add_argument("--interval", type=float, default=0.2, help="sampling period in seconds")
+    p.add_argument("--no-discard", dest="discard", action="store_false",
+                   help="swapon without --discard: the kernel's freed swap slots then stay "
+                   "on the device until overwritten (zram hears of them regardless)")
+    p.add_argument("--settle", type=float, default=20.0, metavar="SECONDS",
+                   help="after the workload exits, sample until the device holds at most "
+                   "8 MiB beyond the kernel's swap Used, or this long (20)")
     p.add_argument("--at", nargs=2, action="append", default=[], metavar=("WHEN", "FILE=VALUE"),
                    help="at WHEN seconds into the workload (10s, 2.5), write VALUE to "
                    ".cram/FILE, e.g. --at 10s inject='ratio 4' (repeatable)")
@@ -539,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--trace-compressors needs --trace")
 
     targets: list[Target] = [CramTarget(args.options, args.mount, args.swap_size, args.trace,
-                                        args.trace_compressors)]
+                                        args.trace_compressors, args.discard)]
     if "zram" in args.compare:
         why = ZramTarget.unavailable(algorithm)
         if why:
@@ -565,7 +614,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _interrupts_as_exceptions():
             for target in targets:
-                rows, result = run_target(target, command, limit, args.interval, schedule)
+                rows, result = run_target(target, command, limit, args.interval, schedule,
+                                          args.settle)
                 all_rows += rows
                 summary[target.name] = result
     except KeyboardInterrupt:
@@ -583,6 +633,11 @@ def main(argv: list[str] | None = None) -> int:
         r = summary[name]
         say(f"{name}: {r['wall_time_s']}s, swapped out {format_size(r['swapped_out_bytes'])}, "
             f"final ratio {r['final_ratio']}, workload exit {r['workload_exit_status']}")
+        settled = r["settled_after_exit_s"]
+        say(f"{name}: after exit the device held {format_size(r['device_held_after_exit'])} "
+            f"against the kernel's swap Used {format_size(r['kernel_swap_used_after_exit'])}"
+            + (f" (settled {settled}s after exit)" if settled is not None else
+               f" (not settled within {args.settle:g}s)"))
     say(f"results in {out}/ (timeline.csv, summary.json, plot.png)")
     if loss:
         say(f"DATA LOSS: the workload found corrupted memory on {', '.join(loss)}")

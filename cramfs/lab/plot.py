@@ -62,8 +62,14 @@ def plot_timeline(rows: list[dict[str, Any]], path: Path, limit: int,
                       color="tab:green", label=f"{name} ratio")
         ax_live.plot(t, [r["swap_used"] / MIB for r in rs], ls, color="tab:purple",
                      label=f"{name}: kernel's swap Used")
-        ax_live.plot(t, [r["logical_stored"] / MIB for r in rs], ls, color="tab:blue",
-                     label=f"{name}: pages the device stores")
+        ax_live.plot(t, [r["device_held"] / MIB for r in rs], ls, color="tab:blue",
+                     label=f"{name}: pages the device holds (DRAM tier and fallback too)")
+        exited = next((r["time"] for r in rs if not r["running"]), None)
+        if exited is not None:
+            ax_live.axvline(exited, color="tab:gray", lw=0.8, ls=":")
+            ax_live.annotate(f"{name} workload exits", (exited, 0.95),
+                             xycoords=("data", "axes fraction"), fontsize="small",
+                             color="tab:gray", ha="right", va="top")
         ax_swap.plot(t, _rate(rs, "pswpout"), ls, color="tab:purple", label=f"{name} out")
         ax_swap.plot(t, _rate(rs, "pswpin"), ls, color="tab:orange", label=f"{name} in")
         ax_rss.plot(t, [r["rss"] / MIB for r in rs], ls, color="tab:gray",
@@ -95,8 +101,8 @@ def plot_timeline(rows: list[dict[str, Any]], path: Path, limit: int,
     ax_ratio.set_ylabel("ratio")
     ax_ratio.set_title("compression ratio (logical / physical)")
     ax_live.set_ylabel("MiB")
-    ax_live.set_title("the kernel's live swap next to what the device still stores "
-                      "(freed slots never reach a FUSE device)")
+    ax_live.set_title("the kernel's swap Used next to what the device holds (freed slots "
+                      "reach cramfs as discards: swapon --discard)")
     ax_swap.set_ylabel("MiB/s")
     ax_swap.set_title("swap traffic (pswpout, pswpin)")
     ax_tier.set_ylabel("pages")

@@ -87,9 +87,14 @@ def top_priority() -> int:
 
 
 def swap_up(mount: Path, size: int, name: str = DEFAULT_NAME, priority: int | None = None,
-            echo: Echo = _echo, any_fs: bool = False) -> str:
+            echo: Echo = _echo, any_fs: bool = False, discard: bool = True) -> str:
     """Swap on a slot file of a cramfs mount (of any filesystem with `any_fs`, as the
-    benchmark's baseline does)."""
+    benchmark's baseline does).
+
+    With `discard` (the default) swapon gets --discard with no policy, so both: the
+    whole area is discarded once at swapon, and each cluster of slots once the kernel
+    has freed all of it. Through the loop device these arrive as punch holes, so the
+    device lets go of freed swap as zram does (zram hears of each slot at once)."""
     path = mount / name
     if loops_backed_by(path) or path.exists():
         raise RuntimeError(f"{path} is already set up; run `swap down {mount}` first")
@@ -100,7 +105,7 @@ def swap_up(mount: Path, size: int, name: str = DEFAULT_NAME, priority: int | No
         run(["truncate", "-s", str(size), str(path)], echo)
         loop = run(["losetup", "--direct-io=on", "--show", "-f", str(path)], echo)
         run(["mkswap", loop], echo)
-        run(["swapon", "-p", str(prio), loop], echo)
+        run(["swapon", *(["--discard"] if discard else []), "-p", str(prio), loop], echo)
     except (RuntimeError, OSError):
         echo("# set-up failed; undoing what was done")
         swap_down(mount, name, echo)
@@ -128,13 +133,17 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("size", type=parse_size)
     up.add_argument("--name", default=DEFAULT_NAME)
     up.add_argument("--priority", type=int)
+    up.add_argument("--no-discard", dest="discard", action="store_false",
+                    help="swapon without --discard: freed swap slots then stay on the "
+                    "device until overwritten")
     down = sub.add_parser("down", help="undo `up`; safe to run twice")
     down.add_argument("mount", type=Path)
     down.add_argument("--name", default=DEFAULT_NAME)
     args = p.parse_args(argv)
     try:
         if args.action == "up":
-            swap_up(args.mount.resolve(), args.size, args.name, args.priority)
+            swap_up(args.mount.resolve(), args.size, args.name, args.priority,
+                    discard=args.discard)
         else:
             swap_down(args.mount.resolve(), args.name)
     except (RuntimeError, OSError) as e:
