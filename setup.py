@@ -1,4 +1,4 @@
-"""Builds the native engine (cramfs/_zspool.pyx); everything else is in pyproject.toml."""
+"""Builds the compiled modules (cramfs/_*.pyx); everything else is in pyproject.toml."""
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
@@ -10,11 +10,12 @@ setup(ext_modules=cythonize(
                extra_compile_args=["-O2", "-D_GLIBCXX_ASSERTIONS"]),
      Extension("cramfs._pagetable", ["cramfs/_pagetable.pyx"], extra_compile_args=["-O2"]),
      Extension("cramfs._devcore", ["cramfs/_devcore.pyx"], libraries=["lz4"],
-               extra_compile_args=["-O2"]),
+               extra_compile_args=["-O2", "-D_GLIBCXX_ASSERTIONS"]),
      # Debian's liblz4 (liblz4-dev, installed by scripts/setup)
      Extension("cramfs._pagecodec", ["cramfs/_pagecodec.pyx"], libraries=["lz4"],
                extra_compile_args=["-O2"]),
      Extension("cramfs._tracering", ["cramfs/_tracering.pyx"], libraries=["lz4"],
-               extra_compile_args=["-O2"])],
+               extra_compile_args=["-O2"]),
+     Extension("cramfs._lz4k", ["cramfs/_lz4k.pyx"], extra_compile_args=["-O2"])],
     compiler_directives={"language_level": 3},
 ))

@@ -11,7 +11,12 @@ never takes the GIL. The request path drops the payloads the writer is done with
 a few at each record, so no Python object is freed off it.
 
 The ring is single-producer (the request path, which holds the GIL) and
-single-consumer (the writer, which does not). `head` is published with release
+single-consumer (the writer, which does not). The producer is enforced: the first
+thread to record owns the ring, and a record from any other raises RuntimeError
+(a second producer could claim the slot the first is filling). A slot is claimed
+only after every Python call a record needs (the clock, the payload's snapshot,
+the integer conversions), right after the capacity check, so nothing can run in
+between. `head` is published with release
 semantics after a slot is filled, and `done` after the writer has read the slots
 before it; a slot is filled again only once `done` has passed it.
 
@@ -21,6 +26,7 @@ the same bytes, and scripts/test-asan runs it on an AddressSanitizer build.
 """
 
 cimport cython
+from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy, memset
@@ -98,6 +104,7 @@ cdef class TraceRing:
     cdef object clock
     cdef bint c_clock             # clock is time.monotonic: read it here, with no call
     cdef bint draining            # drain() runs: take() and release() would race it
+    cdef unsigned long producer   # the thread that records (0: none yet)
     cdef readonly bint active
     cdef readonly object error
 
@@ -144,17 +151,27 @@ cdef class TraceRing:
         self.active = False
         ring_store(&self.finishing, 1)
 
+    cdef inline int _own(self) except -1:
+        cdef unsigned long me = PyThread_get_thread_ident()
+        if self.producer != me:
+            if self.producer:
+                raise RuntimeError("a trace ring takes records from one thread only")
+            self.producer = me
+        return 0
+
     def record_write(self, ino, off, data, result):
         """record(WRITE, ino, off, len(data), result, data): the request path's own,
         with the fewest arguments to pass."""
         if self.active:
+            self._own()
             self._put(WRITE_OP, ino, off, None, result, data, None)
 
     def record(self, int op, ino=0, a=0, b=0, result=0, payload=b"", at=None):
         """Queue one record, at time `at` (the clock's now if None: the moment the
         recorded call returned). Never raises for what it is given: a record the
-        trace cannot hold stops the recording."""
+        trace cannot hold stops the recording. RuntimeError from a second thread."""
         if self.active:
+            self._own()
             self._put(op, ino, a, b, result, payload, at)
 
     cdef void _put(self, int op, ino, a, b, result, payload, at) noexcept:
@@ -181,9 +198,6 @@ cdef class TraceRing:
                 return 0
         else:
             payload = None
-        if self.head - self.freed > self.mask:
-            self.fail(f"the trace writer fell {self.mask + 1} records behind")
-            return 0
         if at is not None:
             t = at
         elif self.c_clock:
@@ -195,6 +209,10 @@ cdef class TraceRing:
         if not (0 <= iino <= 0xFFFFFFFF and -0x80000000 <= ires <= 0x7FFFFFFF
                 and 0 <= op <= 255):
             raise ValueError(f"op {op} inode {iino} result {ires}")
+        # the last check before the slot is claimed: no Python call from here on
+        if self.head - self.freed > self.mask:
+            self.fail(f"the trace writer fell {self.mask + 1} records behind")
+            return 0
         s = &self.slots[self.head & self.mask]
         s.t, s.op, s.ino, s.a, s.b, s.result = t, op, iino, ia, ib, ires
         if payload is None:

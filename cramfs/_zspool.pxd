@@ -12,7 +12,9 @@ cdef class _Memory:
     cdef size_t mapped
     cdef size_t carved
     cdef size_t cached                    # bytes of emptied runs kept resident
+    cdef int fail_in                      # tests: the n-th next window or punch fails
     cdef void release(self)
+    cdef int injected(self) except -1
     cdef long long window(self) except -1
     cdef void populate(self, size_t offset, size_t length)
     cdef int punch(self, size_t offset, size_t length) except -1
@@ -50,6 +52,7 @@ cdef class _Class:
     cdef vector[uint32_t] prev
     cdef vector[uint32_t] nxt
     cdef vector[uint32_t] free_ids
+    cdef vector[uint64_t] alive           # a live bit per object: zs * per_zspage + idx
     cdef uint32_t group_head[11]          # one list head per fullness group below FULL
     cdef uint32_t mask
     cdef long long live
@@ -67,6 +70,7 @@ cdef class _Class:
     cdef bint has_room(self)
     cdef long long alloc(self) except -1
     cdef int release(self, uint32_t zs, uint32_t idx) except -1
+    cdef bint is_live(self, uint32_t zs, uint32_t idx)
     cdef int valid(self, uint32_t zs, uint32_t idx, uint32_t size)
     cdef long long freeable(self)
     cdef uint32_t isolate(self, bint fullest)
@@ -86,6 +90,9 @@ cdef class NativePool:
     cdef dict _runs
     cdef list _classes
     cdef _Runs _huge_runs
+    cdef vector[uint64_t] _huge_alive     # a live bit per page number
+    cdef bint huge_live(self, uint64_t page)
+    cdef void set_huge(self, uint64_t page, bint live)
     cdef vector[int] _cid_of_size         # object length -> class id, -1: huge
     cdef int cid_of(self, Py_ssize_t size) except -2
     cdef size_t locate(self, uint64_t handle) except? 0

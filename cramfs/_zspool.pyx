@@ -85,6 +85,7 @@ cdef class _Memory:
         self.mapped = 0
         self.carved = 0
         self.cached = 0
+        self.fail_in = 0
 
     def __dealloc__(self):
         self.release()
@@ -98,14 +99,23 @@ cdef class _Memory:
             close(self.fd)
             self.fd = -1
 
+    cdef int injected(self) except -1:
+        """Tests: fail the fail_in-th memory operation from when it was set."""
+        if self.fail_in > 0:
+            self.fail_in -= 1
+            if self.fail_in == 0:
+                raise OSError(12, "injected failure")        # ENOMEM
+        return 0
+
     cdef long long window(self) except -1:
-        """Carve a new window; return its offset in bytes."""
+        """Carve a new window; return its offset in bytes. A failure carves nothing."""
         cdef size_t offset = self.carved
+        cdef size_t carved = self.carved + C_WINDOW
         cdef size_t size
         cdef void *moved
         if self.fd < 0:
             raise ValueError("the pool is closed")
-        self.carved += C_WINDOW
+        self.injected()
         if self.base == NULL:
             if ftruncate(self.fd, C_WINDOW) != 0:
                 raise OSError(errno, "ftruncate on the pool memfd")
@@ -114,8 +124,8 @@ cdef class _Memory:
                 raise OSError(errno, "mmap of the pool memfd")
             self.base = <unsigned char *>moved
             self.mapped = C_WINDOW
-        elif self.carved > self.mapped:
-            size = max(self.carved, 2 * self.mapped)
+        elif carved > self.mapped:
+            size = max(carved, 2 * self.mapped)
             if ftruncate(self.fd, size) != 0:
                 raise OSError(errno, "ftruncate on the pool memfd")
             moved = mremap(self.base, self.mapped, size, MREMAP_MAYMOVE)
@@ -123,6 +133,7 @@ cdef class _Memory:
                 raise OSError(errno, "mremap of the pool memfd")
             self.base = <unsigned char *>moved
             self.mapped = size
+        self.carved = carved
         return offset
 
     cdef void populate(self, size_t offset, size_t length):
@@ -131,6 +142,7 @@ cdef class _Memory:
             madvise(self.base + offset, length, MADV_POPULATE_WRITE)
 
     cdef int punch(self, size_t offset, size_t length) except -1:
+        self.injected()
         if fallocate(self.fd, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, offset, length) != 0:
             raise OSError(errno, "fallocate(PUNCH_HOLE) on the pool memfd")
         return 0
@@ -177,24 +189,39 @@ cdef class _Runs:
         return start >> PAGE_SHIFT
 
     cdef int give_back(self, uint32_t page) except -1:
-        if self.mem.cached + self.span <= C_REUSE:
-            self.cached.push_back(page)
-            self.mem.cached += self.span
-            return 0
-        self.mem.punch(<size_t>page << PAGE_SHIFT, self.span)
-        self.free.push_back(page)
+        """pool._Runs.give_back: never fails; a run whose hole cannot be punched stays
+        resident in the reuse cache, so the caller's free is never half undone."""
+        if self.mem.cached + self.span > C_REUSE:
+            try:
+                self.mem.punch(<size_t>page << PAGE_SHIFT, self.span)
+                self.free.push_back(page)
+                return 0
+            except OSError:
+                pass
+        self.cached.push_back(page)
+        self.mem.cached += self.span
         return 0
 
     cdef int flush(self) except -1:
+        """pool._Runs.flush: best effort, never fails (compaction calls it after
+        moving objects); a run that cannot be punched stays cached."""
+        cdef vector[uint32_t] kept
         cdef uint32_t page
         for page in self.cached:
-            self.mem.punch(<size_t>page << PAGE_SHIFT, self.span)
+            try:
+                self.mem.punch(<size_t>page << PAGE_SHIFT, self.span)
+            except OSError:
+                kept.push_back(page)
+                continue
             self.free.push_back(page)
-        self.mem.cached -= self.span * self.cached.size()
-        self.cached.clear()
+            self.mem.cached -= self.span
+        self.cached.swap(kept)
         if self.populated_to > self.next:
-            self.mem.punch(self.next, self.populated_to - self.next)
-            self.populated_to = self.next
+            try:
+                self.mem.punch(self.next, self.populated_to - self.next)
+                self.populated_to = self.next
+            except OSError:
+                pass
         return 0
 
     cdef size_t metadata_bytes(self):
@@ -291,13 +318,28 @@ cdef class _Class:
             if idx >= self.per_zspage:
                 raise ValueError(f"size class {self.size}: zspage {zs} overfilled")
             self.bump[zs] = idx + 1
+        cdef uint64_t bit = <uint64_t>zs * self.per_zspage + idx
+        self.alive[bit >> 6] |= (<uint64_t>1) << (bit & 63)
         self.used[zs] += 1
         self.live += 1
         return idx
 
+    cdef bint is_live(self, uint32_t zs, uint32_t idx):
+        cdef uint64_t bit = <uint64_t>zs * self.per_zspage + idx
+        return (idx < self.per_zspage and (bit >> 6) < self.alive.size()
+                and (self.alive[bit >> 6] >> (bit & 63)) & 1)
+
     cdef int obj_free(self, uint32_t zs, uint32_t idx) except -1:
+        """Free a live object; ValueError, nothing changed, for one that is not live:
+        zsmalloc's OBJ_ALLOCATED_TAG, so a second free is caught, never absorbed
+        (it would put the object on the free list twice: two stores, one slot)."""
+        if not self.is_live(zs, idx):
+            raise ValueError(f"size class {self.size}: object {zs}:{idx} is not live "
+                             "(freed twice, or a stale handle)")
         cdef uint32_t link = self.head[zs]
         cdef unsigned char *p = self.mem.at(self.offset(zs, idx), 2)
+        cdef uint64_t bit = <uint64_t>zs * self.per_zspage + idx
+        self.alive[bit >> 6] &= ~((<uint64_t>1) << (bit & 63))
         self.live -= 1
         self.used[zs] -= 1
         # zsmalloc's trick: the free list lives in the free objects themselves
@@ -307,8 +349,11 @@ cdef class _Class:
         return 0
 
     cdef long long new_zspage(self) except -1:
-        cdef uint32_t page = <uint32_t>self.runs.take()
+        cdef uint32_t page
         cdef uint32_t zs
+        if not self.free_ids.size() and self.page.size() > ZS_MASK:   # before a run is taken
+            raise MemoryError(f"size class {self.size}: out of zspage ids")
+        page = <uint32_t>self.runs.take()
         if self.free_ids.size():
             zs = self.free_ids.back()
             self.free_ids.pop_back()
@@ -319,8 +364,8 @@ cdef class _Class:
             self.group[zs] = 0
         else:
             zs = self.page.size()
-            if zs > ZS_MASK:
-                raise MemoryError(f"size class {self.size}: out of zspage ids")
+            # the zspage's live bits, all clear (a reused id's are clear: all freed)
+            self.alive.resize(((<size_t>zs + 1) * self.per_zspage + 63) >> 6, 0)
             self.page.push_back(page)
             self.used.push_back(0)
             self.bump.push_back(0)
@@ -363,7 +408,7 @@ cdef class _Class:
 
     cdef int valid(self, uint32_t zs, uint32_t idx, uint32_t size):
         return (zs < self.page.size() and self.used[zs] > 0 and idx < self.bump[zs]
-                and size <= self.size)
+                and size <= self.size and self.is_live(zs, idx))
 
     # ------------------------------------------------------------ compaction
 
@@ -432,7 +477,9 @@ cdef class _Class:
         return freed
 
     cdef size_t metadata_bytes(self):
-        return self.page.size() * 11 + self.free_ids.size() * 4
+        # the live bits as bits (pool._SizeClass.metadata_bytes counts them so too)
+        return self.page.size() * 11 + self.free_ids.size() * 4 + (
+            self.page.size() * self.per_zspage + 7) // 8
 
 
 cdef class NativePool:
@@ -480,8 +527,9 @@ cdef class NativePool:
         cdef _Class c
         if cid == HUGE:
             page = handle >> IDX_SHIFT & HUGE_MASK
-            if size > PAGE or (page + 1) << PAGE_SHIFT > self._mem.carved:
-                raise ValueError(f"bad pool handle {handle:#x}")
+            if size > PAGE or (page + 1) << PAGE_SHIFT > self._mem.carved \
+                    or not self.huge_live(page):
+                raise ValueError(f"bad pool handle {handle:#x}: no live object")
             return page << PAGE_SHIFT
         if cid >= <uint64_t>len(self._classes):
             raise ValueError(f"bad pool handle {handle:#x}")
@@ -489,8 +537,25 @@ cdef class NativePool:
         zs = handle >> ZS_SHIFT & ZS_MASK
         idx = handle >> IDX_SHIFT & IDX_MASK
         if not c.valid(zs, idx, size):
-            raise ValueError(f"bad pool handle {handle:#x}")
+            raise ValueError(f"bad pool handle {handle:#x}: no live object")
         return c.offset(zs, idx)
+
+    cdef bint huge_live(self, uint64_t page):
+        return (page >> 6) < self._huge_alive.size() and (
+            self._huge_alive[page >> 6] >> (page & 63)) & 1
+
+    cdef void set_huge(self, uint64_t page, bint live):
+        if (page >> 6) >= self._huge_alive.size():
+            self._huge_alive.resize((page >> 6) + 1, 0)
+        if live:
+            self._huge_alive[page >> 6] |= (<uint64_t>1) << (page & 63)
+        else:
+            self._huge_alive[page >> 6] &= ~((<uint64_t>1) << (page & 63))
+
+    def inject_failure(self, int n):
+        """Tests: the n-th next memory operation (a window carved, a hole punched)
+        fails with ENOMEM; 0 clears it."""
+        self._mem.fail_in = n
 
     # ------------------------------------------------------------ Pool
 
@@ -520,17 +585,20 @@ cdef class NativePool:
         cdef long long where
         cdef uint64_t page
         cdef size_t off
+        cdef bint grows
         if cid < 0:
             page = <uint64_t>self._huge_runs.take()
             memcpy(self._mem.at(page << PAGE_SHIFT, size), PyBytes_AS_STRING(blob), size)
+            self.set_huge(page, True)
             self.used_bytes += PAGE
             self.stored_bytes += size
             self.huge_pages += 1
             return <uint64_t>HUGE << CLS_SHIFT | page << IDX_SHIFT | <uint64_t>size
         c = <_Class>self._classes[cid]
-        if not c.has_room():
+        grows = not c.has_room()
+        where = c.alloc()                 # may fail (no memory): nothing counted yet
+        if grows:
             self.used_bytes += c.k * PAGE
-        where = c.alloc()
         off = c.offset(where >> 16, where & 0xFFFF)
         memcpy(self._mem.at(off, size), PyBytes_AS_STRING(blob), size)
         self.stored_bytes += size
@@ -552,9 +620,10 @@ cdef class NativePool:
     cpdef int free(self, uint64_t handle) except -1:
         cdef uint64_t cid = handle >> CLS_SHIFT
         cdef _Class c
-        self.locate(handle)
+        self.locate(handle)               # ValueError, nothing changed, unless live
         self.stored_bytes -= handle & SIZE_MASK
         if cid == HUGE:
+            self.set_huge(handle >> IDX_SHIFT & HUGE_MASK, False)
             self._huge_runs.give_back(handle >> IDX_SHIFT & HUGE_MASK)
             self.used_bytes -= PAGE
             self.huge_pages -= 1
@@ -609,7 +678,7 @@ cdef class NativePool:
             total += c.metadata_bytes()
         for r in self._runs.values():
             total += r.metadata_bytes()
-        return total
+        return total + self._huge_alive.size() * 8
 
     def close(self):
         self._mem.release()

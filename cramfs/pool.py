@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import mmap
 import os
 import weakref
@@ -181,18 +182,27 @@ class _Memory:
         self.mm: mmap.mmap | None = None
         self.carved = 0                   # bytes handed out as windows so far
         self.cached = 0                   # bytes of emptied runs kept resident
+        self.fail_in = 0                  # tests: the n-th next window or punch fails
         # an fd is a plain int: without this, a pool dropped unclosed leaks it
         self._close_fd = weakref.finalize(self, os.close, self.fd)
 
+    def _injected(self) -> None:
+        if self.fail_in > 0:
+            self.fail_in -= 1
+            if not self.fail_in:
+                raise OSError(errno.ENOMEM, "injected failure")
+
     def window(self) -> int:
-        """Carve a new window; return its offset in bytes."""
+        """Carve a new window; return its offset in bytes. A failure (no memory, no
+        address space) carves nothing."""
         offset = self.carved
-        self.carved += WINDOW_BYTES
+        self._injected()
         if self.mm is None:
             os.ftruncate(self.fd, WINDOW_BYTES)
             self.mm = mmap.mmap(self.fd, WINDOW_BYTES, mmap.MAP_SHARED)
-        elif self.carved > len(self.mm):
-            self.mm.resize(max(self.carved, 2 * len(self.mm)))
+        elif offset + WINDOW_BYTES > len(self.mm):
+            self.mm.resize(max(offset + WINDOW_BYTES, 2 * len(self.mm)))
+        self.carved = offset + WINDOW_BYTES
         return offset
 
     def populate(self, offset: int, length: int) -> None:
@@ -202,6 +212,7 @@ class _Memory:
             self.mm.madvise(_MADV_POPULATE_WRITE, offset, length)
 
     def punch(self, offset: int, length: int) -> None:
+        self._injected()
         if _libc.fallocate(self.fd, _FALLOC_KEEP_SIZE_PUNCH_HOLE, offset, length) != 0:
             raise OSError(ctypes.get_errno(), "fallocate(PUNCH_HOLE) on the pool memfd")
 
@@ -245,25 +256,43 @@ class _Runs:
             raise MemoryError("pool memfd exhausted")
         return page
 
+    def _cache(self, page: int) -> None:
+        self.cached.append(page)
+        self.mem.cached += self.span
+
     def give_back(self, page: int) -> None:
+        """Take back an emptied run. Never fails: a run whose hole cannot be punched
+        stays resident in the reuse cache (over its budget), so the caller's free,
+        already done, is never half undone."""
         if self.mem.cached + self.span <= REUSE_CACHE_BYTES:
-            self.cached.append(page)
-            self.mem.cached += self.span
+            self._cache(page)
             return
-        self.mem.punch(page << PAGE_SHIFT, self.span)
+        try:
+            self.mem.punch(page << PAGE_SHIFT, self.span)
+        except OSError:
+            self._cache(page)
+            return
         self.free.append(page)
 
     def flush(self) -> None:
         """Give back what is resident but holds nothing: the reuse cache and the
-        part of the newest window populated ahead of use."""
+        part of the newest window populated ahead of use. Best effort, never fails
+        (compaction calls it after moving objects): a run that cannot be punched
+        stays cached."""
+        kept = array("I")
         for page in self.cached:
-            self.mem.punch(page << PAGE_SHIFT, self.span)
-        self.free.extend(self.cached)
-        self.mem.cached -= self.span * len(self.cached)
-        del self.cached[:]
+            try:
+                self.mem.punch(page << PAGE_SHIFT, self.span)
+            except OSError:
+                kept.append(page)
+                continue
+            self.free.append(page)
+            self.mem.cached -= self.span
+        self.cached = kept
         if self.populated_to > self.next:
-            self.mem.punch(self.next, self.populated_to - self.next)
-            self.populated_to = self.next
+            with contextlib.suppress(OSError):
+                self.mem.punch(self.next, self.populated_to - self.next)
+                self.populated_to = self.next
 
     @property
     def metadata_bytes(self) -> int:
@@ -314,6 +343,10 @@ class _SizeClass:
         self.bump = array("H")       # objects ever carved (never-used ones follow)
         self.head = array("H")       # first free object below bump, + 1; 0 if none
         self.group = array("B")      # fullness group
+        # zsmalloc's OBJ_ALLOCATED_TAG as a bitmap, bit zs * per_zspage + idx: a free of
+        # an object that is not live, or a read of one, is refused instead of absorbed
+        # (a second free would put the object on its free list twice)
+        self.alive = bytearray()
         self.free_ids = array("I")   # zspage ids to reuse
         self.groups: list[dict[int, None]] = [{} for _ in range(_FULL)]
         self.mask = 0
@@ -363,6 +396,11 @@ class _SizeClass:
 
     # ------------------------------------------------------------ objects
 
+    def is_live(self, zs: int, idx: int) -> bool:
+        bit = zs * self.per_zspage + idx
+        return idx < self.per_zspage and bit >> 3 < len(self.alive) and bool(
+            self.alive[bit >> 3] >> (bit & 7) & 1)
+
     def _obj_malloc(self, zs: int) -> tuple[int, int]:
         """Take a free object of the zspage; return (object index, byte offset)."""
         base = self.page[zs] << PAGE_SHIFT
@@ -374,13 +412,22 @@ class _SizeClass:
             self.head[zs] = mm[off] | mm[off + 1] << 8      # type: ignore[index]
         else:
             idx = self.bump[zs]
+            if idx >= self.per_zspage:
+                raise ValueError(f"size class {self.size}: zspage {zs} overfilled")
             self.bump[zs] = idx + 1
             off = base + idx * self.size
+        bit = zs * self.per_zspage + idx
+        self.alive[bit >> 3] |= 1 << (bit & 7)
         self.used[zs] += 1
         self.live += 1
         return idx, off
 
     def _obj_free(self, zs: int, idx: int) -> None:
+        if not self.is_live(zs, idx):
+            raise ValueError(f"size class {self.size}: object {zs}:{idx} is not live "
+                             "(freed twice, or a stale handle)")
+        bit = zs * self.per_zspage + idx
+        self.alive[bit >> 3] &= ~(1 << (bit & 7)) & 0xFF
         self.live -= 1
         self.used[zs] -= 1
         off = (self.page[zs] << PAGE_SHIFT) + idx * self.size
@@ -426,6 +473,8 @@ class _SizeClass:
         return [i for i in range(self.bump[zs]) if i not in free]
 
     def _new_zspage(self) -> int:
+        if not self.free_ids and len(self.page) > _ZS_MASK:   # before a run is taken
+            raise MemoryError(f"size class {self.size}: out of zspage ids")
         page = self.runs.take()
         if self.free_ids:
             zs = self.free_ids.pop()
@@ -433,8 +482,9 @@ class _SizeClass:
             self.group[zs] = 0
         else:
             zs = len(self.page)
-            if zs > _ZS_MASK:
-                raise MemoryError(f"size class {self.size}: out of zspage ids")
+            # the zspage's live bits, all clear (a reused id's are clear: all freed)
+            need = ((zs + 1) * self.per_zspage + 7) >> 3
+            self.alive.extend(bytes(need - len(self.alive)))
             self.page.append(page)
             self.used.append(0)
             self.bump.append(0)
@@ -503,7 +553,8 @@ class _SizeClass:
 
     @property
     def metadata_bytes(self) -> int:
-        return len(self.page) * 11 + len(self.free_ids) * 4
+        return len(self.page) * 11 + len(self.free_ids) * 4 + (
+            len(self.page) * self.per_zspage + 7) // 8
 
 
 class ArenaPool:
@@ -526,6 +577,7 @@ class ArenaPool:
         by_index = {c.size: c for c in self._classes}
         # huge objects own a page: the handle holds its page number, no zspage state
         self._huge_runs = self._runs_of(1)
+        self._huge_alive = bytearray()  # a live bit per page number (see _SizeClass.alive)
         # length -> class, precomputed: the lookup is on every store
         # (with huge_threshold 1 there are no classes at all: everything is huge)
         self._by_size: list[_SizeClass | None] = [
@@ -541,13 +593,35 @@ class ArenaPool:
             self._runs[k] = _Runs(self._mem, k)
         return self._runs[k]
 
+    def _huge_live(self, page: int) -> bool:
+        return page >> 3 < len(self._huge_alive) and bool(
+            self._huge_alive[page >> 3] >> (page & 7) & 1)
+
+    def _set_huge(self, page: int, live: bool) -> None:
+        if page >> 3 >= len(self._huge_alive):       # in 8-byte words, as the native pool
+            self._huge_alive.extend(bytes(((page >> 6) + 1) * 8 - len(self._huge_alive)))
+        if live:
+            self._huge_alive[page >> 3] |= 1 << (page & 7)
+        else:
+            self._huge_alive[page >> 3] &= ~(1 << (page & 7)) & 0xFF
+
     def _offset(self, handle: int) -> int:
+        """Where a live object is; ValueError for a handle that names none (freed,
+        never made, or of another size), as the native pool refuses it."""
         cid = handle >> _CLS_SHIFT
+        size = handle & _SIZE_MASK
         if cid == HUGE:
-            return (handle >> _IDX_SHIFT & _HUGE_MASK) << PAGE_SHIFT
+            page = handle >> _IDX_SHIFT & _HUGE_MASK
+            if not self._huge_live(page) or size > PAGE_SIZE:
+                raise ValueError(f"bad pool handle {handle:#x}: no live object")
+            return page << PAGE_SHIFT
+        if cid >= len(self._classes):
+            raise ValueError(f"bad pool handle {handle:#x}")
         c = self._classes[cid]
-        return (c.page[handle >> _ZS_SHIFT & _ZS_MASK] << PAGE_SHIFT) + (
-            handle >> _IDX_SHIFT & _IDX_MASK) * c.size
+        zs, idx = handle >> _ZS_SHIFT & _ZS_MASK, handle >> _IDX_SHIFT & _IDX_MASK
+        if not c.is_live(zs, idx) or size > c.size:
+            raise ValueError(f"bad pool handle {handle:#x}: no live object")
+        return (c.page[zs] << PAGE_SHIFT) + idx * c.size
 
     # ------------------------------------------------------------ Pool
 
@@ -570,13 +644,15 @@ class ArenaPool:
         if c is None:
             page = self._huge_runs.take()
             self._mem.mm[page << PAGE_SHIFT:(page << PAGE_SHIFT) + size] = blob  # type: ignore[index]
+            self._set_huge(page, True)
             self.used_bytes += PAGE_SIZE
             self.stored_bytes += size
             self.huge_pages += 1
             return HUGE << _CLS_SHIFT | page << _IDX_SHIFT | size
-        if not c.has_room:
+        grows = not c.has_room
+        zs, idx, off = c.alloc()          # may fail (no memory): nothing counted yet
+        if grows:
             self.used_bytes += c.k * PAGE_SIZE
-        zs, idx, off = c.alloc()
         self._mem.mm[off:off + size] = blob                  # type: ignore[index]
         self.stored_bytes += size
         return c.cid << _CLS_SHIFT | zs << _ZS_SHIFT | idx << _IDX_SHIFT | size
@@ -586,14 +662,19 @@ class ArenaPool:
         return self._mem.mm[off:off + (handle & _SIZE_MASK)]     # type: ignore[index]
 
     def free(self, handle: int) -> int:
+        """Free a live object; ValueError (nothing changed) for any other handle."""
+        self._offset(handle)              # checks that it names a live object
         cid = handle >> _CLS_SHIFT
-        self.stored_bytes -= handle & _SIZE_MASK
         if cid == HUGE:
-            self._huge_runs.give_back(handle >> _IDX_SHIFT & _HUGE_MASK)
+            page = handle >> _IDX_SHIFT & _HUGE_MASK
+            self._set_huge(page, False)
+            self.stored_bytes -= handle & _SIZE_MASK
             self.used_bytes -= PAGE_SIZE
             self.huge_pages -= 1
+            self._huge_runs.give_back(page)
             return PAGE_SIZE
         c = self._classes[cid]
+        self.stored_bytes -= handle & _SIZE_MASK
         if c.release(handle >> _ZS_SHIFT & _ZS_MASK, handle >> _IDX_SHIFT & _IDX_MASK):
             self.used_bytes -= c.k * PAGE_SIZE
         return c.size
@@ -635,7 +716,12 @@ class ArenaPool:
     def metadata_bytes(self) -> int:
         """Bytes of bookkeeping the pool keeps outside the pages it holds."""
         return sum(c.metadata_bytes for c in self._classes) + sum(
-            r.metadata_bytes for r in self._runs.values())
+            r.metadata_bytes for r in self._runs.values()) + len(self._huge_alive)
+
+    def inject_failure(self, n: int) -> None:
+        """Tests: the n-th next memory operation (a window carved, a hole punched)
+        fails with ENOMEM; 0 clears it."""
+        self._mem.fail_in = n
 
     def close(self) -> None:
         self._mem.close()

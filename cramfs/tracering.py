@@ -14,6 +14,7 @@ ends with an events line.
 from __future__ import annotations
 
 import sys
+import threading
 from collections import deque
 from collections.abc import Callable
 from operator import index
@@ -50,6 +51,7 @@ class PyTraceRing:
         self.events = 0
         self.active = True
         self.error: str | None = None
+        self._producer: int | None = None  # the one thread that records
 
     @property
     def finished(self) -> bool:
@@ -73,12 +75,20 @@ class PyTraceRing:
         with the fewest arguments to pass."""
         self.record(WRITE, ino, off, None, result, data)
 
+    def _own(self) -> None:
+        me = threading.get_ident()
+        if self._producer != me:
+            if self._producer is not None:
+                raise RuntimeError("a trace ring takes records from one thread only")
+            self._producer = me
+
     def record(self, op: int, ino: int = 0, a: int = 0, b: int | None = 0, result: int = 0,
                payload: Any = b"", at: float | None = None) -> None:
         """Queue one record, at time `at` (the clock's now if None: the moment the
         recorded call returned). Never raises for what it is given: a record the
-        trace cannot hold stops the recording."""
+        trace cannot hold stops the recording. RuntimeError from a second thread."""
         if self.active:
+            self._own()
             try:
                 self._put(op, ino, a, b, result, payload, at)
             except Exception as e:
@@ -97,15 +107,15 @@ class PyTraceRing:
                 return
         else:
             payload = b""
-        if len(self._queue) >= self._capacity:
-            self.fail(f"the trace writer fell {self._capacity} records behind")
-            return
         t = float(self._clock() if at is None else at)
         ino, a, result = index(ino), index(a), index(result)
         b = len(payload) if b is None else index(b)
         if not (0 <= ino <= 0xFFFFFFFF and -0x80000000 <= result <= 0x7FFFFFFF
                 and 0 <= op <= 255 and -(1 << 63) <= a < 1 << 63 and -(1 << 63) <= b < 1 << 63):
             raise ValueError(f"op {op} inode {ino} result {result}")
+        if len(self._queue) >= self._capacity:     # last, as the compiled ring checks it
+            self.fail(f"the trace writer fell {self._capacity} records behind")
+            return
         self._queue.append((t, op, ino, a, b, result, payload))
         self.events += 1
 

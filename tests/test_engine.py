@@ -428,3 +428,16 @@ def _indistinguishable(devs: list[Device], ops: list[tuple]) -> None:
         assert d.physical_used == 0 and not any(d.pages), "every file dropped, nothing held"
         assert d.backing is not None and d.backing.count == 0
         d.close()
+
+
+def test_every_compiled_module_imports():
+    """No silent fallback: each module setup.py builds imports here (a stale or half-built
+    one, say linked without liblz4, would otherwise send every test to the reference)."""
+    import importlib
+    import re
+    from pathlib import Path
+    names = re.findall(r'Extension\("(cramfs\._\w+)"',
+                       (Path(__file__).parents[1] / "setup.py").read_text())
+    assert "cramfs._devcore" in names
+    for name in names:
+        importlib.import_module(name)

@@ -111,3 +111,132 @@ def _shmem_kib() -> int:
     return status_bytes("self", "RssShmem") // 1024      # the pool's memfd pages
 
 
+
+
+# ---------------------------------------------------------------- handles the pool refuses
+
+def _filled(engine_name: str, n: int = 40) -> tuple[engine.AnyPool, dict[int, bytes]]:
+    pool = engine.make_pool(engine_name)
+    rng = random.Random(n)
+    model = {}
+    for i in range(n):
+        blob = bytes([i % 251]) * rng.choice([40, 300, 1500, 3000, PAGE_SIZE])
+        model[pool.put(blob)] = blob
+    return pool, model
+
+
+def _state(pool: engine.AnyPool) -> tuple[object, ...]:
+    return (len(pool), pool.used_bytes, pool.stored_bytes, pool.class_stats(),
+            pool.metadata_bytes)
+
+
+@ENGINES
+@pytest.mark.parametrize("size", [40, 1500, PAGE_SIZE])
+def test_a_double_free_is_refused_and_changes_nothing(engine_name, size):
+    """zsmalloc's live tag: a second free raises, and the next two puts still get two
+    different objects (absorbed, it would hand out one slot twice)."""
+    pool, model = _filled(engine_name)
+    h = pool.put(b"x" * size)
+    pool.free(h)
+    before = _state(pool)
+    with pytest.raises(ValueError, match=r"not live|no live object"):
+        pool.free(h)
+    with pytest.raises(ValueError):
+        pool.get(h)                      # a read of a freed object, too
+    assert _state(pool) == before
+    a, b = pool.put(b"a" * size), pool.put(b"b" * size)
+    assert a != b and pool.get(a) == b"a" * size and pool.get(b) == b"b" * size
+    model.update({a: b"a" * size, b: b"b" * size})
+    check(pool, model)
+
+
+@ENGINES
+def test_stale_and_forged_handles_are_refused(engine_name):
+    pool, model = _filled(engine_name)
+    h = next(iter(model))
+    moves_before = dict(model)
+    victims = [h ^ (1 << 13), h + (1 << 13) * 500, (h & ~0x1FFF) | 4095]   # other objects
+    for bad in victims:
+        if bad in model:
+            continue
+        before = _state(pool)
+        with pytest.raises(ValueError):
+            pool.free(bad)
+        assert _state(pool) == before
+    # after compaction the old handle of a moved object names nothing live
+    for k in list(model)[::2]:
+        pool.free(k)
+        del model[k]
+    moves = pool.compact()
+    assert moves, "something moved"
+    old = next(o for o in moves_before if (o & ~0x1FFF) in moves)
+    with pytest.raises(ValueError):
+        pool.get(old)
+    model = {rebase(k, moves): v for k, v in model.items()}
+    check(pool, model)
+
+
+@ENGINES
+@pytest.mark.parametrize("nth", [1, 2, 3, 4])
+def test_a_failed_window_leaves_the_pool_as_it_was(engine_name, nth):
+    """The memfd cannot grow (no memory): the put fails with nothing counted, and the
+    pool works on once memory is back."""
+    pool = engine.make_pool(engine_name)
+    model: dict[int, bytes] = {}
+    pool.inject_failure(nth)
+    fails = 0
+    for i in range(3000):                # a window per zspage length: 1, 3, 5 and 8 pages
+        blob = bytes([i % 251]) * (PAGE_SIZE, 40, 300, 2500)[i % 4]
+        try:
+            model[pool.put(blob)] = blob
+        except OSError:
+            fails += 1
+            check(pool, model)
+    assert fails == 1
+    check(pool, model)
+
+
+@ENGINES
+def test_failed_punches_keep_runs_cached_and_compaction_consistent(engine_name):
+    """A hole that cannot be punched leaves its run resident (cached), never lost; the
+    free or the compaction that gave it back still completes."""
+    pool, model = _filled(engine_name, 3000)
+    for k in list(model)[::3]:
+        pool.inject_failure(1)           # every give-back that punches fails
+        pool.free(k)
+        del model[k]
+    check(pool, model)
+    pool.inject_failure(1)
+    moves = pool.compact()               # flush's punch fails: compaction still lands
+    model = {rebase(k, moves): v for k, v in model.items()}
+    check(pool, model)
+    for k in list(model):
+        pool.free(k)
+    assert pool.used_bytes == 0 and len(pool) == 0
+    pool.inject_failure(0)
+    pool.compact()
+
+
+@ENGINES
+def test_a_device_whose_table_names_a_freed_object_fails_that_request_only(engine_name):
+    """A page-table word left naming an object freed behind the device's back (a bug
+    the live tag exists for): reading or freeing that page raises, the pool is left as
+    it was, and the other pages read back intact."""
+    from cramfs.config import DeviceConfig
+    from cramfs.device import Device
+    from cramfs.pagetable import handle_of
+
+    from .helpers import text_page
+    dev = Device(DeviceConfig(advertised=1 << 22, physical=1 << 22, dram=0,
+                              engine=engine_name))
+    t = dev.table("f")
+    for i in range(4):
+        dev.write(t, i * PAGE_SIZE, text_page(i))
+    dev.pool.free(handle_of(t.get(1)))            # the bug: freed under the table
+    before = _state(dev.pool)
+    with pytest.raises(ValueError):
+        dev.read(t, PAGE_SIZE, PAGE_SIZE)
+    with pytest.raises(ValueError):
+        dev.pool.free(handle_of(t.get(1)))
+    assert _state(dev.pool) == before
+    assert dev.read(t, 2 * PAGE_SIZE, PAGE_SIZE) == text_page(2)

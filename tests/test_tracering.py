@@ -225,3 +225,28 @@ def test_a_failed_write_is_its_errno(tmp_path):
     ring.stop()
     assert ring.drain(w, 0.0) == errno.EBADF
     ring.release()
+
+
+@pytest.mark.parametrize("kind", ["native", "python"])
+def test_a_second_producer_thread_is_refused(kind):
+    """One producer, enforced: a record from another thread raises instead of claiming a
+    slot the owner may be filling, and the recording goes on with the owner's records."""
+    if kind == "native" and not tracering.native_available():
+        pytest.fail("the compiled ring is not built")
+    ring = make_ring(8, 1 << 20, time.monotonic, native=kind == "native")
+    ring.record(trace.READ, 1, 0, 4096)
+    errors: list[BaseException] = []
+
+    def other() -> None:
+        try:
+            ring.record_write(1, 0, b"x" * P, P)
+        except RuntimeError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join()
+    assert len(errors) == 1 and "one thread" in str(errors[0])
+    ring.record(trace.READ, 1, P, 4096)
+    assert ring.events == 2 and ring.active and ring.error is None
+    assert [r[3] for r in ring.take()] == [0, P]
