@@ -18,7 +18,7 @@ cimport cython
 from libc.stdlib cimport free, malloc
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 
-from ._lz4page cimport (LZ4_BOUND_PAGE, PAGE, LZ4_compressBound, LZ4_sizeofState,
+from ._lz4page cimport (LZ4_BOUND_PAGE, PAGE, LZ4_compressBound, state_size,
                         LZ4_versionNumber, compress_page, same_filled)
 
 
@@ -49,7 +49,7 @@ def encode_lz4_pages(bytes data, Py_ssize_t lo, Py_ssize_t hi, int ident, int no
         return result
     out = <char *>malloc(npages * bound)
     sizes = <int *>malloc(npages * sizeof(int))
-    state = malloc(LZ4_sizeofState())
+    state = malloc(state_size())
     if out == NULL or sizes == NULL or state == NULL:
         free(out)
         free(sizes)
@@ -86,7 +86,7 @@ cdef class Lz4PageEncoder:
     path writes single pages, where a Python encoder's checks cost as much as lz4."""
 
     def __cinit__(self):
-        self.state = malloc(LZ4_sizeofState())
+        self.state = malloc(state_size())
         if self.state == NULL:
             raise MemoryError()
 

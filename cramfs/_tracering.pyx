@@ -34,7 +34,7 @@ from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 import time
 
-from ._lz4page cimport (LZ4_BOUND_PAGE, PAGE, LZ4_compressBound, LZ4_sizeofState,
+from ._lz4page cimport (LZ4_BOUND_PAGE, PAGE, LZ4_compressBound, state_size,
                         compress_block, compress_page, same_filled)
 
 cdef extern from *:
@@ -283,7 +283,7 @@ cdef class TraceRing:
         cdef Py_ssize_t got
         cdef char *buf = <char *>malloc(cap)
         cdef char *grown
-        cdef void *state = malloc(LZ4_sizeofState())
+        cdef void *state = malloc(state_size())
         cdef Slot *s
         cdef int err = 0
         if buf == NULL or state == NULL:

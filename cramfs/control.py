@@ -434,6 +434,7 @@ def start_trace(ns: Namespace, path: str, fd: int, also: tuple[str, ...]) -> Non
         "device_age": dev.age(),
         "backing_size": dev.backing.blocks * PAGE_SIZE if dev.backing is not None else 0,
         "started": time.time(),
+        "lz4": trace.LZ4_KIND,
     }
     ns.recorder = Recorder(path, fd, header, clock=dev.clock, also=also)
     dev.events.add("trace", f"recording to {shown(path)}"

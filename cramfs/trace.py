@@ -61,6 +61,9 @@ from .units import PAGE_SIZE, shown
 
 MAGIC = b"CRAMTRC\0"
 VERSION = 2                        # 3 where other compressors' blocks are kept too
+# The header's "lz4": how the pages kept as lz4 blocks were compressed. "kernel": as
+# zram's lz4 does (cramfs/_lz4k); a trace without it kept python-lz4's blocks.
+LZ4_KIND = "kernel"
 VERSION_ALSO = 3
 READABLE = (1, 2, 3)
 _HEAD = struct.Struct("<8sHI")
@@ -119,7 +122,7 @@ def _encode_page(page: bytes) -> tuple[bytes | None, bytes, int, bool]:
     word = page[:8]
     if page == word * (PAGE_SIZE // 8):
         return word, b"", 0, False
-    return None, lz4.block.compress(page, store_size=False), 1, False
+    return None, COMPRESSORS["lz4"].compress(page), 1, False
 
 
 def decode_page(code: PageCode) -> bytes:
