@@ -135,6 +135,11 @@ cdef class TraceRing:
         return self.head
 
     @property
+    def backlog(self) -> int:
+        """Records published and not yet done with by the writer."""
+        return self.head - ring_load(&self.done)
+
+    @property
     def finished(self) -> bool:
         """Stopped or failed: the writer ends once it has taken what is left."""
         return ring_load(&self.finishing) != 0

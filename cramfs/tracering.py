@@ -54,6 +54,11 @@ class PyTraceRing:
         self._producer: int | None = None  # the one thread that records
 
     @property
+    def backlog(self) -> int:
+        """Records queued and not yet taken by the writer."""
+        return len(self._queue)
+
+    @property
     def finished(self) -> bool:
         """Stopped or failed: the writer ends once it has taken what is left."""
         return self._finishing
