@@ -188,6 +188,31 @@ def lz4_rates(data: bytes) -> dict[str, float]:
             "ratio": round(len(pages) * PAGE_SIZE / sum(len(b) for b in blobs), 2)}
 
 
+def compressor_costs(data: bytes, rounds: int = 5) -> dict[str, dict[str, float]]:
+    """Each page compressor's cost per 4 KiB page of `data` (the best of `rounds`), next
+    to liblz4's one-shot LZ4_compress_fast and python-lz4's block API, with the bytes each
+    gives; `vs_liblz4` is the time against liblz4's."""
+    from .. import compressors
+
+    pages = [data[i:i + PAGE_SIZE] for i in range(0, len(data), PAGE_SIZE)][:2000]
+    fns = {name: c.compress for name, c in compressors.COMPRESSORS.items() if name != "none"}
+    fns["liblz4 LZ4_compress_fast"] = compressors._liblz4_compress_fast()
+    fns["python-lz4 block"] = lambda p: lz4.block.compress(p, store_size=False)
+    out: dict[str, dict[str, float]] = {}
+    for name, fn in fns.items():
+        best = float("inf")
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            blobs = [fn(p) for p in pages]
+            best = min(best, time.perf_counter() - t0)
+        out[name] = {"us_per_page": round(best / len(pages) * 1e6, 2),
+                     "bytes": sum(map(len, blobs))}
+    base = out["liblz4 LZ4_compress_fast"]["us_per_page"]
+    for row in out.values():
+        row["vs_liblz4"] = round(row["us_per_page"] / base, 2)
+    return out
+
+
 def thread_scaling(data: bytes) -> dict[str, float]:
     """How much a second thread helps here: raw lz4 on 1 MiB blocks in two threads,
     and the device's per-page encoder split over threads for a 256-page request."""
@@ -530,6 +555,7 @@ def run(quick: bool, out: Path, only: list[str] | None = None) -> dict[str, Any]
             if stats.get("compressed_bytes") else None
         rd["daemon_rss"] = mounts[1].rss()
         results["lz4_real_data"] = lz4_rates(real)
+        results["compressors"] = compressor_costs(real)
         results["thread_scaling"] = thread_scaling(real)
         # in a fresh process, so memory freed earlier in this one cannot hide growth
         code = ("import json; from cramfs.lab.bench import metadata_per_page as m; "
@@ -601,6 +627,14 @@ def table(r: dict[str, Any]) -> str:
         lines.append(f"single-threaded lz4 on {key[4:].replace('_', ' ')}: compress "
                      f"{z['compress_mbps']} MB/s, decompress {z['decompress_mbps']} MB/s, "
                      f"ratio {z['ratio']}")
+    if "compressors" in r:
+        lines += ["", "page compressors on real data (µs per 4 KiB page, best of 5; the "
+                  "Python call included):", "",
+                  "| compressor | µs / page | against liblz4 | bytes |", "|---|---|---|---|"]
+        for name, c in r["compressors"].items():
+            lines.append(f"| {name} | {c['us_per_page']} | {c['vs_liblz4']}x | "
+                         f"{c['bytes']:,} |")
+        lines.append("")
     ts = r["thread_scaling"]
     lines.append(f"a second thread: lz4 on 1 MiB blocks {ts['lz4_1mib_blocks_two_threads']}x, "
                  f"the page encoder on a 256-page request {ts['encode_256_pages_split']}x")
