@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn
 
-from . import backing, hostmem, safepath, trace
+from . import backing, hostmem, metrics, safepath, trace
 from .backing import IoJob
 from .compressors import COMPRESSORS
 from .config import SETTINGS
@@ -137,26 +137,9 @@ def _stat_json(ns: Namespace) -> str:
     return json.dumps(doc, indent=1) + "\n"
 
 
-def metric_families(ns: Namespace) -> list[tuple[Stat, float]]:
-    """(row, value) for every numeric statistic: what .cram/metrics and the exporter show."""
-    s = ns.stats()
-    return [(st, float(s[st.name])) for st in NUMERIC]
-
-
 def _metrics(ns: Namespace) -> str:
-    """Prometheus text exposition 0.0.4, from the statistics table."""
-    dev = ns.device
-    out = []
-    for st, value in metric_families(ns):
-        text = "+Inf" if value == float("inf") else str(int(value)) if value.is_integer() \
-            else repr(value)
-        out.append(f"# HELP {st.metric_name} {st.help}\n# TYPE {st.metric_name} {st.kind}\n"
-                   f"{st.metric_name} {text}\n")
-    out.append("# HELP cramfs_info Device mode, compressor, engine and danger level.\n"
-               "# TYPE cramfs_info gauge\n"
-               f'cramfs_info{{mode="{dev.config.mode}",algorithm="{dev.config.compressor}",'
-               f'engine="{dev.config.engine}",danger="{dev.danger}"}} 1\n')
-    return "".join(out)
+    """Prometheus text exposition 0.0.4, built as the exporter builds it (metrics.py)."""
+    return metrics.exposition(ns.stats())
 
 
 def _knob(name: str) -> Attribute:

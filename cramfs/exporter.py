@@ -1,8 +1,9 @@
 """`cramctl exporter`: every mounted cramfs device's statistics for Prometheus.
 
 `.cram/metrics` is a file, and Prometheus scrapes HTTP. This serves the same
-families, built from the statistics table, for every mount at once: one family
-per statistic, merged across mounts, each sample labelled with its mountpoint.
+families, built by the same function (metrics.families), for every mount at
+once: one family per statistic, merged across mounts, each sample labelled with
+its mountpoint.
 prometheus_client's collector and HTTP server do the rest, including the
 negotiation between the text format and OpenMetrics (by the Accept header).
 """
@@ -13,14 +14,13 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
-from typing import Any
 
 from prometheus_client import start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from .cramctl import CtlError, find_mounts, read_stats
-from .stats import COUNTER, NUMERIC, STATS, TEXT
+from .metrics import families
 
 
 class CramfsCollector(Collector):
@@ -34,25 +34,7 @@ class CramfsCollector(Collector):
                 docs.append(read_stats(mount))
             except CtlError:
                 continue
-        for st in NUMERIC:
-            family: Any
-            if st.kind == COUNTER:
-                family = CounterMetricFamily(st.metric_name.removesuffix("_total"), st.help,
-                                             labels=["mountpoint"])
-            else:
-                family = GaugeMetricFamily(st.metric_name, st.help, labels=["mountpoint"])
-            for doc in docs:
-                value = doc.get(st.name)
-                family.add_metric([doc["mountpoint"]],
-                                  float("inf") if value is None else float(value))
-            yield family
-        info = GaugeMetricFamily("cramfs_info", "Device mode, compressor, engine and danger level.",
-                                 labels=["mountpoint", *(s.name for s in STATS
-                                                         if s.unit == TEXT)])
-        for doc in docs:
-            info.add_metric([doc["mountpoint"], *(str(doc.get(s.name, "")) for s in STATS
-                                                  if s.unit == TEXT)], 1)
-        yield info
+        yield from families(docs, by=("mountpoint",))
 
 
 def registry() -> CollectorRegistry:

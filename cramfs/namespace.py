@@ -20,6 +20,7 @@ from typing import Any
 from . import trace
 from .device import Device, DeviceError, Encoded
 from .pagetable import PageTable
+from .stats import RATIO_DECIMALS
 from .trace import READ as _READ
 from .trace import Recorder
 from .units import PAGE_SIZE
@@ -378,8 +379,15 @@ class Namespace:
         return self.device.discard(inode.table, first, max(0, last - first))
 
     def stats(self) -> dict[str, int | float | str]:
-        """The device's statistics and the namespace's own (files)."""
-        return {**self.device.stats(), "files": len(self.by_name)}
+        """The device's statistics and the namespace's own (files), with the ratios to
+        RATIO_DECIMALS (as fill already is): the device rounds them to 2 for display,
+        which made 1.0032 a 1 in stat.json and the metrics, where runs are compared.
+        (status, stat and .cram/ratio still show 2: control._fmt.)"""
+        dev = self.device
+        ratio, c = dev.ratio, dev.config
+        return {**dev.stats(), "files": len(self.by_name),
+                "ratio": ratio if ratio == float("inf") else round(ratio, RATIO_DECIMALS),
+                "required_ratio": round(c.advertised / c.physical, RATIO_DECIMALS)}
 
     def statvfs(self) -> dict[str, int]:
         """df's view: the advertised size, with Use% the real physical fill."""

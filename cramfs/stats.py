@@ -13,6 +13,9 @@ from dataclasses import dataclass
 
 BYTES, PAGES, RATIO, FRACTION, COUNT, TEXT = "bytes", "pages", "ratio", "fraction", "count", "text"
 GAUGE, COUNTER, INFO = "gauge", "counter", "info"
+# Decimals of the ratios (ratio, required_ratio, fill) in stat.json and the metrics:
+# enough to tell 1.0032 from 1 when comparing runs.
+RATIO_DECIMALS = 4
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ import pytest
 from cramfs.cramctl import COLUMNS, DEFAULT_COLUMNS
 from cramfs.procfs import mounts
 
+from .test_metrics import shape, values
+
 pytestmark = pytest.mark.mount
 CRAMCTL = str(Path(sys.executable).parent / "cramctl")
 
@@ -131,6 +133,12 @@ def test_exporter_serves_every_mount(mounter):
         assert written[str(a.path)] == 2
         info = {s.labels["mountpoint"]: s.labels for s in fams["cramfs_info"].samples}
         assert info[str(b.path)]["compressor"] == "zstd"
+        # a mount's own file: the same families, labels and values, less `mountpoint`
+        own = a.ctl("metrics")
+        assert shape(own) == shape(plain, drop="mountpoint")
+        assert values(own) == {(name, labels - {("mountpoint", str(a.path))}): v
+                               for (name, labels), v in values(plain).items()
+                               if ("mountpoint", str(a.path)) in labels}
         req = urllib.request.Request(url, headers={
             "Accept": "application/openmetrics-text; version=1.0.0; charset=utf-8"})
         with urllib.request.urlopen(req, timeout=5) as resp:

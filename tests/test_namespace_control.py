@@ -259,7 +259,7 @@ def test_metrics_exposition(ns):
     assert samples["cramfs_physical_used_bytes"].value == ns.device.physical_used
     assert samples["cramfs_written_pages_total"].value == 1
     assert samples["cramfs_danger_level"].value == 0
-    assert samples["cramfs_info"].labels == {"mode": "zswap", "algorithm": "lz4",
+    assert samples["cramfs_info"].labels == {"mode": "zswap", "compressor": "lz4",
                                              "engine": ns.device.config.engine, "danger": "ok"}
     for fam in families.values():
         assert fam.documentation and "Current" not in fam.documentation, fam.name
