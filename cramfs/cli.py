@@ -87,8 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
         dash = s.name.replace("_", "-")
         names = [f"--{dash}"] + ([f"--{s.name}"] if dash != s.name else [])
         # argparse %-formats help text, and percent defaults such as 75% hold a '%'
-        text = f"{s.help} (default {DeviceConfig().show(s.name)})".replace("%", "%%")
-        p.add_argument(*names, dest=s.name, metavar="VALUE", help=text)
+        text = f"{s.help} (default {DeviceConfig().spelled(s.name)})".replace("%", "%%")
+        p.add_argument(*names, dest=s.name, metavar="SIZE" if s.is_size else "VALUE",
+                       help=text)
     return p
 
 

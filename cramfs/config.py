@@ -24,6 +24,7 @@ from .units import (
     parse_percent,
     parse_size,
     shown,
+    spell_size,
 )
 from .zsgeometry import CHAIN_SIZES, DEFAULT_CHAIN_SIZE, geometry
 
@@ -75,6 +76,15 @@ class Setting:
     help: str
     runtime: bool = True
 
+    @property
+    def is_size(self) -> bool:
+        return self.parse is parse_size
+
+    def spelled(self, value: Any) -> str:
+        """The value as a user writes it, for --help: a size as 8G where `show`, the
+        control file's form, gives 8589934592 (bytes, as zram's sysfs files do)."""
+        return spell_size(value) if self.is_size else self.show(value)
+
 
 # not runtime knobs, yet changeable through .cram/ while the device holds no page
 WHILE_EMPTY = ("backing_dev",)
@@ -83,7 +93,8 @@ SETTINGS: dict[str, Setting] = {
     s.name: s
     for s in (
         Setting("advertised", parse_size, str, "static capacity the device claims", False),
-        Setting("physical", parse_size, str, "real capacity (change live via inject)", False),
+        Setting("physical", parse_size, str,
+                "real capacity (change it live: 'physical SIZE' into .cram/inject)", False),
         Setting("compressor", _choice(*COMPRESSORS), str, "lz4, zstd, lzo or none"),
         Setting("chain_size", _int_in("chain_size", CHAIN_SIZES[0], CHAIN_SIZES[-1]), str,
                 "zsmalloc's CONFIG_ZSMALLOC_CHAIN_SIZE: the most pages in a zspage", False),
@@ -108,8 +119,8 @@ SETTINGS: dict[str, Setting] = {
         Setting("mode", _choice(*MODES), str, "zswap (every access faults) or direct"),
         Setting("dram", parse_size, str, "budget of the host-DRAM tier of promoted pages"),
         Setting("fallback_limit", parse_size, str,
-                "most host memory refused pages may take (default: physical); past it "
-                "a refused page gets ENOSPC"),
+                "most host memory refused pages may take, physical's size unless set; "
+                "past it a refused page gets ENOSPC"),
         Setting("comp_threads", _int_in("comp_threads", 0, MAX_WORKERS), str,
                 "worker threads compressing large writes (on the python engine also "
                 "decompressing large reads); 0 keeps them inline"),
@@ -215,3 +226,6 @@ class DeviceConfig:
 
     def show(self, name: str) -> str:
         return SETTINGS[name].show(getattr(self, name))
+
+    def spelled(self, name: str) -> str:
+        return SETTINGS[name].spelled(getattr(self, name))

@@ -56,6 +56,17 @@ def format_size(n: int) -> str:
     raise AssertionError("unreachable")
 
 
+def spell_size(n: int) -> str:
+    """A size as a user writes it, exactly: the largest K/M/G/T suffix that divides it
+    (8G, 64M, 3625), so parse_size(spell_size(n)) == n. format_size rounds to one
+    decimal, as zramctl shows; this is for defaults a user may copy into an option."""
+    for suffix in ("T", "G", "M", "K"):
+        unit = _SUFFIX[suffix]
+        if n and n % unit == 0:
+            return f"{n // unit}{suffix}"
+    return str(n)
+
+
 def parse_percent(text: str) -> float:
     """Parse `75%`, `75` or `62.5%` into a fraction: 0-100, at most two decimals."""
     m = _PERCENT_RE.fullmatch(text.strip(_SPACE))

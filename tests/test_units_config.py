@@ -1,9 +1,11 @@
+import re
+
 import pytest
 
 from cramfs.compressors import COMPRESSORS, describe
 from cramfs.config import DeviceConfig
 from cramfs.pool import class_size
-from cramfs.units import format_size, parse_onoff, parse_percent, parse_size
+from cramfs.units import format_size, parse_onoff, parse_percent, parse_size, spell_size
 
 
 @pytest.mark.parametrize(("text", "value"), [
@@ -62,3 +64,26 @@ def test_class_size():
     assert class_size(25) == 48
     assert class_size(3624) == 3632
     assert class_size(4000) == 4096 and class_size(4096) == 4096
+
+
+@pytest.mark.parametrize(("n", "text"), [
+    (8 << 30, "8G"), (1 << 30, "1G"), (64 << 20, "64M"), (3 << 40, "3T"), (1536, "1536"),
+    (4096, "4K"), (3625, "3625"), (0, "0"), ((1 << 30) + (512 << 20), "1536M"),
+])
+def test_spell_size_is_exact_and_parses_back(n, text):
+    assert spell_size(n) == text
+    assert parse_size(text) == n
+
+
+def test_help_shows_sizes_as_a_user_writes_them():
+    """--help gives 8G, not 8589934592; the control files keep bytes, as zram's do."""
+    from cramfs.cli import build_parser
+
+    text = build_parser().format_help().split("\noptions:", 1)[1]
+    entries = {e.split()[0]: " ".join(e.split()) for e in re.split(r"\n  (?=-)", text) if e.strip()}
+    for flag, default in (("--advertised", "8G"), ("--physical", "1G"), ("--dram", "64M"),
+                          ("--fallback-limit", "1G")):
+        assert entries[flag].startswith(f"{flag} SIZE") and \
+            entries[flag].endswith(f"(default {default})"), entries[flag]
+    assert str(8 << 30) not in text and str(1 << 30) not in text
+    assert DeviceConfig().show("advertised") == str(8 << 30)
