@@ -1,6 +1,7 @@
 """`cramctl`: zramctl for cramfs mounts.
 
-    cramctl [list] [options] [MOUNTPOINT]     the device table (the default command)
+    cramctl [list] [options] [MOUNTPOINT...]  the device table (the default command)
+    cramctl -r|--reset MOUNTPOINT...          empty devices, as zramctl --reset does
     cramctl status MOUNTPOINT                 a mount's status file
     cramctl set MOUNTPOINT KNOB VALUE         write a knob, or say why it cannot be
     cramctl watch MOUNTPOINT                  refresh the status until Ctrl-C
@@ -8,7 +9,8 @@
 
 argparse cannot mix an optional positional with subcommands, so cramctl picks
 the command itself: a first word that names no command starts `list`, so
-`cramctl /mnt/cram` and `cramctl -o DATA,TOTAL` list, as zramctl does.
+`cramctl /mnt/cram` and `cramctl -o DATA,TOTAL` list, as zramctl does, and
+`cramctl -r /mnt/cram` resets (so `--raw` has no short form, as in zramctl).
 It reads only the control files, so it works on any cramfs mount, whoever
 started it; mounts are found in the mount table (type fuse.cramfs).
 """
@@ -34,6 +36,11 @@ from .stats import BY_NAME, BYTES
 from .units import format_size
 
 FSTYPE = "fuse.cramfs"
+DEFAULT_FSNAME = "cramfs"        # what a mount is called unless fsname= or SOURCE names it
+# Knobs of the control directory that are not settings (config.SETTINGS): `set` takes
+# these too, every 0644 file but inject and trace, which take commands, not a value.
+CONTROL_KNOBS = ("mem_used_max", "recomp_algorithm", "writeback_limit_enable",
+                 "writeback_limit")
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,7 @@ class Column:
 
 # zramctl's columns first, under zramctl's names, then cramfs's own
 COLUMNS: dict[str, Column] = {c.name: c for c in (
+    Column("NAME", "name", "the mount's fsname (its SOURCE), else its mountpoint"),
     Column("MOUNTPOINT", "mountpoint", "where the device is mounted"),
     Column("ALGORITHM", "compressor", "compressor of new pages"),
     Column("DISKSIZE", "advertised", "the advertised capacity"),
@@ -73,8 +81,9 @@ COLUMNS: dict[str, Column] = {c.name: c for c in (
     Column("BD-READS", "bd_reads", "pages read from the backing file"),
     Column("BD-WRITES", "bd_writes", "pages written to the backing file"),
 )}
-DEFAULT_COLUMNS = ("MOUNTPOINT", "ALGORITHM", "DISKSIZE", "DATA", "COMPR", "TOTAL",
-                   "COMP-RATIO", "DANGER")
+# zramctl's order: NAME first, MOUNTPOINT last
+DEFAULT_COLUMNS = ("NAME", "ALGORITHM", "DISKSIZE", "DATA", "COMPR", "TOTAL", "COMP-RATIO",
+                   "DANGER", "MOUNTPOINT")
 COMMANDS = ("list", "status", "set", "watch", "exporter")
 _DANGER_COLOUR = {"ok": "32", "warn": "33", "critical": "31", "full": "1;41"}
 
@@ -87,12 +96,22 @@ def find_mounts() -> list[str]:
     return [m.mountpoint for m in mounts() if m.fstype == FSTYPE]
 
 
+def mount_name(mount: str) -> str:
+    """zramctl's NAME for a mount: the fsname it was given (`-o fsname=` or mount(8)'s
+    SOURCE), which names it in the mount table; the mountpoint where it has the
+    default one, which every mount shares."""
+    source = next((m.source for m in mounts() if m.mountpoint == mount
+                   and m.fstype == FSTYPE), "")
+    return source if source and source != DEFAULT_FSNAME else mount
+
+
 def read_stats(mount: str) -> dict[str, Any]:
     try:
         doc: dict[str, Any] = json.loads((Path(mount) / ".cram" / "stat.json").read_text())
     except OSError as e:
         raise CtlError(f"{mount}: cannot read .cram/stat.json: {e.strerror}") from None
     doc["mountpoint"] = mount
+    doc["name"] = mount_name(mount)
     if doc.get("backing_dev") == "set":
         # stat.json only says one is set: its path is in the root-only .cram/backing_dev
         with contextlib.suppress(OSError):
@@ -146,20 +165,55 @@ def _json_value(doc: dict[str, Any], col: Column, exact: bool) -> Any:
     return format_size(int(value))
 
 
-def cmd_list(args: argparse.Namespace) -> int:
-    columns = _columns(args)
+def _chosen(given: list[str]) -> list[str]:
+    """The mounts named, each checked to be a cramfs mount; every one if none is."""
     found = find_mounts()
-    if args.mount is not None:
-        mount = os.path.abspath(args.mount)
+    if not given:
+        return found
+    chosen = []
+    for name in given:
+        mount = os.path.abspath(name)
         if mount not in found:
-            raise CtlError(f"{args.mount} is not a cramfs mount")
-        found = [mount]
-    docs = [read_stats(m) for m in found]
+            raise CtlError(f"{name} is not a cramfs mount")
+        chosen.append(mount)
+    return chosen
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    if args.reset:
+        return cmd_reset(args)
+    columns = _columns(args)
+    docs = [read_stats(m) for m in _chosen(args.mount)]
     if args.json:
         out = [{c.name.lower(): _json_value(d, c, args.bytes) for c in columns} for d in docs]
         print(json.dumps({"cramfs": out}, indent=2))
     elif docs:
         sys.stdout.write(table(docs, columns, args.bytes, args.raw, not args.noheadings))
+    return 0
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    """zramctl --reset: drop every file and counter of each device named (1 into
+    .cram/reset), which the device refuses with EBUSY while a file on it is open, as
+    zram refuses to reset a device in use."""
+    listing = [f for f in ("bytes", "noheadings", "raw", "json", "output", "output_all")
+               if getattr(args, f)]
+    if listing:
+        raise CtlError(f"--reset takes no listing option (got --{listing[0].replace('_', '-')})")
+    if not args.mount:
+        raise CtlError("--reset needs a MOUNTPOINT (zramctl --reset needs a device too)")
+    for mount in _chosen(args.mount):
+        try:
+            with open(_ctl_dir(mount) / "reset", "w") as f:
+                f.write("1\n")
+        except OSError as e:
+            if e.errno == errno.EBUSY:
+                raise CtlError(f"{mount}: cannot reset: a file on it is open (EBUSY). Close "
+                               "it first; for swap on it, swapoff and losetup -d the loop "
+                               "device, as zram needs before a reset") from None
+            if e.errno in (errno.EACCES, errno.EPERM):
+                raise CtlError(f"{mount}: cannot reset: not permitted (root's)") from None
+            raise CtlError(f"{mount}: cannot reset: {e.strerror}") from None
     return 0
 
 
@@ -175,13 +229,26 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_knob(doc: dict[str, Any], key: str, value: str) -> None:
+def knobs() -> list[str]:
+    """Every knob `set` writes: the runtime settings, backing_dev (while the device is
+    empty), and the control directory's other knobs."""
+    return [*(n for n, s in SETTINGS.items() if s.runtime), *WHILE_EMPTY, *CONTROL_KNOBS]
+
+
+def check_knob(doc: dict[str, Any], key: str, value: str, mount: str = "MOUNTPOINT") -> None:
     """Say what is wrong before writing: an unknown knob, or the value the daemon would
-    refuse, with the same parser and cross-checks (from the mount's current settings)."""
+    refuse, with the same parser and cross-checks (from the mount's current settings).
+    The control knobs' values are the daemon's to judge (their parsers need the
+    device): cmd_set gives its reason."""
+    if key in CONTROL_KNOBS:
+        return
     setting = SETTINGS.get(key)
     if setting is None:
-        raise CtlError(f"unknown knob {key!r}; knobs: "
-                       f"{', '.join(n for n, s in SETTINGS.items() if s.runtime)}")
+        raise CtlError(f"unknown knob {key!r}; knobs: {', '.join(knobs())}")
+    if key == "physical":
+        raise CtlError(f"physical is a mount option, not a knob; to change the real "
+                       f"capacity live (hardware degrading or replaced), inject it: "
+                       f"echo 'physical {value}' > {mount}/.cram/inject")
     if not setting.runtime and key not in WHILE_EMPTY:
         raise CtlError(f"{key} is fixed for the life of the mount (a mount option)")
     current = DeviceConfig(**{n: doc[n] for n in SETTINGS if n in doc})
@@ -191,15 +258,29 @@ def check_knob(doc: dict[str, Any], key: str, value: str) -> None:
         raise CtlError(f"invalid value for {key}: {e}") from None
 
 
+def _refusal(ctl: Path, key: str) -> str | None:
+    """Why the daemon refused the last write to `key`: its `rejected` events line (the
+    events file is root's, as writing a knob is)."""
+    try:
+        lines = (ctl / "events").read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    mark = f" rejected {key}: "
+    return next((ln.split(mark, 1)[1] for ln in reversed(lines) if mark in ln), None)
+
+
 def cmd_set(args: argparse.Namespace) -> int:
     ctl = _ctl_dir(args.mount)
-    check_knob(read_stats(args.mount), args.key, args.value)
+    check_knob(read_stats(args.mount), args.key, args.value, args.mount)
     try:
         with open(ctl / args.key, "w") as f:
             f.write(args.value + "\n")
     except OSError as e:
         if e.errno in (errno.EACCES, errno.EPERM):
             raise CtlError(f"{args.key}: not permitted (knobs are root's)") from None
+        if e.errno == errno.EINVAL:
+            why = _refusal(ctl, args.key) or f"refused {args.value!r}"
+            raise CtlError(f"invalid value for {args.key}: {why}") from None
         raise CtlError(f"{args.key}: {e.strerror}") from None
     return 0
 
@@ -243,10 +324,12 @@ def _parser(name: str, help_: str, func: Callable[[argparse.Namespace], int]) ->
 def build_parsers() -> dict[str, Parser]:
     out: dict[str, Parser] = {}
     p = out["list"] = _parser("list", "List cramfs devices, as zramctl does.", cmd_list)
-    p.add_argument("mount", nargs="?", metavar="MOUNTPOINT", help="only this device")
+    p.add_argument("mount", nargs="*", metavar="MOUNTPOINT", help="only these devices")
+    p.add_argument("-r", "--reset", action="store_true",
+                   help="reset the devices named: drop every file and counter")
     p.add_argument("-b", "--bytes", action="store_true", help="print sizes in bytes")
     p.add_argument("-n", "--noheadings", action="store_true", help="no header line")
-    p.add_argument("-r", "--raw", action="store_true", help="single spaces, no alignment")
+    p.add_argument("--raw", action="store_true", help="single spaces, no alignment")
     p.add_argument("-J", "--json", action="store_true", help="JSON output")
     p.add_argument("-o", "--output", metavar="LIST",
                    help="columns, comma-separated: " + ", ".join(COLUMNS))
@@ -255,7 +338,7 @@ def build_parsers() -> dict[str, Parser]:
     p.add_argument("mount", metavar="MOUNTPOINT")
     p = out["set"] = _parser("set", "Write a knob; says why it cannot be set.", cmd_set)
     p.add_argument("mount", metavar="MOUNTPOINT")
-    p.add_argument("key", metavar="KNOB")
+    p.add_argument("key", metavar="KNOB", help="one of: " + ", ".join(knobs()))
     p.add_argument("value", metavar="VALUE")
     p = out["watch"] = _parser("watch", "Refresh the status once a second until Ctrl-C.",
                                cmd_watch)

@@ -42,7 +42,7 @@ def test_list_grammar_and_flags(mounter):
     for argv in ((str(a.path),), ("list", str(a.path))):
         rows = ctl(*argv, "-n", "-o", "MOUNTPOINT,MEM-LIMIT").stdout.splitlines()
         assert rows == [f"{a.path} 64M"] or [r.split() for r in rows] == [[str(a.path), "64M"]]
-    rows = ctl(str(b.path), "-b", "-r", "-n", "-o", "mem-limit,data").stdout.splitlines()
+    rows = ctl(str(b.path), "-b", "--raw", "-n", "-o", "mem-limit,data").stdout.splitlines()
     assert rows == [f"{32 << 20} 0"]
     every = ctl(str(a.path), "--output-all").stdout.splitlines()[0].split()
     assert every == list(COLUMNS)
@@ -73,6 +73,74 @@ def test_set_says_what_is_wrong(mnt):
         assert r.returncode == 1 and fragment in r.stderr, r.stderr
     assert ctl("set", str(mnt.path), "dram", "1M").returncode == 0
     assert mnt.ctl("dram") == f"{1 << 20}\n"
+
+
+def test_name_column_is_the_fsname_else_the_mountpoint(mounter):
+    named, plain = mounter("-o", "fsname=cram-a"), mounter()
+    rows = ctl("-n", "--raw", "-o", "NAME,MOUNTPOINT").stdout.splitlines()
+    assert f"cram-a {named.path}" in rows and f"{plain.path} {plain.path}" in rows
+    # zramctl's default columns: NAME first, MOUNTPOINT last
+    head = ctl(str(named.path)).stdout.splitlines()[0].split()
+    assert head[0] == "NAME" and head[-1] == "MOUNTPOINT"
+    assert json.loads(ctl(str(named.path), "-J", "-o", "name").stdout) == \
+        {"cramfs": [{"name": "cram-a"}]}
+
+
+def test_reset_empties_the_device_and_explains_ebusy(mounter):
+    a, b = mounter(), mounter()
+    for m in (a, b):
+        (m.path / "f").write_bytes(b"z" * 3 * 4096)
+    assert ctl("-r", str(a.path), str(b.path)).returncode == 0
+    for m in (a, b):
+        assert not (m.path / "f").exists() and m.stat()["writes"] == 0
+    (a.path / "g").write_bytes(b"z" * 4096)
+    with open(a.path / "g", "rb"):
+        r = ctl("--reset", str(a.path))
+        assert r.returncode == 1 and len(r.stderr.splitlines()) == 1, r.stderr
+        assert f"cramctl: {a.path}: cannot reset: a file on it is open (EBUSY)" in r.stderr
+        assert "swapoff" in r.stderr
+    assert (a.path / "g").exists(), "a refused reset leaves the device as it was"
+    for argv, fragment in ((("-r",), "--reset needs a MOUNTPOINT"),
+                           (("-r", "-o", "NAME", str(a.path)), "--reset takes no listing"),
+                           (("-r", "/nonexistent"), "is not a cramfs mount")):
+        r = ctl(*argv)
+        assert r.returncode == 1 and fragment in r.stderr, r.stderr
+    assert (a.path / "g").exists()
+
+
+def test_set_takes_every_knob_of_the_control_directory(mnt):
+    """Every 0644 control file but inject and trace (commands) is a knob `set` takes."""
+    from cramfs.config import SETTINGS, WHILE_EMPTY
+    from cramfs.control import ATTRIBUTES
+    from cramfs.cramctl import knobs
+
+    rw = {n for n, a in ATTRIBUTES.items() if a.show and a.store} - {"inject", "trace"}
+    assert set(knobs()) == rw
+    assert set(knobs()) - set(SETTINGS) - set(WHILE_EMPTY)
+    for key, value, shown in (("writeback_limit_enable", "1", "1\n"),
+                              ("writeback_limit", "100", "100\n"),
+                              ("recomp_algorithm", "algo=zstd", "#1: lz4 [zstd] lzo\n"),
+                              ("mem_used_max", "0", "0\n")):
+        r = ctl("set", str(mnt.path), key, value)
+        assert r.returncode == 0, r.stderr
+        assert mnt.ctl(key) == shown, key
+    # the daemon judges these values, and cramctl gives its reason
+    for key, value, fragment in (
+            ("writeback_limit", "lots", "invalid value for writeback_limit: not a whole "
+             "number: 'lots'; expected a page count"),
+            ("writeback_limit_enable", "2", "invalid value for writeback_limit_enable: "
+             "expected 0 or 1, got '2'"),
+            ("recomp_algorithm", "zstd", "invalid value for recomp_algorithm: expected "
+             "algo=... priority=..., got 'zstd'")):
+        r = ctl("set", str(mnt.path), key, value)
+        assert r.returncode == 1 and fragment in r.stderr, r.stderr
+        assert len(r.stderr.splitlines()) == 1
+    r = ctl("set", str(mnt.path), "physical", "512M")
+    assert r.returncode == 1, r.stderr
+    assert f"echo 'physical 512M' > {mnt.path}/.cram/inject" in r.stderr
+    with open(mnt.path / ".cram" / "inject", "w") as f:        # and that command works
+        f.write("physical 512M\n")
+    assert mnt.ctl("physical") == f"{512 << 20}\n"
 
 
 def test_set_by_another_user_is_not_permitted():
