@@ -77,6 +77,10 @@ def _status(ns: Namespace) -> str:
         setting = dev.config.show(name)
         lines.append(f"{name}: {setting}" if not setting.isdigit()
                      else f"{name}: {setting} ({format_size(int(setting))})")
+        if name == "write_control" and dev.refusing:
+            # statfs then reports no blocks available (namespace.statvfs): say why df's
+            # Use% reads 100% at a fill of 90%
+            lines[-1] += " (refusing new pages now: df shows Avail 0, Use% 100%)"
     lines.append(f"backing_dev: {_backing_shown(ns)}")
     if ns.kernel_discard is not None:
         lines.append("discard: " + ("fallocate (punch hole, zero range, blkdiscard, swapon "

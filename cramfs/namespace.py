@@ -390,7 +390,11 @@ class Namespace:
                 "required_ratio": round(c.advertised / c.physical, RATIO_DECIMALS)}
 
     def statvfs(self) -> dict[str, int]:
-        """df's view: the advertised size, with Use% the real physical fill."""
+        """df's view: the advertised size, scaled to the real physical fill: Used is
+        advertised x fill, free the rest. Available is free too, but 0 while write
+        control refuses new pages (f_bavail: what a writer can get, as ext4 leaves out
+        its reserved blocks), so df's Use%, Used / (Used + Avail), is the fill rounded
+        up while the device takes pages and 100% while it refuses them."""
         dev = self.device
         blocks = dev.config.advertised // PAGE_SIZE
         free = max(0, int(blocks * (1 - dev.physical_used / dev.config.physical)))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import errno
+import math
 import mmap
 import os
 import random
 import stat
+import subprocess
 
 import pytest
 
@@ -115,6 +117,48 @@ def test_statvfs_reports_advertised_and_physical_fill(mounter):
     assert st.f_ffree == ffree - 1
     assert st.f_bfree == int(st.f_blocks * (1 - 4 / 64))
     assert st.f_bavail == st.f_bfree
+
+
+def test_df_use_percent_at_each_level(mounter):
+    """df's Use% is the physical fill, rounded up, while the device takes new pages, and
+    100% (Avail 0) while write control refuses them, Used still the fill; status says
+    why. The README's Quick start says the same."""
+    m = mounter("-o", "advertised=16M,physical=256K,dram=0")    # a page is 1/64 of it
+    fd = os.open(m.path / "f", os.O_WRONLY | os.O_CREAT, 0o600)
+
+    def df() -> tuple[int, int, int, int]:
+        out = subprocess.run(["df", "-B1", "--output=size,used,avail,pcent", str(m.path)],
+                             capture_output=True, text=True, check=True).stdout
+        size, used, avail, pcent = out.splitlines()[1].split()
+        return int(size), int(used), int(avail), int(pcent.rstrip("%"))
+
+    def fill_to(pages: int) -> float:
+        for i in range(pages):
+            os.pwrite(fd, random_page(i), i * P)
+        s = m.stat()
+        return s["physical_used"] / s["physical"]
+
+    try:
+        for pages, level in ((40, "ok"), (50, "warn")):
+            fill = fill_to(pages)
+            assert m.ctl("danger") == f"{level}\n"
+            size, used, avail, pcent = df()
+            assert size == 16 << 20 and used + avail == size
+            assert pcent == math.ceil(fill * 100), (level, fill, pcent)
+            assert "refusing" not in m.ctl("status")
+        fill = fill_to(58)                                         # 90.6%
+        assert m.ctl("danger") == "critical\n"
+        size, used, avail, pcent = df()
+        assert (avail, pcent) == (0, 100)
+        assert used == pytest.approx(size * fill, abs=P), "Used is still the fill"
+        assert "write_control: on (refusing new pages now: df shows Avail 0, Use% 100%)" \
+            in m.ctl("status")
+        m.set("write_control", "off")                              # nothing refuses now
+        size, used, avail, pcent = df()
+        assert avail > 0 and pcent == math.ceil(fill * 100) == 91
+        assert "write_control: off\n" in m.ctl("status")
+    finally:
+        os.close(fd)
 
 
 def test_control_files(mnt):
