@@ -88,12 +88,21 @@ def config_of(header: dict[str, Any], overrides: dict[str, str] | None = None) -
     return config
 
 
+def default_step(duration: float, samples: int) -> float:
+    """A sample step that gives a trace of `duration` recorded seconds about `samples`
+    samples, whatever its length: a fixed step draws a 0.3 s trace as one point and a
+    long one as thousands. 0 for a trace with no length: every call is a sample."""
+    return duration / samples if duration > 0 else 0.0
+
+
 def replay(header: dict[str, Any], records: Iterable[trace.Record],
            overrides: dict[str, str] | None = None, every: float = 0.5,
            on_sample: Callable[[Sample], None] | None = None,
            observe: Callable[[PageEvent], None] | None = None) -> Outcome:
     """Make the recorded calls again on a fresh device; sample it every `every` seconds
-    of recorded time. `observe` gets every page's transition (pagelog), at some cost."""
+    of recorded time, and once more at the end of the trace, so the timeline always
+    reaches the state the replay ends in. `observe` gets every page's transition
+    (pagelog), at some cost."""
     hostmem.tune_allocator()           # as the daemon does: the same pages, faster
     started = time.perf_counter()
     clock = [float(header.get("device_age", 0.0))]
@@ -182,6 +191,11 @@ def _replay(header: dict[str, Any], records: Iterable[trace.Record], config: Dev
                 on_sample(s)
             next_sample = t + every
     out.duration = last_t if out.recorded_mm_stat is None else out.duration
+    if out.records and (not out.samples or out.samples[-1].time < out.duration):
+        s = Sample(out.duration, round(dev.fill, 4), dev.ratio, level[0])
+        out.samples.append(s)
+        if on_sample is not None:
+            on_sample(s)
     out.peak_fill, out.peak_fallback_pages = peak_fill, peak_fallback
     c = dev.counters
     out.refused_pages = c.reject_write_control

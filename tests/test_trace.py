@@ -336,12 +336,14 @@ def test_a_version_1_trace_still_reads(tmp_path):
     rec = struct.Struct("<dBIqqiI")
     payload = lz4.block.compress(data)
     path = tmp_path / "v1.trace"
+    stop = b"{}"
     path.write_bytes(struct.pack("<8sHI", trace.MAGIC, 1, len(body)) + body
                      + rec.pack(0.5, trace.WRITE, 1000, 0, len(data), len(data), len(payload))
-                     + payload)
+                     + payload + rec.pack(0.6, trace.STOP, 0, 0, 0, 0, len(stop)) + stop)
     _, records = trace.read_trace(path)
-    (r,) = list(records)
+    r, end = list(records)
     assert r.op == trace.WRITE and r.pages is None and r.data == data and r.size == 2 * P
+    assert end.op == trace.STOP
 
 
 def _compress_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
@@ -462,3 +464,146 @@ def test_a_mount_on_zstd_replays_exactly_from_the_kept_zstd_blocks(mounter, tmp_
     with pytest.raises(OSError) as e:
         m.set("trace", f"start {tmp_path / 'x.trace'} compressors=brotli")
     assert e.value.errno == errno.EINVAL
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([TRACE_CLI, *map(str, args)], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_a_short_trace_is_sampled_to_its_end_and_plotted_with_thresholds(tmp_path):
+    """A trace far shorter than any fixed step still gets a timeline: the default step
+    is the trace's length over a number of samples, and the end is always sampled."""
+    from cramfs import trace_cli
+
+    ns = fresh(physical=64 * P)
+    record(ns, tmp_path / "t.trace")
+    extent = trace.scan(tmp_path / "t.trace")
+    assert extent.whole and extent.stopped and 0 < extent.duration < 0.5
+    header, records = trace.read_trace(tmp_path / "t.trace")
+    # a step past the whole trace: the start and the end, no more
+    out = replay.replay(header, records, every=10.0)
+    assert [s.time for s in out.samples] == [out.samples[0].time, extent.duration]
+    assert out.samples[-1].fill == round(ns.device.fill, 4), "the end is the final state"
+    r = cli("replay", tmp_path / "t.trace")
+    assert r.returncode == 0, r.stderr
+    rows = [ln for ln in r.stdout.splitlines() if ln[:1] == " " and ln.split()[0][0].isdigit()]
+    # a row a step (where a call falls in it), and the end
+    assert 10 <= len(rows) <= trace_cli.TIMELINE_ROWS + 2
+    assert float(rows[-1].split()[0]) == pytest.approx(extent.duration, abs=1e-3)
+    combos = [{"physical": "256K", "warn_at": "60%"}, {"physical": "640K", "warn_at": "70%"}]
+    results = []
+    for combo in combos:
+        header, records = trace.read_trace(tmp_path / "t.trace")
+        results.append(replay.replay(header, records, combo, replay.default_step(
+            extent.duration, trace_cli.PLOT_POINTS)))
+    fig = trace_cli.figure(header, combos, results)
+    ax = fig.axes[0]
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    for combo, out in zip(combos, results, strict=True):
+        drawn = lines[" ".join(f"{k}={v}" for k, v in combo.items())]
+        assert list(drawn.get_xdata()) == [s.time for s in out.samples]
+        assert len(out.samples) >= 50, "a line, not a dot"
+        assert drawn.get_xdata()[-1] == pytest.approx(extent.duration)
+    for label, y in (("warn at 60%", 60), ("warn at 70%", 70), ("critical at 90%", 90)):
+        assert list(lines[label].get_ydata()) == [y, y], label
+    r = cli("whatif", tmp_path / "t.trace", "--physical", "256K,640K", "--plot",
+            tmp_path / "w.png")
+    assert r.returncode == 0 and (tmp_path / "w.png").stat().st_size > 10_000, r.stderr
+
+
+def test_a_cut_off_or_damaged_trace_is_an_error_unless_partial(tmp_path):
+    ns = fresh()
+    record(ns, tmp_path / "t.trace")
+    whole = (tmp_path / "t.trace").read_bytes()
+    cut = tmp_path / "cut.trace"
+    cut.write_bytes(whole[:5000])                      # head -c 5000 run.trace
+    extent = trace.scan(cut)
+    assert not extent.whole and 0 < extent.end < 5000 and extent.records > 0
+    for args in (("replay",), ("pages",), ("stats",), ("show",),
+                 ("whatif", "--physical", "64K")):
+        r = cli(args[0], cut, *args[1:])
+        assert r.returncode == 1 and len(r.stderr.splitlines()) == 1, (args, r.stderr)
+        assert (f"cramfs-trace: {cut}: cut off at byte 5000, inside a record: the last "
+                f"whole record ends at byte {extent.end}") in r.stderr, r.stderr
+        assert f"--partial reads the {extent.records} whole records before byte " \
+            f"{extent.end}" in r.stderr
+    with pytest.raises(trace.TraceError, match="cut off at byte 5000"):
+        trace.read_trace(cut)
+    # --partial replays what is there, and says where it stops
+    r = cli("replay", cut, "--partial")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.startswith(f"cramfs-trace: warning: {cut}: cut off at byte 5000")
+    assert f"reading the {extent.records} whole records before byte {extent.end}" in r.stderr
+    assert f"replayed {extent.records} calls" in r.stdout
+    r = cli("stats", cut, "--partial")
+    assert r.returncode == 0 and "cut short: cut off at byte 5000" in r.stdout
+    # cut on a record's boundary: whole records, but no stop record
+    (tmp_path / "early.trace").write_bytes(whole[:extent.end])
+    r = cli("replay", tmp_path / "early.trace")
+    assert r.returncode == 1
+    assert f"ends at byte {extent.end} with no stop record" in r.stderr
+    # cut inside the header: nothing to replay, --partial or not
+    (tmp_path / "head.trace").write_bytes(whole[:40])
+    r = cli("replay", tmp_path / "head.trace", "--partial")
+    assert r.returncode == 1 and "cut off at byte 40, inside its header" in r.stderr
+    # a damaged record: its kind overwritten
+    at = extent.end                                     # a record starts there
+    bad = bytearray(whole)
+    bad[at + 8] = 200
+    (tmp_path / "bad.trace").write_bytes(bad)
+    r = cli("replay", tmp_path / "bad.trace")
+    assert r.returncode == 1
+    assert f"damaged at byte {at}: a record of no known kind (200)" in r.stderr
+    # a write whose lz4 block does not decode: found as it is read, with its offset
+    at, n = next((at, n) for at, op, n in offsets(whole)
+                 if op == trace.WRITE and whole[at + REC.size] == trace.WHOLE)
+    garbled = bytearray(whole)
+    garbled[at + REC.size + 1:at + REC.size + n] = b"\xff" * (n - 1)
+    (tmp_path / "garbled.trace").write_bytes(garbled)
+    r = cli("replay", tmp_path / "garbled.trace")
+    assert r.returncode == 1 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert f"damaged at byte {at}: a write record's payload does not decode" in r.stderr
+    r = cli("replay", tmp_path / "garbled.trace", "--partial")
+    assert r.returncode == 0 and f"damaged at byte {at}" in r.stderr
+    before = sum(1 for o, _, _ in offsets(whole) if o < at)
+    assert f"replayed {before} calls" in r.stdout
+
+
+REC = struct.Struct("<dBIqqiI")
+
+
+def offsets(data: bytes) -> list[tuple[int, int, int]]:
+    """Each record of a trace's bytes: its offset, kind and payload length."""
+    (size,) = struct.unpack_from("<I", data, 10)
+    pos, out = 14 + size, []
+    while pos + REC.size <= len(data):
+        _, op, _, _, _, _, n = REC.unpack_from(data, pos)
+        out.append((pos, op, n))
+        pos += REC.size + n
+    return out
+
+
+def test_errors_name_the_option_and_the_value(tmp_path):
+    ns = fresh()
+    record(ns, tmp_path / "t.trace")
+    t = tmp_path / "t.trace"
+    for args, line in (
+            (("whatif", t, "--physical", "1.5G"),
+             "cramfs-trace: --physical 1.5G: not a size: '1.5G' (use bytes or a K/M/G/T "
+             "suffix)"),
+            (("whatif", t, "--physical", "64K,2T"),
+             f"cramfs-trace: --physical 2T: physical ({2 << 40}) must not exceed advertised "
+             f"({16 << 20})"),
+            (("whatif", t, "--warn-at", "95%"),
+             "cramfs-trace: --warn-at 95%: need 0% < warn_at < critical_at < 100%"),
+            (("replay", t, "-o", "colour=blue"),
+             "cramfs-trace: -o colour=blue: unknown setting 'colour'"),
+            (("pages", t, "-o", "physical=lots"),
+             "cramfs-trace: -o physical=lots: not a size: 'lots' (use bytes or a K/M/G/T "
+             "suffix)"),
+            (("replay", t, "--every", "0"),
+             "cramfs-trace: --every 0: the step must be above 0 seconds")):
+        r = cli(*args)
+        assert r.returncode == 2 and r.stderr == line + "\n", (args, r.stderr)
+        assert "{" not in r.stderr
