@@ -422,6 +422,8 @@ def _open(path: str | Path) -> tuple[BinaryIO, int, dict[str, Any]]:
     try:
         head = f.read(_HEAD.size)
         if len(head) < _HEAD.size:
+            if head and MAGIC.startswith(head[:len(MAGIC)]):
+                raise TraceError(f"{path}: cut off at byte {len(head)}, inside its header")
             raise TraceError(f"{path}: not a cramfs trace (too short)")
         magic, version, size = _HEAD.unpack(head)
         if magic != MAGIC:

@@ -544,9 +544,10 @@ def test_a_cut_off_or_damaged_trace_is_an_error_unless_partial(tmp_path):
     assert r.returncode == 1
     assert f"ends at byte {extent.end} with no stop record" in r.stderr
     # cut inside the header: nothing to replay, --partial or not
-    (tmp_path / "head.trace").write_bytes(whole[:40])
-    r = cli("replay", tmp_path / "head.trace", "--partial")
-    assert r.returncode == 1 and "cut off at byte 40, inside its header" in r.stderr
+    for n in (40, 10):
+        (tmp_path / "head.trace").write_bytes(whole[:n])
+        r = cli("replay", tmp_path / "head.trace", "--partial")
+        assert r.returncode == 1 and f"cut off at byte {n}, inside its header" in r.stderr
     # a damaged record: its kind overwritten
     at = extent.end                                     # a record starts there
     bad = bytearray(whole)
