@@ -74,7 +74,8 @@ def test_swap_experiment_end_to_end(tmp_path, clean_host):
     # the device saw the traffic: it held tens of MiB, and swap-ins faulted pages back
     assert max(int(row["logical_stored"]) for row in rows) >= 32 << 20
     assert cram["promotions"] > 0
-    assert cram["final_ratio"] > 1
+    assert cram["ratio_last_while_running"] > 1 and cram["ratio_at_peak"] > 1
+    assert cram["physical_limit"] == 1 << 30
     assert (out / "plot.png").stat().st_size > 10_000
     if zswap.unavailable() is None:
         # the kernel's zswap ran the same workload, with lzo (its nearest to lz4) and the
@@ -86,6 +87,7 @@ def test_swap_experiment_end_to_end(tmp_path, clean_host):
             "peak_physical_used"], "zswap held compressed pages"
         assert setup["compressor"] == "lzo" and setup["cramfs_compressor"] == "lz4"
         assert setup["max_pool_percent"] == zswap.pool_percent(1 << 30, zswap.mem_total())
+        assert zs["max_pool_bytes"] == setup["pool_limit_bytes"] == zs["physical_limit"]
         assert set(summary["compare"]["wall_time_s"]) == {"cramfs", "zram", "zswap"}
     sched = cram["schedule"]
     assert [(e["file"], e["value"], e["result"]) for e in sched] == [
@@ -94,7 +96,11 @@ def test_swap_experiment_end_to_end(tmp_path, clean_host):
     assert 0.5 <= sched[0]["applied_at"] < 2 and "schedule" not in summary.get("zram", {})
     assert "swapped out" in r.stderr and "danger" in r.stderr      # progress lines
     if Path("/sys/block/zram0").exists() and "skipping the zram comparison" not in r.stderr:
-        assert summary["zram"]["workload_exit_status"] == 0
+        zr = summary["zram"]
+        assert zr["workload_exit_status"] == 0
+        # held to cramfs's physical, and under it
+        assert zr["mem_limit"] == summary["zram_setup"]["mem_limit"] == cram["physical_limit"]
+        assert zr["peak_physical_used"] <= zr["mem_limit"]
         assert {"cramfs", "zram"} <= set(summary["compare"]["ratio_at_peak"])
         assert Path("/sys/block/zram0/disksize").read_text().strip() == "0", "zram reset"
 

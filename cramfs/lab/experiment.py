@@ -50,7 +50,8 @@ from .workload import EXIT_MISMATCH
 SAMPLED = ("physical", "physical_used", "logical_stored", "ratio", "danger", "promotions",
            "demotions", "reject_write_control", "fallback_pages", "fallback_bytes",
            "promoted_pages", "promoted_bytes", "stored_pages", "written_back_pages",
-           "bd_reads", "bd_writes", "reclaim_written", "notify_free", "discards")
+           "bd_reads", "bd_writes", "reclaim_written", "notify_free", "discards",
+           "failed_writes")
 FIELDS = ("target", "time", "running", *SAMPLED, "device_held", "warn_at", "critical_at",
           "swap_used",
           "pswpin", "pswpout", "rss", "daemon_rss", "daemon_overhead")
@@ -99,8 +100,10 @@ class CramTarget:
     name = "cramfs"
 
     def __init__(self, options: list[str], mount: Path | None, swap_size: int,
-                 trace: Path | None = None, trace_also: str = "", discard: bool = True) -> None:
+                 trace: Path | None = None, trace_also: str = "", discard: bool = True,
+                 mount_dir: Path | None = None) -> None:
         self.options = options
+        self.mount_dir = mount_dir    # where a fresh mount goes (a temporary one if None)
         self.discard = discard        # swapon --discard: freed swap reaches the device
         self.trace = trace            # record the run into this file (.cram/trace)
         self.trace_also = trace_also  # other compressors whose blocks the trace keeps
@@ -114,9 +117,13 @@ class CramTarget:
 
     def setup(self) -> None:
         self.mount = self.given
-        if self.mount is None:
+        if self.mount is None and self.mount_dir is not None:
+            self.mount_dir.mkdir(parents=True, exist_ok=True)
+            self.mount = self.mount_dir
+        elif self.mount is None:
             self._tmp = tempfile.mkdtemp(prefix="cramfs-exp-")
             self.mount = Path(self._tmp)
+        if self.given is None:
             cramfs = Path(sys.executable).parent / "cramfs"
             opts = [a for o in self.options for a in ("-o", o)]
             say(f"mounting cramfs at {self.mount} {' '.join(opts)}")
@@ -212,10 +219,12 @@ class ZramTarget:
     name = "zram"
     swap_device = zram.DEVICE
 
-    def __init__(self, algorithm: str, swap_size: int) -> None:
+    def __init__(self, algorithm: str, swap_size: int, mem_limit: int = 0) -> None:
         self.algorithm = algorithm
         self.swap_size = swap_size
+        self.mem_limit = mem_limit    # cramfs's physical: both devices get the same memory
         self._ours = False
+        self._lock = zram.Lock()
 
     @staticmethod
     def unavailable(algorithm: str) -> str | None:
@@ -225,10 +234,17 @@ class ZramTarget:
 
     def setup(self) -> None:
         echo = lambda line: say(f"+ {line}")  # noqa: E731
+        self._lock.acquire()                  # held until teardown
+        why = zram.unavailable(self.algorithm)
+        if why:
+            self._lock.release()
+            raise RuntimeError(f"zram: {why}")
         self._ours = True
         echo(f"echo {self.algorithm} > {zram.ZRAM}/comp_algorithm")
         echo(f"echo {self.swap_size} > {zram.ZRAM}/disksize")
-        zram.set_up(self.swap_size, self.algorithm)
+        if self.mem_limit:
+            echo(f"echo {self.mem_limit} > {zram.ZRAM}/mem_limit")
+        zram.set_up(self.swap_size, self.algorithm, self.mem_limit)
         run(["mkswap", zram.DEVICE], echo)
         run(["swapon", "-p", str(top_priority()), zram.DEVICE], echo)
 
@@ -237,17 +253,27 @@ class ZramTarget:
         orig, used = mm["orig_data_size"], mm["mem_used_total"]
         out = _idle_sample()
         out.update(physical_used=used, logical_stored=orig, stored_pages=orig // 4096,
-                   ratio=round(orig / used, 2) if used else float("inf"), device_held=orig)
+                   ratio=round(orig / used, 4) if used else float("inf"), device_held=orig,
+                   physical=self.mem_limit or None,
+                   failed_writes=zram.io_stat()["failed_writes"])
         return out
+
+    def describe(self) -> dict[str, Any]:
+        """What summary.json says about this peer's set-up."""
+        return {"algorithm": self.algorithm, "disksize": self.swap_size,
+                "mem_limit": self.mem_limit}
 
     def teardown(self) -> None:
         if not self._ours:
             return
-        if zram.DEVICE in active_swaps():
-            run(["swapoff", zram.DEVICE], lambda line: say(f"+ {line}"))
-        say(f"+ echo 1 > {zram.ZRAM}/reset")
-        zram.reset()
-        self._ours = False
+        try:
+            if zram.DEVICE in active_swaps():
+                run(["swapoff", zram.DEVICE], lambda line: say(f"+ {line}"))
+            say(f"+ echo 1 > {zram.ZRAM}/reset")
+            zram.reset()
+        finally:
+            self._ours = False
+            self._lock.release()
 
 
 class ZswapTarget:
@@ -262,6 +288,10 @@ class ZswapTarget:
         self.swap_size = swap_size
         self.physical = physical
         self.percent = zswap.pool_percent(physical, zswap.mem_total())
+        # the pool's own cap: a whole percent of RAM, and at least 1% (cgroup v1 has no
+        # memory.zswap.max), so as near cramfs's physical as zswap goes
+        self.max_pool_bytes = zswap.mem_total() * self.percent // 100
+        self._lock = zram.Lock()           # zswap is shared as zram0 is: one user at a time
         self._saved: dict[str, str] | None = None
         self._tmp: Path | None = None
         self.swap_device = ""
@@ -280,6 +310,7 @@ class ZswapTarget:
 
     def setup(self) -> None:
         echo = lambda line: say(f"+ {line}")  # noqa: E731
+        self._lock.acquire()                  # held until teardown
         self._tmp = Path(tempfile.mkdtemp(prefix="cramfs-zswap-", dir="/var/tmp"))
         self._saved = zswap.save()
         for name, value in (("compressor", self.compressor),
@@ -292,7 +323,8 @@ class ZswapTarget:
         pool, stored = zswap.held()
         out = _idle_sample()
         out.update(physical_used=pool, logical_stored=stored, stored_pages=stored // 4096,
-                   ratio=round(stored / pool, 2) if pool else float("inf"), device_held=stored)
+                   ratio=round(stored / pool, 4) if pool else float("inf"), device_held=stored,
+                   physical=self.max_pool_bytes)
         return out
 
     def teardown(self) -> None:
@@ -368,6 +400,7 @@ def _apply(mount: Path, entry: Scheduled, now: float) -> dict[str, Any]:
 
 def run_target(target: Target, command: list[str], limit: int, interval: float,
                schedule: tuple[Scheduled, ...] = (), settle: float = 0.0,
+               timeout: float | None = None,
                ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Run the workload on one target, sampling it; a cramfs target also gets the
     schedule's control writes, each as soon as its time has come. After the workload
@@ -391,9 +424,17 @@ def run_target(target: Target, command: list[str], limit: int, interval: float,
         proc = subprocess.Popen(command, preexec_fn=lambda: group.add(os.getpid()))
         last_report = t0
         exited: float | None = None
+        timed_out = False
         while True:
             done = proc.poll() is not None
             now = time.monotonic()
+            if not done and timeout is not None and now - t0 > timeout:
+                # a device that refuses writes under its cap can leave the kernel
+                # retrying swap-out for ever (zram's "hangs"): that is the result
+                say(f"{target.name}: the workload ran past {timeout:.0f} s; killing it")
+                proc.kill()
+                proc.wait()
+                timed_out, done = True, True
             if done and exited is None:
                 exited = now
             while pending and not done and pending[0].at <= now - t0:
@@ -425,6 +466,7 @@ def run_target(target: Target, command: list[str], limit: int, interval: float,
         status = proc.returncode
         proc = None
         result = summarize(rows, wall, status)
+        result["timed_out"] = timed_out
         if schedule and isinstance(target, CramTarget):
             result["schedule"] = applied + [
                 {"at": e.at, "file": e.file, "value": e.value,
@@ -471,10 +513,16 @@ def summarize(rows: list[dict[str, Any]], wall: float, status: int) -> dict[str,
         "peak_fallback_pages": max((r["fallback_pages"] for r in rows), default=0),
         "peak_dram_tier_pages": max((r["promoted_pages"] for r in rows), default=0),
         "peak_swap_used": max((r["swap_used"] for r in rows), default=0),
-        "final_ratio": stored[-1]["ratio"] if stored else None,
-        # the ratio when the device held the most: comparable across targets
+        # the ratio at the last sample while the workload ran, and when the device held
+        # the most (comparable across targets); after the exit the device empties as the
+        # kernel frees the workload's swap, so that ratio is named for what it is
+        "ratio_last_while_running": stored[-1]["ratio"] if stored else None,
         "ratio_at_peak": max(stored, key=lambda r: r["logical_stored"])["ratio"]
         if stored else None,
+        "ratio_after_exit": last.get("ratio") if last.get("physical_used") else None,
+        # the memory the device may use (cramfs physical, zram mem_limit, zswap's pool)
+        "physical_limit": max((r["physical"] or 0 for r in rows), default=0) or None,
+        "failed_writes": last.get("failed_writes", 0),
         "swapped_out_bytes": last.get("pswpout", 0) * 4096,
         "swapped_in_bytes": last.get("pswpin", 0) * 4096,
         "promotions": last.get("promotions", 0),
@@ -515,7 +563,19 @@ def write_results(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any]
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     from .plot import plot_timeline
 
-    plot_timeline(rows, out / "plot.png", limit, marks)
+    notes = {}
+    for name, r in summary.items():
+        if isinstance(r, dict) and "workload_exit_status" in r:
+            what = [f"{r['failed_writes']} failed writes"] if r.get("failed_writes") else []
+            if r.get("timed_out"):
+                what.append("workload killed after the peer timeout")
+            elif r["workload_exit_status"] != 0:
+                what.append(f"workload exit {r['workload_exit_status']}")
+            if r.get("data_loss"):
+                what.append("DATA LOSS")
+            if what:
+                notes[name] = ", ".join(what)
+    plot_timeline(rows, out / "plot.png", limit, marks, notes)
 
 
 def _cramfs_settings(opts: str, mount: Path | None) -> dict[str, Any]:
@@ -538,6 +598,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", dest="options", action="append", default=[],
                    help="cramfs mount options for the fresh mount (k=v,...)")
     p.add_argument("--mount", type=Path, help="use this existing cramfs mount instead")
+    p.add_argument("--mount-dir", type=Path, metavar="DIR",
+                   help="mount the fresh cramfs here (created if missing; default: a "
+                   "temporary directory)")
     p.add_argument("--size", type=parse_size, default=256 << 20,
                    help="built-in workload size (256M)")
     p.add_argument("--limit", type=parse_size, help="cgroup memory limit (a third of --size)")
@@ -549,6 +612,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-discard", dest="discard", action="store_false",
                    help="swapon without --discard: the kernel's freed swap slots then stay "
                    "on the device until overwritten (zram hears of them regardless)")
+    p.add_argument("--peer-timeout", type=float, metavar="SECONDS",
+                   help="kill a peer's workload that runs longer than this, and report it "
+                   "(default: 3 times cramfs's run and 60 s more)")
     p.add_argument("--settle", type=float, default=20.0, metavar="SECONDS",
                    help="after the workload exits, sample until the device holds at most "
                    "8 MiB beyond the kernel's swap Used, or this long (20)")
@@ -565,6 +631,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("command", nargs=argparse.REMAINDER,
                    help="workload command after --; default: the built-in workload")
     args = p.parse_args(argv)
+    if args.mount and args.mount_dir:
+        p.error("--mount uses an existing mount, --mount-dir makes one: give one of them")
     try:
         schedule = tuple(parse_at(when, what) for when, what in args.at)
     except ValueError as e:
@@ -588,13 +656,16 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--trace-compressors needs --trace")
 
     targets: list[Target] = [CramTarget(args.options, args.mount, args.swap_size, args.trace,
-                                        args.trace_compressors, args.discard)]
+                                        args.trace_compressors, args.discard, args.mount_dir)]
+    zram_target = None
     if "zram" in args.compare:
         why = ZramTarget.unavailable(algorithm)
         if why:
             say(f"skipping the zram comparison: {why}")
         else:
-            targets.append(ZramTarget(algorithm, args.swap_size))
+            # held to cramfs's physical: a peer with more memory is no comparison
+            zram_target = ZramTarget(algorithm, args.swap_size, int(settings["physical"]))
+            targets.append(zram_target)
     zswap_target = None
     if "zswap" in args.compare:
         kernel_algorithm = zswap.closest_compressor(algorithm)
@@ -609,15 +680,23 @@ def main(argv: list[str] | None = None) -> int:
     all_rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {"command": command, "limit": limit,
                                "swap_size": args.swap_size, "cramfs_options": opts}
+    if zram_target is not None:
+        summary["zram_setup"] = zram_target.describe()
     if zswap_target is not None:
         summary["zswap_setup"] = {**zswap_target.describe(), "cramfs_compressor": algorithm}
     try:
         with _interrupts_as_exceptions():
             for target in targets:
+                timeout = None if target is targets[0] else args.peer_timeout or (
+                    3 * summary["cramfs"]["wall_time_s"] + 60)
                 rows, result = run_target(target, command, limit, args.interval, schedule,
-                                          args.settle)
+                                          args.settle, timeout)
                 all_rows += rows
                 summary[target.name] = result
+                if target is zram_target:
+                    result["mem_limit"] = zram_target.mem_limit
+                elif target is zswap_target:
+                    result["max_pool_bytes"] = zswap_target.max_pool_bytes
     except KeyboardInterrupt:
         say("interrupted; everything was torn down")
         return 130
@@ -628,22 +707,29 @@ def main(argv: list[str] | None = None) -> int:
         summary["compare"] = {key: {t.name: summary[t.name][key] for t in targets}
                               for key in ("ratio_at_peak", "wall_time_s", "swapped_out_bytes")}
     write_results(out, all_rows, summary, limit)
-    loss = [t for t in summary if isinstance(summary[t], dict) and summary[t].get("data_loss")]
     for name in (t.name for t in targets):
         r = summary[name]
+        limit_note = f", {r['failed_writes']} failed writes" if r["failed_writes"] else ""
         say(f"{name}: {r['wall_time_s']}s, swapped out {format_size(r['swapped_out_bytes'])}, "
-            f"final ratio {r['final_ratio']}, workload exit {r['workload_exit_status']}")
+            f"ratio at peak {r['ratio_at_peak']} (last while running "
+            f"{r['ratio_last_while_running']}), workload exit {r['workload_exit_status']}"
+            f"{limit_note}")
         settled = r["settled_after_exit_s"]
         say(f"{name}: after exit the device held {format_size(r['device_held_after_exit'])} "
             f"against the kernel's swap Used {format_size(r['kernel_swap_used_after_exit'])}"
             + (f" (settled {settled}s after exit)" if settled is not None else
                f" (not settled within {args.settle:g}s)"))
     say(f"results in {out}/ (timeline.csv, summary.json, plot.png)")
-    if loss:
-        say(f"DATA LOSS: the workload found corrupted memory on {', '.join(loss)}")
+    # A peer that refused writes under its cap, or whose workload was killed, is a
+    # result (summary.json and the plot say so); the exit status is cramfs's run's.
+    for name in (t.name for t in targets[1:]):
+        if summary[name]["data_loss"]:
+            say(f"{name}: the workload found corrupted memory (a result, not this run's "
+                "failure)")
+    if summary["cramfs"]["data_loss"]:
+        say("DATA LOSS: the workload found corrupted memory on cramfs")
         return EXIT_MISMATCH
-    failed = [t.name for t in targets if summary[t.name]["workload_exit_status"] != 0]
-    return 1 if failed else 0
+    return 0
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
 from ..stats import MM_STAT
 
@@ -37,23 +38,65 @@ def unavailable(algorithm: str = "lz4") -> str | None:
     return None
 
 
+# Every user of zram0 and zswap on these machines (tests, benchmarks, tries by hand)
+# holds this lock first, so two never set one up at once.
+LOCK = Path("/tmp/zram.lock")
+
+
+class Lock:
+    """An exclusive flock on LOCK, held from acquire() to release() (or a with block)."""
+
+    def __init__(self) -> None:
+        self._file: TextIO | None = None
+
+    def acquire(self) -> None:
+        if self._file is None:
+            f = open(LOCK, "a")      # noqa: SIM115 (held until release)
+            fcntl.flock(f, fcntl.LOCK_EX)
+            self._file = f
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()       # closing drops the flock
+            self._file = None
+
+    def __enter__(self) -> Lock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 @contextmanager
 def borrowed(size: int, algorithm: str = "lz4") -> Iterator[str]:
-    """zram0 set up with `algorithm` and `size`; reset on the way out, always."""
-    why = unavailable(algorithm)
-    if why:
-        raise RuntimeError(why)
-    try:
-        set_up(size, algorithm)
-        yield DEVICE
-    finally:
-        reset()
+    """zram0 set up with `algorithm` and `size`, under the lock; reset on the way out,
+    always."""
+    with Lock():
+        why = unavailable(algorithm)
+        if why:
+            raise RuntimeError(why)
+        try:
+            set_up(size, algorithm)
+            yield DEVICE
+        finally:
+            reset()
 
 
-def set_up(size: int, algorithm: str) -> None:
-    """Initialise an idle zram0; whoever calls this must reset() it afterwards."""
+def set_up(size: int, algorithm: str, mem_limit: int = 0) -> None:
+    """Initialise an idle zram0, capped at `mem_limit` bytes of memory if given (zram's
+    own cap: past it a write fails, and io_stat's failed_writes counts it); whoever
+    calls this must reset() it afterwards."""
     (ZRAM / "comp_algorithm").write_text(algorithm)
     (ZRAM / "disksize").write_text(str(size))
+    if mem_limit:
+        (ZRAM / "mem_limit").write_text(str(mem_limit))
+
+
+def io_stat() -> dict[str, int]:
+    values = (ZRAM / "io_stat").read_text().split()
+    return dict(zip(("failed_reads", "failed_writes", "invalid_io", "notify_free"),
+                    map(int, values), strict=False))
 
 
 def reset() -> None:
