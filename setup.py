@@ -16,6 +16,7 @@ setup(ext_modules=cythonize(
                extra_compile_args=["-O2"]),
      Extension("cramfs._tracering", ["cramfs/_tracering.pyx"], libraries=["lz4"],
                extra_compile_args=["-O2"]),
-     Extension("cramfs._lz4k", ["cramfs/_lz4k.pyx"], extra_compile_args=["-O2"])],
+     Extension("cramfs._lz4k", ["cramfs/_lz4k.pyx"], extra_compile_args=["-O2"]),
+     Extension("cramfs._lzok", ["cramfs/_lzok.pyx"], extra_compile_args=["-O2"])],
     compiler_directives={"language_level": 3},
 ))

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import lz4.block
-import lzo
 import zstandard
 
+from . import _lzok
 from .units import PAGE_SIZE
 
 
@@ -87,27 +87,40 @@ def _identity(data: bytes) -> bytes:
     return bytes(data)
 
 
-# LZO1X-1 through liblzo2 (python-lzo): the algorithm of the kernel's `lzo`, which zram
-# and zswap here offer and lz4 and zstd they do not. Level 1 is lzo1x_1_compress; the
-# kernel's own implementation of it emits different bytes for most pages, so sizes
-# match the kernel's closely, not exactly.
+# lzo and lzo-rle as zram's backends compress them (lib/lzo's lzo1x_1_compress and
+# lzorle1x_1_compress), from one kernel-exact core, cramfs/_lzok. One decoder reads both:
+# an lzo-rle block says so in its first two bytes (0x11, then the bitstream version),
+# which no lzo1x block starts with. Every read and write of it is bounds-checked.
 def _lzo_compress(data: bytes) -> bytes:
-    return lzo.compress(data, 1, False)
+    return _lzok.compress(data, False)
+
+
+def _lzo_rle_compress(data: bytes) -> bytes:
+    return _lzok.compress(data, True)
 
 
 def _lzo_decompress(blob: bytes) -> bytes:
-    return lzo.decompress(blob, False, PAGE_SIZE)
+    page = _lzok.decompress(blob, PAGE_SIZE)
+    if len(page) != PAGE_SIZE:
+        raise ValueError(f"an lzo block gave {len(page)} bytes, not a page")
+    return page
 
 
+# A page-table word keeps a 2-bit compressor id: lzo and lzo-rle share id 3, the one
+# decoder telling their blocks apart. (So a page kept in the DRAM tier under one of the
+# two is demoted as it is under the other; a new write uses the current one.)
 _ALL = (
     Compressor("lz4", 0, _lz4_compress, _lz4_decompress),
     Compressor("zstd", 1, _zstd_compress, _zstd_decompress),
     Compressor("none", 2, _identity, _identity),
-    Compressor("lzo", 3, _lzo_compress, _lzo_decompress),   # ids are 2 bits: 3 is the last
+    Compressor("lzo", 3, _lzo_compress, _lzo_decompress),
+    Compressor("lzo-rle", 3, _lzo_rle_compress, _lzo_decompress),
 )
 
-COMPRESSORS: dict[str, Compressor] = {c.name: c for c in _ALL}
-BY_ID: tuple[Compressor, ...] = _ALL
+# in comp_algorithm's order where zram has them (this kernel: "lzo-rle lzo lz4")
+COMPRESSORS: dict[str, Compressor] = {c.name: c for c in (_ALL[4], _ALL[3], *_ALL[:3])}
+BY_ID: tuple[Compressor, ...] = _ALL[:4]
+assert all(BY_ID[c.ident].decompress is c.decompress for c in _ALL)
 
 
 def describe(current: str) -> str:

@@ -74,7 +74,7 @@ _U32 = struct.Struct("<I")
 WHOLE, PAGES, PAGES_ALSO = 0, 1, 2  # a write payload's format byte
 NO_SHRINK = 0xFFFF                 # a kept block's length: the compressor did not shrink it
 # what `compressors=` may list: lz4 is always kept, and `none` needs nothing kept
-ALSO_KEEPABLE = ("zstd", "lzo")
+ALSO_KEEPABLE = ("zstd", "lzo", "lzo-rle")
 
 
 def keepable(names: str) -> tuple[str, ...]:

@@ -196,9 +196,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     out = replay.replay(header, records, overrides, every, show)
     print(f"mm_stat: {out.mm_stat}")
     if header.get("lz4") != trace.LZ4_KIND:
-        print("note: recorded before cramfs's lz4 compressed as the kernel's does: the "
-              "pages it kept are python-lz4's blocks, so this mm_stat is the recording's "
-              "compressor's, and cramfs's lz4 today can differ by a few bytes a page")
+        print("note: recorded before cramfs's lz4, lzo and lzo-rle compressed as the "
+              "kernel's do: the pages it kept as lz4 are python-lz4's blocks, and lzo is "
+              "compressed again by today's lzo, so this mm_stat can differ from the "
+              "recording's by a few bytes a page")
     if out.recorded_mm_stat is not None:
         if out.exact:
             print("the recorded run ended in the same mm_stat")

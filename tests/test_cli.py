@@ -50,7 +50,7 @@ def test_parse_both_option_spellings():
     (["--frobnicate", "{mp}"], "unrecognized arguments"),
     (["--physical", "12Q", "{mp}"], "physical: not a size"),
     (["--advertised", "1G", "--physical", "2G", "{mp}"], "must not exceed advertised"),
-    (["--compressor", "lzma", "{mp}"], "compressor: expected one of lz4, zstd, none, lzo"),
+    (["--compressor", "lzma", "{mp}"], "compressor: expected one of lzo-rle, lzo, lz4, zstd, none"),
     (["-o", "engine=fast", "{mp}"], "engine: expected one of native, python"),
     (["{mp}/missing"], "does not exist"),
     ([], "the following arguments are required"),

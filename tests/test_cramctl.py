@@ -119,7 +119,7 @@ def test_set_takes_every_knob_of_the_control_directory(mnt):
     assert set(knobs()) - set(SETTINGS) - set(WHILE_EMPTY)
     for key, value, shown in (("writeback_limit_enable", "1", "1\n"),
                               ("writeback_limit", "100", "100\n"),
-                              ("recomp_algorithm", "algo=zstd", "#1: lz4 [zstd] lzo\n"),
+                              ("recomp_algorithm", "algo=zstd", "#1: lzo-rle lzo lz4 [zstd]\n"),
                               ("mem_used_max", "0", "0\n")):
         r = ctl("set", str(mnt.path), key, value)
         assert r.returncode == 0, r.stderr

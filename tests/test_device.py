@@ -314,7 +314,7 @@ def test_compressor_switch_keeps_old_pages_readable():
     dev.write(t, P, text_page(2))
     assert algo_of(t.get(0)) != algo_of(t.get(1))
     assert dev.read(t, 0, 2 * P) == text_page(1) + text_page(2)
-    assert dev.comp_algorithm() == "lz4 [zstd] none lzo"
+    assert dev.comp_algorithm() == "lzo-rle lzo lz4 [zstd] none"
     dev.set("compressor", "lzo")
     dev.write(t, 2 * P, text_page(3))
     assert len({algo_of(t.get(i)) for i in range(3)}) == 3

@@ -113,9 +113,9 @@ def test_the_control_files(tmp_path):
         with pytest.raises(DeviceError) as e:
             store(name, bad)
         assert e.value.errno == errno.EINVAL, (name, bad)
-    assert ATTRIBUTES["recomp_algorithm"].show(ns) == "#1: lz4 zstd lzo\n", "none chosen"
+    assert ATTRIBUTES["recomp_algorithm"].show(ns) == "#1: lzo-rle lzo lz4 zstd\n", "none chosen"
     store("recomp_algorithm", "algo=zstd priority=1")
-    assert ATTRIBUTES["recomp_algorithm"].show(ns) == "#1: lz4 [zstd] lzo\n"
+    assert ATTRIBUTES["recomp_algorithm"].show(ns) == "#1: lzo-rle lzo lz4 [zstd]\n"
     for bad in ("type=cold", "type=huge max_pages=x", "type=huge bogus=1",
                 "type=huge type=idle"):
         with pytest.raises(DeviceError):
@@ -133,7 +133,7 @@ def test_through_a_mount(mounter):
     (m.path / "f").write_bytes(b"".join(pages))
     before = m.stat()
     m.set("recomp_algorithm", "algo=zstd")
-    assert m.ctl("recomp_algorithm") == "#1: lz4 [zstd] lzo\n"
+    assert m.ctl("recomp_algorithm") == "#1: lzo-rle lzo lz4 [zstd]\n"
     m.set("idle", "all")
     (m.path / "f").open("rb").close()                    # opening reads nothing
     with open(m.path / "f", "rb") as f:                  # one page accessed: not idle

@@ -129,7 +129,7 @@ def test_read_only_control_files(ns):
     for st in STATS:                        # one table: every row, typed
         assert st.name in doc and isinstance(doc[st.name], str) == (st.unit == "text")
     assert show(ns, "danger") == "ok\n"
-    assert show(ns, "comp_algorithm") == "[lz4] zstd none lzo\n"
+    assert show(ns, "comp_algorithm") == "lzo-rle lzo [lz4] zstd none\n"
     assert int(show(ns, "effective_capacity")) > 16 * P
 
 

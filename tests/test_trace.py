@@ -201,6 +201,21 @@ def test_whatif_cli_finds_the_smallest_calm_physical(tmp_path):
     bad = subprocess.run([TRACE_CLI, "replay", str(tmp_path / "t.trace"), "-o", "colour=blue"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+    assert "note: recorded before" not in r.stdout
+    # the same trace as one recorded before the kernel's compressors: no "lz4" in its
+    # header; its replay says that its mm_stat can differ from the recording's
+    raw = (tmp_path / "t.trace").read_bytes()
+    magic, version, n = trace._HEAD.unpack_from(raw)
+    header = json.loads(raw[trace._HEAD.size:trace._HEAD.size + n])
+    assert header.pop("lz4") == trace.LZ4_KIND
+    body = json.dumps(header).encode()
+    (tmp_path / "old.trace").write_bytes(trace._HEAD.pack(magic, version, len(body)) + body
+                                         + raw[trace._HEAD.size + n:])
+    r = subprocess.run([TRACE_CLI, "replay", str(tmp_path / "old.trace")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "note: recorded before cramfs's lz4, lzo and lzo-rle compressed as the kernel's" \
+        in r.stdout
     junk = tmp_path / "junk"
     junk.write_bytes(b"not a trace at all")
     bad = subprocess.run([TRACE_CLI, "stats", str(junk)], capture_output=True, text=True)

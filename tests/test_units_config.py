@@ -54,7 +54,7 @@ def test_compressors_round_trip():
     page = (b"hello world " * 400)[:4096]
     for comp in COMPRESSORS.values():
         assert comp.decompress(comp.compress(page)) == page
-    assert describe("zstd") == "lz4 [zstd] none lzo"
+    assert describe("zstd") == "lzo-rle lzo lz4 [zstd] none"
 
 
 def test_class_size():
