@@ -489,9 +489,13 @@ def summarize(rows: list[dict[str, Any]], wall: float, status: int) -> dict[str,
     first_discard = next((r for r in rows if r["discards"] > rows[0]["discards"]), None)
     before_discard = [r for r in running if first_discard is None
                       or r["time"] < first_discard["time"]] or running
-    # ratios while the workload's swap is whole: once its exit frees the swap, the
-    # clusters' discards empty the device's zspages one object at a time
-    stored = [r for r in before_discard if r["physical_used"] > 0]
+    # ratios while the workload's swap is whole: its exit frees the swap, and the device
+    # empties one object at a time (zram at once, cramfs as the clusters' discards come)
+    # while the workload may still count as running; so the run's last ratio is taken
+    # before the device fell below half what it held
+    half = max((r["device_held"] for r in running), default=0) / 2
+    whole = [r for r in before_discard if r["device_held"] >= half] or before_discard
+    stored = [r for r in whole if r["physical_used"] > 0]
     times = [r["time"] for r in rows]
     spans = [b - a for a, b in itertools.pairwise(times)] + [0.0]
     time_in: dict[str, float] = {}
@@ -593,7 +597,7 @@ def _cramfs_settings(opts: str, mount: Path | None) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cramfs.experiment", description=__doc__,
+    p = argparse.ArgumentParser(prog="scripts/experiment", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-o", dest="options", action="append", default=[],
                    help="cramfs mount options for the fresh mount (k=v,...)")
