@@ -1,4 +1,4 @@
-"""Types of the compiled trace ring (_tracering.pyx)."""
+"""Types of the compiled trace ring (_tracering.pyx; its reference is trace/ring.py)."""
 
 from collections.abc import Callable
 from typing import Any

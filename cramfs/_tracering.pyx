@@ -20,9 +20,10 @@ between. `head` is published with release
 semantics after a slot is filled, and `done` after the writer has read the slots
 before it; a slot is filled again only once `done` has passed it.
 
-`trace.PyTraceRing` is the reference: the same interface, with the writer's
-packing in Python (`trace.pack_records`). tests/test_tracering.py holds the two to
-the same bytes, and scripts/test-asan runs it on an AddressSanitizer build.
+`trace/ring.py`'s PyTraceRing is the reference: the same interface, with the
+writer's packing in Python (`trace/format.py`'s pack_records). tests/test_tracering.py
+holds the two to the same bytes, and scripts/test-asan runs it on an AddressSanitizer
+build.
 """
 
 cimport cython
@@ -64,10 +65,10 @@ cdef extern from "errno.h" nogil:
     int EINTR
     int ENOMEM
 
-# the trace format (trace.py)
+# the trace format (trace/format.py)
 cdef enum:
     HEAD_SIZE = 37               # a record's fixed part, `<dBIqqiI`
-    WRITE_OP = 8                 # trace.WRITE
+    WRITE_OP = 8                 # format.WRITE
     WHOLE = 0                    # a write payload's format bytes
     PAGES = 1
     SAME_TAG = 0                 # a page's tags
@@ -268,7 +269,7 @@ cdef class TraceRing:
         return out
 
     def drain(self, int fd, double start):
-        """The writer: pack each record as trace.pack_records does (times less
+        """The writer: pack each record as format.pack_records does (times less
         `start`) and write it to `fd`, until the ring is finished and empty. The GIL
         is released throughout. 0, or the errno of a failed write (ENOMEM: out of
         memory for the packing buffer)."""
@@ -352,7 +353,7 @@ cdef inline double _monotonic() noexcept nogil:
 
 
 cdef inline void _store(char *p, const void *v, size_t n) noexcept nogil:
-    memcpy(p, v, n)                 # little-endian: trace.py checks the host is
+    memcpy(p, v, n)                 # little-endian: ring.py checks the host is
 
 
 cdef Py_ssize_t _pack(Slot *s, double start, char *head, char *body,

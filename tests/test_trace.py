@@ -15,11 +15,13 @@ from pathlib import Path
 import lz4.block
 import pytest
 
-from cramfs import compressors, control, pagelog, replay, trace, tracering
+from cramfs import compressors, control, trace
 from cramfs.backing import run_inline
 from cramfs.config import DeviceConfig
 from cramfs.device import Device, DeviceError
 from cramfs.namespace import Namespace
+from cramfs.trace import outcomes, replay
+from cramfs.trace.ring import PyTraceRing, native_available
 
 from .helpers import random_page, text_page
 from .test_namespace_control import store
@@ -81,12 +83,12 @@ def record(ns: Namespace, path: Path, body=workload) -> trace.Recorder:
 def test_a_replay_under_the_recorded_settings_ends_in_the_recorded_mm_stat(tmp_path, ring,
                                                                            monkeypatch):
     if ring == "python":        # the reference ring, as a checkout without the build has
-        monkeypatch.setattr(tracering, "native_available", lambda: False)
-    elif not tracering.native_available():
+        monkeypatch.setattr("cramfs.trace.ring.native_available", lambda: False)
+    elif not native_available():
         pytest.skip("the compiled ring is not built")
     ns = fresh()
     rec = record(ns, tmp_path / "t.trace")
-    assert isinstance(rec._ring, tracering.PyTraceRing) == (ring == "python")
+    assert isinstance(rec._ring, PyTraceRing) == (ring == "python")
     header, records = trace.read_trace(tmp_path / "t.trace")
     assert header["empty"] and header["settings"]["physical"] == str(160 * P)
     records = list(records)
@@ -205,12 +207,12 @@ def test_whatif_cli_finds_the_smallest_calm_physical(tmp_path):
     # the same trace as one recorded before the kernel's compressors: no "lz4" in its
     # header; its replay says that its mm_stat can differ from the recording's
     raw = (tmp_path / "t.trace").read_bytes()
-    magic, version, n = trace._HEAD.unpack_from(raw)
-    header = json.loads(raw[trace._HEAD.size:trace._HEAD.size + n])
+    magic, version, n = trace.HEAD.unpack_from(raw)
+    header = json.loads(raw[trace.HEAD.size:trace.HEAD.size + n])
     assert header.pop("lz4") == trace.LZ4_KIND
     body = json.dumps(header).encode()
-    (tmp_path / "old.trace").write_bytes(trace._HEAD.pack(magic, version, len(body)) + body
-                                         + raw[trace._HEAD.size + n:])
+    (tmp_path / "old.trace").write_bytes(trace.HEAD.pack(magic, version, len(body)) + body
+                                         + raw[trace.HEAD.size + n:])
     r = subprocess.run([TRACE_CLI, "replay", str(tmp_path / "old.trace")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -289,12 +291,12 @@ def test_pages_gives_each_page_its_outcome_from_an_exact_replay(tmp_path):
     ns = fresh(physical=40 * P)                         # small enough to refuse pages
     record(ns, tmp_path / "t.trace")
     c = ns.device.counters
-    events: list[pagelog.PageEvent] = []
+    events: list[outcomes.PageEvent] = []
     header, records = trace.read_trace(tmp_path / "t.trace")
     out = replay.replay(header, records, observe=events.append)
     assert out.exact, "watching the replay changes nothing"
     results = collections.Counter(e.result for e in events)
-    assert set(results) <= set(pagelog.RESULTS)
+    assert set(results) <= set(outcomes.RESULTS)
     assert results["promoted"] == c.promotions > 0
     assert results["fallback"] + results["refused"] + results["kept_in_dram"] == \
         c.reject_write_control > 0
@@ -432,8 +434,8 @@ def test_pages_kept_under_other_compressors_replay_without_compressing_again(
     assert calls[0] > 50
     assert writes[0].also is not None and writes[0].also.get("brotli") is None
     # a kept section cut short is a damaged trace, said so when a replay asks for it
-    packed = trace._pack_write(0, writes[0].data, ("zstd",))
-    _, _, cut = trace._unpack_write(packed[:-1], trace.VERSION_ALSO, ("zstd",))
+    packed = trace.pack_write(0, writes[0].data, ("zstd",))
+    _, _, cut = trace.unpack_write(packed[:-1], trace.VERSION_ALSO, ("zstd",))
     assert cut is not None
     with pytest.raises(trace.TraceError):
         cut.get("zstd")
@@ -489,7 +491,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_a_short_trace_is_sampled_to_its_end_and_plotted_with_thresholds(tmp_path):
     """A trace far shorter than any fixed step still gets a timeline: the default step
     is the trace's length over a number of samples, and the end is always sampled."""
-    from cramfs import trace_cli
+    from cramfs.trace import cli as trace_cli
 
     ns = fresh(physical=64 * P)
     record(ns, tmp_path / "t.trace")

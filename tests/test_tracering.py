@@ -20,12 +20,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cramfs import trace, tracering
-from cramfs.tracering import PyTraceRing, TraceRing, make_ring
+from cramfs import trace
+from cramfs.trace.ring import PyTraceRing, TraceRing, make_ring, native_available
 from cramfs.units import PAGE_SIZE
 
 P = PAGE_SIZE
-native = pytest.mark.skipif(not tracering.native_available(),
+native = pytest.mark.skipif(not native_available(),
                             reason="the compiled ring is not built (scripts/setup builds it)")
 
 
@@ -95,7 +95,7 @@ def test_the_compiled_ring_writes_what_the_reference_packs(recs):
 
 @pytest.mark.parametrize("kind", ["native", "python"])
 def test_record_write_stamps_the_moment_it_is_called(kind):
-    if kind == "native" and not tracering.native_available():
+    if kind == "native" and not native_available():
         pytest.skip("the compiled ring is not built")
     for clock in (time.monotonic, lambda: 42.0):
         ring = make_ring(1 << 4, 1 << 20, clock, native=kind == "native")
@@ -112,7 +112,7 @@ def test_record_write_stamps_the_moment_it_is_called(kind):
 def test_a_ring_stops_rather_than_raise(kind):
     """What the trace has no room for, and a writer that falls behind, stop the
     recording with a reason; the caller is never raised at."""
-    if kind == "native" and not tracering.native_available():
+    if kind == "native" and not native_available():
         pytest.skip("the compiled ring is not built")
 
     def ring(capacity: int = 4, backlog: int = 3 * P):
@@ -148,7 +148,7 @@ def test_a_ring_stops_rather_than_raise(kind):
 
 @pytest.mark.parametrize("kind", ["native", "python"])
 def test_a_ring_snapshots_a_mutable_payload_and_lets_go_of_what_it_held(kind):
-    if kind == "native" and not tracering.native_available():
+    if kind == "native" and not native_available():
         pytest.skip("the compiled ring is not built")
     r = make_ring(1 << 4, 1 << 20, time.monotonic, native=kind == "native")
     buf = bytearray(b"abc")
@@ -233,7 +233,7 @@ def test_a_failed_write_is_its_errno(tmp_path):
 def test_a_second_producer_thread_is_refused(kind):
     """One producer, enforced: a record from another thread raises instead of claiming a
     slot the owner may be filling, and the recording goes on with the owner's records."""
-    if kind == "native" and not tracering.native_available():
+    if kind == "native" and not native_available():
         pytest.fail("the compiled ring is not built")
     ring = make_ring(8, 1 << 20, time.monotonic, native=kind == "native")
     ring.record(trace.READ, 1, 0, 4096)

@@ -4,7 +4,7 @@
     scripts/bench --quick         # a few seconds: proves the benchmark works, no thresholds
 
 Every figure is a ratio measured in the same invocation on the same data: the
-baseline (cramfs.nullfs) bounds what any pyfuse3 filesystem can do here, and
+baseline (cramfs.lab.nullfs) bounds what any pyfuse3 filesystem can do here, and
 single-threaded lz4 on the same pages bounds what a single-threaded compressor
 can do. fio runs with direct I/O on a file on each mount (and on /dev/zram0
 directly); data is fio's half-compressible buffers, then real files of this

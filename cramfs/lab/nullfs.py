@@ -4,7 +4,7 @@ Same stack and the same settings as cramfs (direct_io, no keep_cache, no
 writeback cache, default_permissions, trio main loop), so the gap between the
 two is the cost of cramfs itself. Flat root directory, one bytearray per file.
 
-    python -m cramfs.nullfs MOUNTPOINT        # stays in the foreground
+    python -m cramfs.lab.nullfs MOUNTPOINT        # stays in the foreground
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ class NullFS(pyfuse3.Operations):
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or not os.path.isdir(args[0]):
-        print("usage: python -m cramfs.nullfs MOUNTPOINT", file=sys.stderr)
+        print("usage: python -m cramfs.lab.nullfs MOUNTPOINT", file=sys.stderr)
         return 2
     pyfuse3.init(NullFS(), args[0], {"default_permissions", "fsname=nullfs",
                                      "subtype=nullfs"})

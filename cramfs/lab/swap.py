@@ -1,7 +1,7 @@
 """Swap on a cramfs slot file, through a direct-I/O loop device, and its teardown.
 
-    python -m cramfs.swap up /mnt/cram 1G      # truncate, losetup, mkswap, swapon
-    python -m cramfs.swap down /mnt/cram       # swapoff, losetup -d, rm
+    python -m cramfs.lab.swap up /mnt/cram 1G      # truncate, losetup, mkswap, swapon
+    python -m cramfs.lab.swap down /mnt/cram       # swapoff, losetup -d, rm
 
 Every step is printed as the command a person could retype. Teardown finds its
 loop devices by their backing file (/sys/block/loop*/loop/backing_file), so it
@@ -125,7 +125,7 @@ def swap_down(mount: Path, name: str = DEFAULT_NAME, echo: Echo = _echo) -> None
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cramfs.swap", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m cramfs.lab.swap", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="action", required=True)
     up = sub.add_parser("up", help="create the slot file and swap on it")

@@ -1,6 +1,6 @@
 """A self-verifying, application-like memory workload for swap experiments.
 
-`python -m cramfs.workload --size 256M` fills an anonymous mapping with 64 KiB
+`python -m cramfs.lab.workload --size 256M` fills an anonymous mapping with 64 KiB
 chunks of four kinds of data (text, small integers, padded records, random
 bytes), remembers a CRC of each, then touches the chunks in random order,
 rewriting some, and checks every CRC. Squeezed into a small cgroup, its pages
@@ -85,7 +85,7 @@ def run(size: int, passes: int, seed: int, rewrite: float) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cramfs.workload", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m cramfs.lab.workload", description=__doc__)
     p.add_argument("--size", type=parse_size, default=256 << 20, help="memory to use (256M)")
     p.add_argument("--passes", type=int, default=2, help="random-order passes (2)")
     p.add_argument("--rewrite", type=float, default=0.25, help="share rewritten per pass")

@@ -22,9 +22,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from . import pagelog, replay, trace
-from .cli import Parser, UsageError
-from .units import format_percent, format_size
+from .. import trace
+from ..cli import Parser, UsageError
+from ..units import format_percent, format_size
+from . import outcomes, replay
 
 # the settings whatif can vary, each a --flag of the same name
 WHATIF = ("physical", "compressor", "warn_at", "critical_at", "dram", "mode", "write_control",
@@ -136,7 +137,7 @@ def cmd_pages(args: argparse.Namespace) -> int:
     shown = 0
     print("# time op file page size result")
 
-    def observe(e: pagelog.PageEvent) -> None:
+    def observe(e: outcomes.PageEvent) -> None:
         nonlocal shown
         counts[e.result] += 1
         if args.limit is None or shown < args.limit:
@@ -144,7 +145,7 @@ def cmd_pages(args: argparse.Namespace) -> int:
             print(f"{e.time:11.6f} {e.op:10} {e.file!r} {e.page} {e.size} {e.result}")
 
     out = replay.replay(header, records, overrides, observe=observe)
-    print("# " + " ".join(f"{r}={counts[r]}" for r in pagelog.RESULTS if counts[r]))
+    print("# " + " ".join(f"{r}={counts[r]}" for r in outcomes.RESULTS if counts[r]))
     if out.recorded_mm_stat is not None:
         print(f"# replay {'matches' if out.exact else 'DIFFERS FROM'} the recorded mm_stat")
     return 0

@@ -1,11 +1,4 @@
-"""Recording what a mount saw, for replay and what-if without the workload.
-
-A trace is every call the kernel made into the namespace (creates, opens and
-releases, unlinks and renames, resizes, reads, writes with their data,
-discards, resets) and every control write, in order, with a monotonic time and
-the result each had. The namespace and the device are deterministic, so
-feeding the same calls to a fresh device with the same settings ends in the
-same state, mm_stat field for field; with other settings, it is the what-if.
+"""The trace file: its header, its records and how a write's data is kept in them.
 
 Format, little-endian: a header (magic, version, then JSON: the settings, the
 device's state and whether it started empty), then records of
@@ -34,31 +27,21 @@ A replay under one of them then compresses nothing again either. That costs
 the writer thread one compression per page and compressor (zstd: about 11 µs a
 page here), and the file those blocks.
 
-Recording costs the request path one slot of a ring (tracering.py; the written
-bytes are kept by reference, not copied). A thread compresses and writes, with
-the GIL released where the ring is compiled. A full disk, or a writer that falls
-too far behind, stops the recording with an events line; it never fails I/O.
+recorder.py writes this format (pack_records, here, is the Python packing;
+_tracering.pyx packs the same bytes compiled); reader.py reads it back.
 """
 
 from __future__ import annotations
 
-import json
-import mmap
-import os
 import struct
-import threading
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 import lz4.block
 
-from .compressors import COMPRESSORS
-from .engine import encode_lz4_pages
-from .tracering import PyTraceRing, TraceRing, make_ring
-from .units import PAGE_SIZE, shown
+from ..compressors import COMPRESSORS
+from ..engine import encode_lz4_pages
+from ..units import PAGE_SIZE, shown
 
 MAGIC = b"CRAMTRC\0"
 VERSION = 2                        # 3 where other compressors' blocks are kept too
@@ -67,28 +50,15 @@ VERSION = 2                        # 3 where other compressors' blocks are kept 
 LZ4_KIND = "kernel"
 VERSION_ALSO = 3
 READABLE = (1, 2, 3)
-_HEAD = struct.Struct("<8sHI")
-_REC = struct.Struct("<dBIqqiI")
+HEAD = struct.Struct("<8sHI")          # magic, version, the JSON header's length
+REC = struct.Struct("<dBIqqiI")        # a record before its payload
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 WHOLE, PAGES, PAGES_ALSO = 0, 1, 2  # a write payload's format byte
 NO_SHRINK = 0xFFFF                 # a kept block's length: the compressor did not shrink it
 # what `compressors=` may list: lz4 is always kept, and `none` needs nothing kept
 ALSO_KEEPABLE = ("zstd", "lzo", "lzo-rle")
-
-
-def keepable(names: str) -> tuple[str, ...]:
-    """A `compressors=` list (`zstd,lzo`) as the compressors a recording keeps besides
-    lz4, each once; ValueError if one cannot be kept or there is none."""
-    also = tuple(dict.fromkeys(n for n in names.split(",") if n))
-    bad = [n for n in also if n not in ALSO_KEEPABLE]
-    if bad or not also:
-        raise ValueError(f"a trace keeps besides lz4 one or more of "
-                         f"{', '.join(ALSO_KEEPABLE)}, got {shown(names)}")
-    return also
-SAME_TAG, LZ4_TAG, RAW_TAG = 0, 1, 2
-MAX_BACKLOG = 256 << 20          # bytes waiting for the writer before recording stops
-RING_RECORDS = 1 << 16           # and records (a ring of 48-byte slots: 3 MiB)
+SAME_TAG, LZ4_TAG, RAW_TAG = 0, 1, 2  # a kept page's tag
 
 # operations, by the namespace call they record
 CREATE, UNLINK, RENAME, OPENED, RELEASED, RESIZE, READ, WRITE, DISCARD, RESET, CONTROL, \
@@ -105,6 +75,17 @@ PageCode = tuple[int, bytes]
 # A write's pages as another compressor encodes them, page by page: its block, or None
 # where the page is same-filled or the compressor does not shrink it.
 AltBlocks = tuple[bytes | None, ...]
+
+
+def keepable(names: str) -> tuple[str, ...]:
+    """A `compressors=` list (`zstd,lzo`) as the compressors a recording keeps besides
+    lz4, each once; ValueError if one cannot be kept or there is none."""
+    also = tuple(dict.fromkeys(n for n in names.split(",") if n))
+    bad = [n for n in also if n not in ALSO_KEEPABLE]
+    if bad or not also:
+        raise ValueError(f"a trace keeps besides lz4 one or more of "
+                         f"{', '.join(ALSO_KEEPABLE)}, got {shown(names)}")
+    return also
 
 
 def encode_pages(data: bytes) -> list[PageCode]:
@@ -169,100 +150,6 @@ class Record(NamedTuple):
         return self.payload.decode("utf-8", "surrogateescape")
 
 
-class Recorder:
-    """Takes records on the request path and writes them from a thread of its own."""
-
-    def __init__(self, path: str, fd: int, header: dict[str, Any],
-                 clock: Callable[[], float] = time.monotonic, also: tuple[str, ...] = (),
-                 native: bool | None = None) -> None:
-        if also:
-            keepable(",".join(also))          # ValueError for what cannot be kept
-        self.path = path
-        self.fd = fd                        # opened by the caller (safepath.create_exclusive)
-        self.also = also                    # other compressors whose blocks are kept
-        self.reported = False               # the error was told to the events log
-        # The recording's clock, the device's own: each record is stamped as its call
-        # returns, and a replay runs the call at that time on the device's clock.
-        self._start = clock()
-        self._ring = make_ring(RING_RECORDS, MAX_BACKLOG, clock, native)
-        # The request path calls the ring itself: record(op, ino, a, b, result,
-        # payload, at=None) and record_write(ino, off, data, result), which never
-        # raise and do nothing once recording stopped.
-        self.record: Callable[..., None] = self._ring.record
-        self.record_write: Callable[[int, int, bytes, int], None] = self._ring.record_write
-        self._stopping = False
-        if also:
-            header = {**header, "compressors": list(also)}
-        self._thread = threading.Thread(target=self._run, args=(header,),
-                                        name="cramfs-trace", daemon=True)
-        self._thread.start()
-
-    @property
-    def active(self) -> bool:
-        return bool(self._ring.active)
-
-    @property
-    def events(self) -> int:
-        return int(self._ring.events)
-
-    @property
-    def error(self) -> str | None:
-        """Why recording stopped early, if it did."""
-        return self._ring.error
-
-    def stop(self, final: dict[str, Any]) -> None:
-        """End the recording with the final state; the thread finishes on its own."""
-        if self._stopping:
-            return
-        self.record(STOP, payload=json.dumps(final).encode())
-        self._ring.stop()
-        self._stopping = True
-
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
-
-    # ------------------------------------------------------------ the writer thread
-
-    def _run(self, header: dict[str, Any]) -> None:
-        ring = self._ring
-        try:
-            self._write_all(header)
-        except OSError as e:
-            ring.fail(f"writing {self.path}: {e.strerror}")
-        except Exception as e:       # a bug: stop recording, never take the daemon down
-            ring.fail(f"the trace writer failed: {e!r}")
-        finally:
-            ring.release()
-
-    def _write_all(self, header: dict[str, Any]) -> None:
-        ring = self._ring
-        with os.fdopen(self.fd, "wb") as f:
-            body = json.dumps(header).encode()
-            version = VERSION_ALSO if self.also else VERSION
-            f.write(_HEAD.pack(MAGIC, version, len(body)) + body)
-            f.flush()
-            if isinstance(ring, PyTraceRing) or self.also:
-                self._pack_in_python(f, ring)
-            else:
-                # compiled packing, the GIL released throughout (other compressors'
-                # blocks are Python calls, so a recording that keeps them packs here)
-                err = ring.drain(self.fd, self._start)
-                if err:
-                    raise OSError(err, os.strerror(err))
-
-    def _pack_in_python(self, f: BinaryIO, ring: TraceRing | PyTraceRing) -> None:
-        while True:
-            done = ring.finished            # before taking: records come before the flag
-            batch = ring.take()
-            if batch:
-                f.write(pack_records(batch, self._start, self.also))
-                f.flush()
-            elif done:
-                return
-            else:
-                time.sleep(0.005)           # a few ms: the request path never signals
-
-
 def pack_records(batch: list[tuple[Any, ...]], start: float,
                  also: tuple[str, ...] = ()) -> bytes:
     """Records as the trace holds them, times made relative to `start` (what
@@ -271,20 +158,20 @@ def pack_records(batch: list[tuple[Any, ...]], start: float,
     for t, op, ino, a, b, result, payload in batch:
         t -= start
         if op == WRITE and payload:
-            payload = _pack_write(a, payload, also)
-        out.append(_REC.pack(t, op, ino, a, b, result, len(payload)))
+            payload = pack_write(a, payload, also)
+        out.append(REC.pack(t, op, ino, a, b, result, len(payload)))
         out.append(payload)
     return b"".join(out)
 
 
-def _pack_write(off: int, data: bytes, also: tuple[str, ...] = ()) -> bytes:
+def pack_write(off: int, data: bytes, also: tuple[str, ...] = ()) -> bytes:
     if off % PAGE_SIZE or len(data) % PAGE_SIZE:
         return bytes([WHOLE]) + lz4.block.compress(data)
     return _pack_pages(data, also)
 
 
 def _pack_pages(data: bytes, also: tuple[str, ...]) -> bytes:
-    """_pack_write of whole pages: format 1, or format 2, which also keeps other
+    """pack_write of whole pages: format 1, or format 2, which also keeps other
     compressors' blocks (after the pages, so a replay that does not ask for them
     never parses them)."""
     out = [b""]
@@ -364,7 +251,7 @@ class KeptBlocks:
         return columns
 
 
-def _unpack_write(payload: bytes, version: int, also: tuple[str, ...] = (),
+def unpack_write(payload: bytes, version: int, also: tuple[str, ...] = (),
                   ) -> tuple[bytes, tuple[PageCode, ...] | None, KeptBlocks | None]:
     if version == 1:
         return lz4.block.decompress(payload), None, None
@@ -397,138 +284,3 @@ def _unpack_write(payload: bytes, version: int, also: tuple[str, ...] = (),
 
 class TraceError(Exception):
     """A file that is not a trace, or one cut short or damaged."""
-
-
-@dataclass(frozen=True)
-class Extent:
-    """How far a trace's records go: what scan() found walking their headers."""
-
-    size: int                  # the file's length
-    start: int                 # where the records begin (after the header)
-    end: int                   # where the last whole record ends
-    records: int               # whole records, the stop record included
-    stopped: bool              # the last one is the stop record
-    duration: float            # the last record's time (the stop record's, if any)
-    problem: str | None        # why the trace is cut off or damaged, with the offset
-
-    @property
-    def whole(self) -> bool:
-        return self.problem is None
-
-
-def _open(path: str | Path) -> tuple[BinaryIO, int, dict[str, Any]]:
-    """The file positioned at its first record, its version and its header."""
-    f = open(path, "rb")    # noqa: SIM115 (the caller closes it)
-    try:
-        head = f.read(_HEAD.size)
-        if len(head) < _HEAD.size:
-            if head and MAGIC.startswith(head[:len(MAGIC)]):
-                raise TraceError(f"{path}: cut off at byte {len(head)}, inside its header")
-            raise TraceError(f"{path}: not a cramfs trace (too short)")
-        magic, version, size = _HEAD.unpack(head)
-        if magic != MAGIC:
-            raise TraceError(f"{path}: not a cramfs trace")
-        if version not in READABLE:
-            raise TraceError(f"{path}: trace version {version}; this cramfs reads "
-                             f"{', '.join(map(str, READABLE))}")
-        body = f.read(size)
-        if len(body) < size:
-            raise TraceError(f"{path}: cut off at byte {_HEAD.size + len(body)}, inside its "
-                             f"header (which ends at byte {_HEAD.size + size})")
-        try:
-            header = json.loads(body)
-        except ValueError:
-            raise TraceError(f"{path}: damaged header (bytes {_HEAD.size} to "
-                             f"{_HEAD.size + size})") from None
-    except BaseException:
-        f.close()
-        raise
-    return f, version, header
-
-
-def scan(path: str | Path) -> Extent:
-    """Walk the records' headers (not their payloads: fast on any size) to find where
-    the trace ends and whether it ends as a recording does, with its stop record. A
-    trace without one was cut short: copied or cut while recording (`head -c`), or its
-    recording stopped early (a full disk, a writer too far behind, a daemon killed)."""
-    f, _, _ = _open(path)
-    with f:
-        start = f.tell()
-        size = os.fstat(f.fileno()).st_size
-        if size <= start:
-            return Extent(size, start, start, 0, False, 0.0,
-                          f"ends at byte {size}, after its header, with no record")
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            pos, count, t, stopped = start, 0, 0.0, False
-            unpack, head = _REC.unpack_from, _REC.size
-            while pos + head <= size and not stopped:
-                rt, op, _, _, _, _, n = unpack(mm, pos)
-                if op not in OP_NAMES:
-                    return Extent(size, start, pos, count, False, t,
-                                  f"damaged at byte {pos}: a record of no known kind "
-                                  f"({op}); the records before it end there")
-                if pos + head + n > size:
-                    break
-                pos += head + n
-                count, t, stopped = count + 1, rt, op == STOP
-    problem = None
-    if pos < size:
-        problem = (f"{size - pos} bytes follow its stop record, which ends at byte {pos}"
-                   if stopped else
-                   f"cut off at byte {size}, inside a record: the last whole record ends "
-                   f"at byte {pos}, and no stop record came")
-    elif not stopped:
-        problem = (f"ends at byte {size} with no stop record: its recording was cut short "
-                   f"(the file cut or copied while recording, or the recording stopped "
-                   f"early)")
-    return Extent(size, start, pos, count, stopped, t, problem)
-
-
-def read_trace(path: str | Path, partial: bool = False,
-               warn: Callable[[str], None] | None = None,
-               ) -> tuple[dict[str, Any], Iterator[Record]]:
-    """The header, and the records in order. A trace cut off or damaged is a
-    TraceError naming the byte offset where it ends, before any record is read; with
-    `partial`, the records up to there (`warn` is told where the trace ends), and a
-    record found damaged while reading ends them too, also told to `warn`."""
-    extent = scan(path)
-    if extent.problem is not None:
-        if not partial:
-            raise TraceError(f"{path}: {extent.problem}")
-        if warn is not None:
-            warn(f"{path}: {extent.problem}; reading the {extent.records} whole records "
-                 f"before byte {extent.end}")
-    f, version, header = _open(path)
-    also = tuple(header.get("compressors", ()))
-
-    def records() -> Iterator[Record]:
-        # the records mapped, not read: two reads a record were a tenth of a replay
-        with f:
-            start, end = f.tell(), extent.end
-            if end <= start:
-                return
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                pos, head = start, _REC.size
-                unpack = _REC.unpack_from
-                while pos + head <= end:
-                    at = pos
-                    t, op, ino, a, b, result, n = unpack(mm, pos)
-                    pos += head
-                    payload = mm[pos:pos + n]
-                    pos += n
-                    if op == WRITE and payload:
-                        try:
-                            data, pages, alt = _unpack_write(payload, version, also)
-                        except Exception as e:  # lz4's errors, an index past the payload
-                            why = (f"{path}: damaged at byte {at}: a write record's payload "
-                                   f"does not decode ({e})")
-                            if not partial:
-                                raise TraceError(why) from None
-                            if warn is not None:
-                                warn(f"{why}; the records before it are all there is")
-                            return
-                        yield Record(t, op, ino, a, b, result, data, pages, alt)
-                        continue
-                    yield Record(t, op, ino, a, b, result, payload)
-
-    return header, records()

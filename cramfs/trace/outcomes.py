@@ -16,9 +16,9 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from .config import DeviceConfig
-from .device import Device, Encoded
-from .pagetable import (
+from ..config import DeviceConfig
+from ..device import Device, Encoded
+from ..pagetable import (
     BACKED,
     DEVICE,
     FALLBACK,

@@ -27,15 +27,15 @@ from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import control, hostmem, trace
-from .backing import run_inline
-from .compressors import COMPRESSORS
-from .config import SETTINGS, DeviceConfig
-from .device import Device, DeviceError, Encoded
-from .levels import LEVELS
-from .namespace import Inode, Namespace
-from .pagelog import ObservedDevice, PageEvent
-from .pagetable import FALLBACK
+from .. import control, hostmem, trace
+from ..backing import run_inline
+from ..compressors import COMPRESSORS
+from ..config import SETTINGS, DeviceConfig
+from ..device import Device, DeviceError, Encoded
+from ..levels import LEVELS
+from ..namespace import Inode, Namespace
+from ..pagetable import FALLBACK
+from .outcomes import ObservedDevice, PageEvent
 
 
 @dataclass
@@ -102,7 +102,7 @@ def replay(header: dict[str, Any], records: Iterable[trace.Record],
     """Make the recorded calls again on a fresh device; sample it every `every` seconds
     of recorded time, and once more at the end of the trace, so the timeline always
     reaches the state the replay ends in. `observe` gets every page's transition
-    (pagelog), at some cost."""
+    (outcomes.py), at some cost."""
     hostmem.tune_allocator()           # as the daemon does: the same pages, faster
     started = time.perf_counter()
     clock = [float(header.get("device_age", 0.0))]

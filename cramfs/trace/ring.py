@@ -20,14 +20,15 @@ from collections.abc import Callable
 from operator import index
 from typing import Any
 
+from .format import WRITE
+
 try:
-    from ._tracering import TraceRing
+    from .._tracering import TraceRing
 except ImportError:          # not built: a checkout used without `pip install`
     TraceRing = None  # type: ignore[assignment,misc]
 
 # A record as take() hands it over: (time, op, inode, a, b, result, payload).
 Record = tuple[float, int, int, int, int, int, bytes]
-WRITE = 8                          # trace.WRITE (trace.py imports this module)
 
 
 def native_available() -> bool:
