@@ -879,3 +879,14 @@ cdef class NativeCore:
         # the whole request encoded at once, never sliced into page objects
         return self._store_pages(table, off // PAGE,
                                  map_parts(partial(encode, data), n // PAGE, self._comp_threads))
+
+
+def _constants():
+    """The page-table word's layout and ids as this module was compiled with them: engine.py
+    checks them against pagetable.py, device.py and compressors.py at import, so the two
+    engines can never silently disagree on a bit."""
+    return {"PAGE": PAGE, "KIND_MASK": KIND_MASK, "SAME": SAME, "DEVICE": DEVICE,
+            "FALLBACK": FALLBACK, "PROMOTED": PROMOTED, "BACKED": BACKED,
+            "ALGO_SHIFT": ALGO_SHIFT, "HUGE_BIT": HUGE_BIT, "HANDLE_SHIFT": HANDLE_SHIFT,
+            "WIDE_WORD": WIDE_WORD, "INJECTED_POISON": INJECTED_POISON, "DIRTY": DIRTY,
+            "NONE_ID": NONE_ID, "LZ4_ID": LZ4_ID, "INLINE_LIMIT": INLINE_LIMIT}

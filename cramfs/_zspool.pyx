@@ -737,3 +737,11 @@ cdef class NativeClassPool:
 
     def close(self):
         self._objects.clear()
+
+
+def _constants():
+    """The handle's layout as this module was compiled with it (engine.py checks it against
+    pool.py at import)."""
+    return {"PAGE": PAGE, "PAGE_SHIFT": PAGE_SHIFT, "HUGE": HUGE, "SIZE_BITS": SIZE_BITS,
+            "IDX_BITS": IDX_BITS, "ZS_BITS": ZS_BITS, "IDX_SHIFT": IDX_SHIFT,
+            "ZS_SHIFT": ZS_SHIFT, "CLS_SHIFT": CLS_SHIFT}

@@ -40,6 +40,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, fields
 from typing import Any, NoReturn
 
+from . import engine as engines
 from . import parallel
 from .backing import LOCK_WAIT, READ, WRITE, BackingFile, IoJob, Op, open_file, run_inline
 from .compressors import BY_ID, COMPRESSORS, describe
@@ -56,11 +57,13 @@ from .engine import (
 from .events import EventLog
 from .levels import CRITICAL, LevelTracker, pressure, pressure_band
 from .pagetable import (
+    ALGO_SHIFT,
     BACKED,
     DEVICE,
     FALLBACK,
     HANDLE_SHIFT,
     HUGE_BIT,
+    INLINE_LIMIT,
     KIND_MASK,
     KINDS,
     POISONED,
@@ -104,6 +107,16 @@ class DeviceError(Exception):
 # or, with compressor id DIRTY, the page itself once a write changed it.
 Encoded = tuple[bytes | None, bytes, int, bool]
 DIRTY = -1
+
+if engines.NativeCore is not None:
+    # the compiled engine's copy of the word layout: one source of truth, checked here
+    engines.check_constants("_devcore", engines.devcore_constants(), {
+        "PAGE": PAGE_SIZE, "KIND_MASK": KIND_MASK, "SAME": SAME, "DEVICE": DEVICE,
+        "FALLBACK": FALLBACK, "PROMOTED": PROMOTED, "BACKED": BACKED,
+        "ALGO_SHIFT": ALGO_SHIFT, "HUGE_BIT": HUGE_BIT, "HANDLE_SHIFT": HANDLE_SHIFT,
+        "WIDE_WORD": _WIDE_WORD, "INJECTED_POISON": _INJECTED_POISON, "DIRTY": DIRTY,
+        "NONE_ID": _NONE_ID, "LZ4_ID": COMPRESSORS["lz4"].ident,
+        "INLINE_LIMIT": INLINE_LIMIT})
 
 
 @dataclass(slots=True)

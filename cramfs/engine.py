@@ -42,6 +42,31 @@ except ImportError:          # not built: a checkout used without `pip install`
 AnyPool = ArenaPool | NativePool     # what make_pool returns: the interface and then some
 
 
+def check_constants(module: str, compiled: dict[str, int], python: dict[str, int]) -> None:
+    """Constants a compiled module holds as DEFs must be the Python side's: checked at
+    import, so a change made on one side only fails at once, loudly."""
+    differ = {k: (compiled.get(k), v) for k, v in python.items() if compiled.get(k) != v}
+    if differ or compiled.keys() != python.keys():
+        raise ImportError(f"cramfs.{module} was compiled with other constants than the "
+                          f"Python code has (compiled, Python): {differ}; rebuild it "
+                          "(scripts/setup)")
+
+
+def devcore_constants() -> dict[str, int]:
+    from ._devcore import _constants
+    return dict(_constants())
+
+
+if NativePool is not None:
+    from . import pool as _pool
+    from ._zspool import _constants as _zspool_constants
+    check_constants("_zspool", dict(_zspool_constants()), {
+        "PAGE": _pool.PAGE_SIZE, "PAGE_SHIFT": _pool.PAGE_SHIFT, "HUGE": _pool.HUGE,
+        "SIZE_BITS": _pool._SIZE_BITS, "IDX_BITS": _pool._IDX_BITS, "ZS_BITS": _pool._ZS_BITS,
+        "IDX_SHIFT": _pool._IDX_SHIFT, "ZS_SHIFT": _pool._ZS_SHIFT,
+        "CLS_SHIFT": _pool._CLS_SHIFT})
+
+
 def native_available() -> bool:
     return NativePool is not None
 

@@ -33,7 +33,7 @@ HUGE_BIT = 1 << 5
 HANDLE_SHIFT = 6
 
 TRIED = 1 << 31                  # in an access age: recompression gained nothing
-_INLINE_LIMIT = 1 << 56          # same-filled words in [-2^56, 2^56) live in the table word
+INLINE_LIMIT = 1 << 56          # same-filled words in [-2^56, 2^56) live in the table word
 _INLINE_MASK = (1 << 57) - 1
 _WORD_MASK = (1 << 64) - 1
 
@@ -46,7 +46,7 @@ _EMPTY = bytes(8 * CHUNK)
 def same_handle(word: bytes, store: WordStore) -> int:
     """The handle bits of a same-filled page repeating the 8-byte `word`."""
     value = int.from_bytes(word, "little", signed=True)
-    if -_INLINE_LIMIT <= value < _INLINE_LIMIT:
+    if -INLINE_LIMIT <= value < INLINE_LIMIT:
         return (value & _INLINE_MASK) << 1
     return store.put(value & _WORD_MASK) << 1 | 1
 
@@ -55,7 +55,7 @@ def same_word_of(handle: int, store: WordStore) -> bytes:
     if handle & 1:
         return store.get(handle >> 1).to_bytes(8, "little")
     value = handle >> 1
-    if value >= _INLINE_LIMIT:                 # sign-extend the 57-bit form
+    if value >= INLINE_LIMIT:                 # sign-extend the 57-bit form
         value -= 1 << 57
     return value.to_bytes(8, "little", signed=True)
 

@@ -441,3 +441,12 @@ def test_every_compiled_module_imports():
     assert "cramfs._devcore" in names
     for name in names:
         importlib.import_module(name)
+
+
+def test_the_compiled_constants_are_the_python_ones():
+    """The word and handle layouts the .pyx files hold as DEFs are checked at import (the
+    modules imported, so they agree); a difference is an ImportError naming it."""
+    assert engine.devcore_constants()["HANDLE_SHIFT"] == 6
+    with pytest.raises(ImportError, match="HUGE_BIT"):
+        engine.check_constants("_devcore", {**engine.devcore_constants(), "HUGE_BIT": 64},
+                               engine.devcore_constants())
