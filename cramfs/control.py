@@ -44,6 +44,7 @@ class Attribute:
     stream: bool = False   # regenerate on every read, for `tail -f`
     lines: bool = False    # takes several lines in one write (discard, inject)
     private: bool = False  # root only: it names files, which other users may not see
+    help: str = ""         # what it holds or takes, for docs/reference.md (markdown)
 
     @property
     def mode(self) -> int:
@@ -146,9 +147,15 @@ def _metrics(ns: Namespace) -> str:
     return metrics.exposition(ns.stats())
 
 
-def _knob(name: str) -> Attribute:
+def _knob(name: str, more: str = "") -> Attribute:
     return Attribute(name, lambda ns: ns.device.config.show(name) + "\n",
-                     lambda ns, text: ns.device.set(name, text))
+                     lambda ns, text: ns.device.set(name, text),
+                     help=f"the mount option, live: {SETTINGS[name].help}{more}")
+
+
+def _mount_only(name: str, more: str = "") -> Attribute:
+    return Attribute(name, lambda ns: ns.device.config.show(name) + "\n",
+                     help=f"the mount option's current value{more}")
 
 
 def _expect(ns: Namespace, name: str, text: str, value: str, what: str) -> None:
@@ -572,45 +579,108 @@ def _show_events(ns: Namespace) -> str:
     return ns.device.events.text().decode()
 
 
+_SEMANTICS = "semantics.md"     # the page the help text's links point at, in docs/
+_KNOB_MORE = {"compressor": "; new pages use the new algorithm, old ones keep theirs"}
+
 ATTRIBUTES: dict[str, Attribute] = {a.name: a for a in (
-    Attribute("status", _status),
-    Attribute("ratio", lambda ns: _fmt(float(ns.device.stats()["ratio"])) + "\n"),
+    Attribute("status", _status, help="human summary, `key: value` per line, plus a ratio "
+              "warning and active faults"),
+    Attribute("ratio", lambda ns: _fmt(float(ns.device.stats()["ratio"])) + "\n",
+              help="logical_stored / physical_used, 2 decimals (`inf` if only same-filled "
+              "pages)"),
     Attribute("required_ratio", lambda ns: _fmt(float(ns.device.stats()["required_ratio"]))
-              + "\n"),
-    Attribute("effective_capacity", lambda ns: f"{ns.device.stats()['effective_capacity']}\n"),
-    Attribute("danger", lambda ns: ns.device.danger + "\n"),
-    Attribute("pressure", lambda ns: f"{ns.device.pressure}\n"),
-    Attribute("mm_stat", lambda ns: ns.device.mm_stat() + "\n"),
-    Attribute("io_stat", lambda ns: ns.device.io_stat() + "\n"),
-    Attribute("stat", _stat),
-    Attribute("stat.json", _stat_json),
-    Attribute("events", _show_events, stream=True, private=True),
-    Attribute("metrics", _metrics),
-    Attribute("comp_algorithm", lambda ns: ns.device.comp_algorithm() + "\n"),
-    Attribute("advertised", lambda ns: f"{ns.device.config.advertised}\n"),
-    Attribute("physical", lambda ns: f"{ns.device.config.physical}\n"),
-    Attribute("huge_threshold", lambda ns: f"{ns.device.config.huge_threshold}\n"),
-    Attribute("chain_size", lambda ns: f"{ns.device.config.chain_size}\n"),
-    Attribute("engine", lambda ns: f"{ns.device.config.engine}\n"),
-    *(_knob(s.name) for s in SETTINGS.values() if s.runtime),
-    Attribute("mem_used_max", lambda ns: f"{ns.device.mem_used_max}\n", _store_mem_used_max),
-    Attribute("reset", store=_store_reset),
-    Attribute("discard", store=_store_discard, lines=True),
-    Attribute("demote", store=_store_demote),
-    Attribute("compact", store=_store_compact),
-    Attribute("idle", store=_store_idle),
-    Attribute("recomp_algorithm", _show_recomp_algorithm, _store_recomp_algorithm),
-    Attribute("recompress", store=_store_recompress),
-    Attribute("pool", _show_pool),
+              + "\n", help="advertised / physical"),
+    Attribute("effective_capacity", lambda ns: f"{ns.device.stats()['effective_capacity']}\n",
+              help="physical × ratio, bytes (advertised while nothing is stored)"),
+    Attribute("danger", lambda ns: ns.device.danger + "\n",
+              help="`ok`, `warn`, `critical` or `full`; `poll()`: POLLPRI on change "
+              f"([Danger levels]({_SEMANTICS}#danger-levels))"),
+    Attribute("pressure", lambda ns: f"{ns.device.pressure}\n",
+              help="the RFC's pressure (`cram_set_pressure`), 0-1000 in steps of 50; "
+              "`poll()`: POLLPRI only when the step changes "
+              f"([Pressure]({_SEMANTICS}#pressure))"),
+    Attribute("mm_stat", lambda ns: ns.device.mm_stat() + "\n",
+              help="zram's fields: " + " ".join(MM_STAT)),
+    Attribute("io_stat", lambda ns: ns.device.io_stat() + "\n",
+              help="zram's fields: " + " ".join(IO_STAT)),
+    Attribute("stat", _stat, help="every counter and gauge, `name value` per line"),
+    Attribute("stat.json", _stat_json, help="settings, counters, gauges, mm_stat and io_stat "
+              "as one JSON object"),
+    Attribute("events", _show_events, stream=True, private=True,
+              help="timestamped log of level changes, refusals, poison, drops, knob changes, "
+              "faults; `tail -f` works. It names files, so with `allow_other` other users may "
+              "not read it. File names and rejected input appear quoted (`'a\\nb'`), so no "
+              "name can forge a line; lines are capped at 512 bytes, and a full log drops its "
+              "oldest eighth"),
+    Attribute("metrics", _metrics,
+              help="Prometheus text format: `cramfs_` prefix, byte gauges end in `_bytes`, "
+              "counters in `_total`, plus `cramfs_danger_level` and "
+              f"`{metrics.INFO_NAME}{{{','.join(metrics.INFO_LABELS)}}}`; the exporter's "
+              "families and labels ([Metrics for Prometheus](cramctl.md#metrics-for-prometheus))"),
+    Attribute("comp_algorithm", lambda ns: ns.device.comp_algorithm() + "\n",
+              help="zram style, zram's algorithms in its order, then cramfs's own: "
+              "`lzo-rle lzo [lz4] zstd none`"),
+    _mount_only("advertised"),
+    _mount_only("physical", " (changed live by `physical SIZE` into `inject`)"),
+    _mount_only("huge_threshold"),
+    _mount_only("chain_size"),
+    _mount_only("engine"),
+    *(_knob(s.name, _KNOB_MORE.get(s.name, "")) for s in SETTINGS.values() if s.runtime),
+    Attribute("mem_used_max", lambda ns: f"{ns.device.mem_used_max}\n", _store_mem_used_max,
+              help="peak physical_used; write `0` to reset"),
+    Attribute("reset", store=_store_reset,
+              help="`1` drops every file and counter; EBUSY while a file is open. The kernel "
+              "is told to forget the names (asynchronously); until it has, an open through a "
+              "cached name gets ESTALE, so the kernel looks the name up again and `echo x > "
+              "name` creates a new file instead of writing into a freed one"),
+    Attribute("discard", store=_store_discard, lines=True,
+              help="`FILE OFFSET LENGTH` releases the whole pages inside the range; several "
+              "lines in one write are all checked before any applies "
+              f"([Discard]({_SEMANTICS}#discard))"),
+    Attribute("demote", store=_store_demote,
+              help="`N` or `all`: demote that many promoted pages now, coldest first"),
+    Attribute("compact", store=_store_compact,
+              help="`1`: move objects out of sparse zspages and free them (mm_stat's "
+              "pages_compacted counts them), then give the daemon's free memory back to the "
+              "kernel: emptied zspages kept for reuse, memory populated ahead of use, and free "
+              "heap (`malloc_trim`, with the memory lock lifted for that moment)"),
+    Attribute("idle", store=_store_idle,
+              help="`all`, or an age in seconds: mark pages idle ([Idle pages and "
+              f"recompression]({_SEMANTICS}#idle-pages-and-recompression))"),
+    Attribute("recomp_algorithm", _show_recomp_algorithm, _store_recomp_algorithm,
+              help="`algo=NAME [priority=1]`: the secondary algorithm"),
+    Attribute("recompress", store=_store_recompress,
+              help="`type=idle\\|huge\\|huge_idle [max_pages=N] [threshold=BYTES]`"),
+    Attribute("pool", _show_pool,
+              help="zsmalloc's debugfs `classes` table: class, size, obj_allocated, obj_used, "
+              "pages_used, pages_per_zspage, freeable"),
     Attribute("backing_dev", lambda ns: ns.device.config.show("backing_dev") + "\n",
-              _store_backing_dev, private=True),
-    Attribute("writeback", store=_store_writeback),
+              _store_backing_dev, private=True,
+              help="the backing file's path or `none`; writable only while the device is "
+              "empty (EBUSY), never a file on this mount, through a symlink, with a second "
+              "link or a foreign owner (EINVAL), nor one another mount holds (EBUSY)"),
+    Attribute("writeback", store=_store_writeback,
+              help="`idle`, `huge`, `huge_idle`, `incompressible` or `page=FILE:N` "
+              f"([Writeback]({_SEMANTICS}#writeback-to-a-backing-file))"),
     Attribute("writeback_limit_enable", lambda ns: f"{int(ns.device.wb_limit_enable)}\n",
-              _store_wb_limit_enable),
-    Attribute("writeback_limit", lambda ns: f"{ns.device.wb_limit}\n", _store_wb_limit),
-    Attribute("bd_stat", lambda ns: ns.device.bd_stat() + "\n"),
-    Attribute("inject", _show_inject, _store_inject, lines=True),
-    Attribute("trace", _show_trace, _store_trace, private=True),
+              _store_wb_limit_enable, help="`0` or `1`, as zram"),
+    Attribute("writeback_limit", lambda ns: f"{ns.device.wb_limit}\n", _store_wb_limit,
+              help="pages writeback may still write while enabled; counts down"),
+    Attribute("bd_stat", lambda ns: ns.device.bd_stat() + "\n",
+              help="zram's fields: bd_count bd_reads bd_writes, in pages"),
+    Attribute("inject", _show_inject, _store_inject, lines=True,
+              help="fault injection, one command per line (below), all checked before any "
+              "applies; reading lists active faults"),
+    Attribute("trace", _show_trace, _store_trace, private=True,
+              help="`start /ABSOLUTE/PATH [compressors=zstd,lzo]` records every call and "
+              "control write into PATH, a new file (mode 0600), keeping each written page also "
+              "as the listed compressors encode it; `stop` ends it (EINVAL if not recording); "
+              "reading: `off`, `recording PATH N events [(pages also as ...)]` or `stopped: WHY "
+              "(...)`. The file is made at the write, which fails with the reason and an events "
+              "line: EEXIST for an existing file, ENOENT for a missing parent, ELOOP for a "
+              "symlink at any component, EINVAL for a relative path, a NUL byte, a path on this "
+              "mount or a compressor it cannot keep, EACCES as the filesystem says, EBUSY while "
+              "recording ([Trace, replay and what-if](trace.md))"),
 )}
 
 

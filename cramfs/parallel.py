@@ -11,7 +11,7 @@ sides meet in the middle however fast each runs today.
 Every page still takes and gives back the GIL once per compression call, and
 on a small VM those hand-offs can cost more than the second core gives: on the
 2-vCPU machines this was built on, one worker made 1 MiB writes about 20%
-slower (README, performance). So the number of workers is a setting,
+slower (docs/performance.md). So the number of workers is a setting,
 `comp_threads`, 0 (inline) by default, and small requests always stay inline.
 Called from the trio thread: it blocks the event loop for the request, exactly
 as doing the work inline would.

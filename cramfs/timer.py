@@ -41,7 +41,7 @@ _WEIGHT = 0.1                 # how fast the overshoot estimate follows the mach
 # Only half the overshoot measured here lengthens what the client sees: the rest
 # overlaps with the wake-up a request without any delay pays too. Measured with
 # scripts/bench's read_latency rows: no correction added 115 µs for 100 asked,
-# the whole correction 82, half of it 100 or so (see the README).
+# the whole correction 82, half of it 100 or so (docs/semantics.md, Emulated media latency).
 _SHARE = 0.5
 _overshoot = 0.0              # what waking through the loop adds to a timer, lately
 

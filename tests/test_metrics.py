@@ -1,5 +1,5 @@
 """One name per metric and label: `.cram/metrics` and `cramctl exporter` are built by one
-function from the statistics table, and this holds them (and the README) to it."""
+function from the statistics table, and this holds them (and the docs) to it."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from .helpers import random_page, text_page
 from .test_namespace_control import show
 
 P = 4096
-README = Path(__file__).resolve().parent.parent / "README.md"
+DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
 def shape(text: str, drop: str = "") -> dict[str, tuple[str, str, frozenset[str]]]:
@@ -89,15 +89,17 @@ def test_ratios_keep_enough_decimals_to_compare(monkeypatch):
     assert f"cramfs_advertised_bytes {64 << 20}\n" in show(ns, "metrics")
 
 
-def test_the_readme_says_what_the_table_says():
-    """The README's statistics table is the table's rows, and it names cramfs_info's
-    labels as the file and the exporter do."""
-    readme = README.read_text()
+def test_the_docs_say_what_the_table_says():
+    """The reference's statistics table is the table's rows (scripts/gen-docs makes it),
+    and the reference and the metrics page name cramfs_info's labels as the file and the
+    exporter do."""
+    reference = (DOCS / "reference.md").read_text()
     for st in STATS:
         prom = f"`{st.metric_name}`" if st.unit != TEXT else f"label of `{INFO_NAME}`"
         assert (f"| `{st.name}` | {st.unit} | {st.kind} | {prom} | {st.kernel or '-'} | "
-                f"{st.help} |") in readme, st.name
-    assert f"`{INFO_NAME}{{{','.join(INFO_LABELS)}}}`" in readme
-    (example,) = re.findall(r"^cramfs_info\{(.*)\} 1$", readme, re.MULTILINE)
+                f"{st.help} |") in reference, st.name
+    assert f"`{INFO_NAME}{{{','.join(INFO_LABELS)}}}`" in reference
+    page = (DOCS / "cramctl.md").read_text()
+    (example,) = re.findall(r"^cramfs_info\{(.*)\} 1$", page, re.MULTILINE)
     assert tuple(re.findall(r'(\w+)="', example)) == INFO_LABELS
-    assert "algorithm=" not in readme.split("### Metrics for Prometheus")[1].split("\n## ")[0]
+    assert "algorithm=" not in page.split("## Metrics for Prometheus")[1].split("\n## ")[0]

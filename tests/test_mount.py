@@ -122,7 +122,7 @@ def test_statvfs_reports_advertised_and_physical_fill(mounter):
 def test_df_use_percent_at_each_level(mounter):
     """df's Use% is the physical fill, rounded up, while the device takes new pages, and
     100% (Avail 0) while write control refuses them, Used still the fill; status says
-    why. The README's Quick start says the same."""
+    why. docs/semantics.md's What df shows says the same."""
     m = mounter("-o", "advertised=16M,physical=256K,dram=0")    # a page is 1/64 of it
     fd = os.open(m.path / "f", os.O_WRONLY | os.O_CREAT, 0o600)
 

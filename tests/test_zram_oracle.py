@@ -203,7 +203,7 @@ def synthetic_pages(count: int) -> list[bytes]:
 
 def _record(what: str, kernel: dict[str, int], ours: dict[str, int]) -> None:
     """With FIDELITY_REPORT=FILE, append the comparison as markdown table rows (the
-    README's fidelity table comes from such a run)."""
+    fidelity table of docs/fidelity.md comes from such a run)."""
     out = os.environ.get("FIDELITY_REPORT")
     if not out:
         return

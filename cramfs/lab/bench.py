@@ -596,17 +596,23 @@ def swap_table(sw: dict[str, Any]) -> list[str]:
     return lines
 
 
-def table(r: dict[str, Any]) -> str:
-    if "jobs" not in r:
-        return "\n".join(swap_table(r["swap"])) + "\n"
+def jobs_table(jobs: dict[str, Any]) -> list[str]:
+    """The fio jobs as a markdown table (docs/performance.md shows the same)."""
     lines = ["| workload | cramfs IOPS | cramfs MB/s | baseline IOPS | vs baseline (range) |"
              " vs 1-thread lz4 | zram IOPS |", "|---|---|---|---|---|---|---|"]
-    for name, row in r["jobs"].items():
+    for name, row in jobs.items():
         z = row.get("zram", {}).get("iops", "-")
         lo, hi = row["vs_baseline_range"]
         lines.append(f"| {name} | {row['cramfs']['iops']} | {row['cramfs']['mbps']} | "
                      f"{row['baseline']['iops']} | {row['vs_baseline']} ({lo}-{hi}) | "
                      f"{row.get('vs_lz4', '-')} | {z} |")
+    return lines
+
+
+def table(r: dict[str, Any]) -> str:
+    if "jobs" not in r:
+        return "\n".join(swap_table(r["swap"])) + "\n"
+    lines = jobs_table(r["jobs"])
     for name, row in r["jobs"].items():
         if "added_us" in row:
             lines.append(f"{name}: asked {row['asked_us']} µs a page, added "
