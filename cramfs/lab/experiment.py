@@ -1,11 +1,11 @@
 """Run a swap experiment end to end and leave a results folder.
 
-    python -m cramfs.experiment --out results/run1                 # built-in 256M workload
-    python -m cramfs.experiment -o physical=256M --compare zram    # and the same on zram
-    python -m cramfs.experiment --compare zram --compare zswap     # and on kernel zswap
-    python -m cramfs.experiment --trace /var/tmp/run.trace         # record it for what-if
-    python -m cramfs.experiment --limit 512M -- stress-ng --vm 1 --vm-bytes 1G -t 30
-    python -m cramfs.experiment --at 2s inject='ratio 4' --at 6s inject=clear
+    scripts/experiment --out results/run1                 # built-in 256M workload
+    scripts/experiment -o physical=256M --compare zram    # and the same on zram
+    scripts/experiment --compare zram --compare zswap     # and on kernel zswap
+    scripts/experiment --trace /var/tmp/run.trace         # record it for what-if
+    scripts/experiment --limit 512M -- stress-ng --vm 1 --vm-bytes 1G -t 30
+    scripts/experiment --at 2s inject='ratio 4' --at 6s inject=clear
 
 It mounts a fresh cramfs (or uses --mount), swaps on a slot file through a
 direct-I/O loop device, runs the workload in a fresh memory-limited cgroup,
