@@ -305,24 +305,37 @@ cdef class NativeTier:
 
     cdef _Node _place(self, table, long long idx):
         """The node for (table, idx), made if new, as most recently used: one probe of
-        the index either way (a promotion's page is rarely there already). The node
-        is made before the index names its slot, so a failure leaves no entry behind."""
+        the index either way (a promotion's page is rarely there already). Everything
+        that can fail (the node, the slot list's room, the index's growth) happens
+        before anything is changed for good, so a failure leaves the tier as it was:
+        no index entry naming a slot that holds nothing."""
         cdef _Node n = _Node.__new__(_Node)
-        cdef uint32_t slot = self._free.back() if self._free.size() else len(self._slots)
-        cdef long long had = cram_tier_add(self._index, <uintptr_t><PyObject *>table, idx,
-                                           slot)
+        cdef bint fresh = self._free.size() == 0
+        cdef uint32_t slot
+        cdef long long had
+        if fresh:
+            slot = len(self._slots)
+            self._slots.append(None)          # the room first
+        else:
+            slot = self._free.back()
+        try:
+            had = cram_tier_add(self._index, <uintptr_t><PyObject *>table, idx, slot)
+        except BaseException:
+            if fresh:
+                self._slots.pop()
+            raise
         if had >= 0:
+            if fresh:
+                self._slots.pop()
             n = <_Node?>self._slots[had]
             self._unlink(n)
         else:
             n.table = table
             n.idx = idx
             n.slot = slot
-            if self._free.size():
+            if not fresh:
                 self._free.pop_back()
-                self._slots[slot] = n
-            else:
-                self._slots.append(n)
+            self._slots[slot] = n
         self._append(n)
         return n
 
@@ -364,10 +377,14 @@ cdef class NativeTier:
         return self._head
 
     cpdef put(self, key, data):
-        """Insert as most recently used."""
+        """Insert as most recently used. `data` is taken apart first: one that is not an
+        Encoded raises with the tier unchanged."""
         table, idx = key
+        word, blob, algo, huge = data
+        cdef int c_algo = algo
+        cdef bint c_huge = huge
         cdef _Node n = self._place(table, idx)
-        n.word, n.blob, n.algo, n.huge = data
+        n.word, n.blob, n.algo, n.huge = word, blob, c_algo, c_huge
         n.kept = data
 
     cpdef get(self, key):

@@ -450,3 +450,21 @@ def test_the_compiled_constants_are_the_python_ones():
     with pytest.raises(ImportError, match="HUGE_BIT"):
         engine.check_constants("_devcore", {**engine.devcore_constants(), "HUGE_BIT": 64},
                                engine.devcore_constants())
+
+
+def test_a_failed_tier_put_leaves_the_native_tier_as_it_was():
+    """NativeTier.put takes its data apart before it places a node: data that is not an
+    Encoded raises, and no index entry or slot is left naming nothing."""
+    if not engine.native_available():
+        pytest.fail("the native engine is not built")
+    tier = engine.NativeTier()
+    t = object()
+    tier.put((t, 1), (None, b"x", 0, False))
+    for bad in [(None, b"y", 0), (None, b"y", "lz4", False), None]:
+        with pytest.raises((ValueError, TypeError)):
+            tier.put((t, 2), bad)
+        assert len(tier) == 1 and tier.peek((t, 1)) == (None, b"x", 0, False)
+        with pytest.raises(KeyError):
+            tier.peek((t, 2))
+    tier.put((t, 2), (None, b"z", 0, True))
+    assert len(tier) == 2 and tier.peek((t, 2)) == (None, b"z", 0, True)
