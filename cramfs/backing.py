@@ -104,7 +104,9 @@ def open_file(path: str, wait: float = 0.0) -> tuple[int, int]:
     file that may not be used; OSError(EBUSY) if another holder keeps it locked past
     `wait` seconds; other OSErrors as the system gives them."""
     try:
-        fd = safepath.open_nofollow(path, os.O_RDWR | os.O_NOCTTY)
+        # O_PATH first: judging what the path names opens nothing for real, so naming a
+        # device (a watchdog, a tape) by mistake has no side effect
+        probe = safepath.open_nofollow(path, os.O_PATH)
     except OSError as e:
         if e.errno == errno.EINVAL:
             raise ValueError(f"backing_dev must be an absolute path, got {shown(path)}") \
@@ -115,7 +117,7 @@ def open_file(path: str, wait: float = 0.0) -> tuple[int, int]:
                              "the real path") from None
         raise
     try:
-        st = os.fstat(fd)
+        st = os.fstat(probe)
         if not stat.S_ISREG(st.st_mode):
             raise ValueError(f"backing_dev {shown(path)} is not a regular file "
                              "(cramfs writes back to a file, not a block device)")
@@ -130,6 +132,14 @@ def open_file(path: str, wait: float = 0.0) -> tuple[int, int]:
         if not blocks:
             raise ValueError(f"backing_dev {shown(path)} is smaller than a page; give it "
                              "a size first (truncate -s 1G FILE)")
+        # the file judged above, reopened through its own descriptor (no path again)
+        fd = os.open(f"/proc/self/fd/{probe}", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    finally:
+        os.close(probe)
+    try:
+        now = os.fstat(fd)
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            raise ValueError(f"backing_dev {shown(path)} changed while it was opened")
         _lock(fd, wait)
     except BaseException:
         os.close(fd)

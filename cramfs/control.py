@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn
 
-from . import backing, hostmem, metrics, safepath, trace
+from . import backing, hostmem, metrics, procfs, safepath, trace
 from .backing import IoJob
 from .compressors import COMPRESSORS
 from .config import SETTINGS
@@ -397,21 +397,27 @@ def _store_trace(ns: Namespace, text: str) -> IoJob | None:
     if rec is not None and rec.active:
         raise DeviceError(errno.EBUSY, f"trace: already recording to {rec.path}")
 
-    def create() -> int | OSError:
+    def create() -> int | OSError | None:
+        # control jobs run one at a time, each done() before the next run(): a start
+        # that another start beat finds its recorder here, before making any file
+        if ns.recorder is not None and ns.recorder.active:
+            return None
         try:
+            # the mount's st_dev from mountinfo: a stat of the mount would be a request
+            # to this daemon, which is waiting for this job
             return safepath.create_exclusive(
-                path, 0o600, refuse_dev=os.stat(mp).st_dev if mp else None)
+                path, 0o600, refuse_dev=procfs.mount_dev(mp) if mp else None)
         except OSError as e:
             return e
 
-    def created(result: int | OSError) -> None:
+    def created(result: int | OSError | None) -> None:
+        if result is None:
+            rec = ns.recorder
+            raise DeviceError(errno.EBUSY, "trace: already recording"
+                              + (f" to {rec.path}" if rec is not None else ""))
         if isinstance(result, OSError):
             _trace_refused(ns, result.errno or errno.EIO,
                            f"cannot start {shown(path)}: {result.strerror}")
-        if ns.recorder is not None and ns.recorder.active:     # another start won
-            os.close(result)
-            os.unlink(path)
-            raise DeviceError(errno.EBUSY, f"trace: already recording to {ns.recorder.path}")
         start_trace(ns, path, result, also)
 
     return IoJob(create, created)
@@ -430,7 +436,11 @@ def start_trace(ns: Namespace, path: str, fd: int, also: tuple[str, ...]) -> Non
         "started": time.time(),
         "lz4": trace.LZ4_KIND,
     }
-    ns.recorder = Recorder(path, fd, header, clock=dev.clock, also=also)
+    try:
+        ns.recorder = Recorder(path, fd, header, clock=dev.clock, also=also)
+    except BaseException:
+        os.close(fd)                  # the writer thread never took it
+        raise
     dev.events.add("trace", f"recording to {shown(path)}"
                    + (f", pages also as {','.join(also)}" if also else "")
                    + ("" if header["empty"] else " (the device was not empty: a replay "
@@ -488,7 +498,7 @@ def _store_backing_dev(ns: Namespace, text: str) -> IoJob | None:
         except (OSError, ValueError) as e:
             return e
         try:
-            if mp and os.fstat(fd).st_dev == os.stat(mp).st_dev:
+            if mp and os.fstat(fd).st_dev == procfs.mount_dev(mp):
                 os.close(fd)
                 return ValueError(f"{shown(path)} is on this cramfs mount")
         except OSError as e:

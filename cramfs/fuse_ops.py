@@ -432,7 +432,9 @@ class CramOperations(pyfuse3.Operations):
         # and again at every read from 0, so a reader that reads in pieces sees one
         # consistent state and a poll() waiter re-reading from 0 sees a fresh one.
         if off == 0 or h.content is None or h.attr.stream:
-            h.content = h.attr.show(self.ns).encode()
+            # file names (a trace's, the backing file's) are the bytes they were given:
+            # shown back as those bytes, not refused for not being UTF-8
+            h.content = h.attr.show(self.ns).encode("utf-8", "surrogateescape")
             h.seen = self._generation[self._watches(h.attr.name)]
         return h.content[off:off + size], 0.0
 

@@ -6,6 +6,7 @@ every stat, and it must still be found, to be unmounted.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,20 @@ def mounts(mountinfo: str = "/proc/self/mountinfo") -> list[MountEntry]:
             fstype, source = [*right.split(), "", ""][:2]
             out.append(MountEntry(_unescape(left.split()[4]), fstype, _unescape(source)))
     return out
+
+
+def mount_dev(path: str, mountinfo: str = "/proc/self/mountinfo") -> int | None:
+    """The st_dev of the filesystem mounted at `path` (its last mount there), from
+    mountinfo: the daemon asks this of its own mount, where a stat() would be a request
+    to itself."""
+    dev = None
+    with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            fields = line.split()
+            if _unescape(fields[4]) == path:
+                major, minor = fields[2].split(":")
+                dev = os.makedev(int(major), int(minor))
+    return dev
 
 
 def is_mounted(path: Path | str) -> bool:

@@ -88,7 +88,9 @@ def open_nofollow(path: str, flags: int, mode: int = 0o600) -> int:
         try:
             return _openat2(raw, flags, mode)
         except OSError as e:
-            if e.errno != errno.ENOSYS:
+            # ENOSYS: a kernel before 5.6; EPERM: a seccomp filter that knows no openat2
+            # (a real EPERM comes back from the walk as well)
+            if e.errno not in (errno.ENOSYS, errno.EPERM):
                 raise
             _openat2_works = False
     return _walk(raw, flags, mode)

@@ -302,3 +302,14 @@ def test_lowering_release_delay_completes_the_releases_now_due(mounter):
     s = m.stat()
     assert s["pending_release_pages"] == 0 and s["physical_used"] == 0
 
+
+
+def test_a_trace_path_that_is_not_utf8_reads_back_as_its_bytes(mnt: Mount, tmp_path):
+    """Control input keeps file names as bytes; what a control file shows gives them back
+    as those bytes (it once failed every read with EIO)."""
+    path = os.fsencode(tmp_path) + b"/\xff.trace"
+    assert write_ctl(mnt, "trace", b"start " + path + b"\n") == 0
+    shown = (mnt.path / ".cram" / "trace").read_bytes()
+    assert shown.startswith(b"recording " + path + b" ")
+    assert write_ctl(mnt, "trace", b"stop\n") == 0
+    assert os.path.exists(path)

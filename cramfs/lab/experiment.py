@@ -329,19 +329,24 @@ class ZswapTarget:
 
     def teardown(self) -> None:
         echo = lambda line: say(f"+ {line}")  # noqa: E731
-        if self._tmp is not None:
-            swap_down(self._tmp, echo=echo)
-        if self._saved is not None:
-            echo(f"restoring {zswap.PARAMS}: " + " ".join(f"{k}={v}" for k, v in
-                                                          sorted(self._saved.items())))
-            differ = zswap.restore(self._saved)
-            if differ:
-                say(f"WARNING: zswap parameters not restored: {', '.join(differ)}")
-            self._saved = None
-        if self._tmp is not None:
-            with suppress(OSError):
-                self._tmp.rmdir()
-            self._tmp = None
+        try:
+            if self._tmp is not None:
+                swap_down(self._tmp, echo=echo)
+        finally:
+            try:
+                if self._saved is not None:
+                    echo(f"restoring {zswap.PARAMS}: " + " ".join(
+                        f"{k}={v}" for k, v in sorted(self._saved.items())))
+                    differ = zswap.restore(self._saved)
+                    if differ:
+                        say(f"WARNING: zswap parameters not restored: {', '.join(differ)}")
+                    self._saved = None
+                if self._tmp is not None:
+                    with suppress(OSError):
+                        self._tmp.rmdir()
+                    self._tmp = None
+            finally:
+                self._lock.release()
 
 
 @contextmanager
@@ -432,8 +437,11 @@ def run_target(target: Target, command: list[str], limit: int, interval: float,
                 # a device that refuses writes under its cap can leave the kernel
                 # retrying swap-out for ever (zram's "hangs"): that is the result
                 say(f"{target.name}: the workload ran past {timeout:.0f} s; killing it")
+                for pid in cgroup.pids():         # its children too (stress-ng's workers)
+                    with suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
                 proc.kill()
-                proc.wait()
+                proc.wait(timeout=30)
                 timed_out, done = True, True
             if done and exited is None:
                 exited = now
@@ -473,12 +481,14 @@ def run_target(target: Target, command: list[str], limit: int, interval: float,
                  "result": "not reached: the workload ended first"} for e in pending]
         return rows, result
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if cgroup is not None:
-            cgroup.remove()
-        target.teardown()
+        try:
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+            if cgroup is not None:
+                cgroup.remove()
+        finally:
+            target.teardown()     # whatever the cgroup did: swap, loop, mount, zram
 
 
 def summarize(rows: list[dict[str, Any]], wall: float, status: int) -> dict[str, Any]:
@@ -725,14 +735,20 @@ def main(argv: list[str] | None = None) -> int:
                f" (not settled within {args.settle:g}s)"))
     say(f"results in {out}/ (timeline.csv, summary.json, plot.png)")
     # A peer that refused writes under its cap, or whose workload was killed, is a
-    # result (summary.json and the plot say so); the exit status is cramfs's run's.
+    # result (summary.json and the plot say so); the exit status is cramfs's run's:
+    # 3 when its workload found corrupted memory, 1 when it failed otherwise (killed:
+    # a SIGBUS is a page the device could not give back), 0 when it passed.
     for name in (t.name for t in targets[1:]):
         if summary[name]["data_loss"]:
             say(f"{name}: the workload found corrupted memory (a result, not this run's "
                 "failure)")
-    if summary["cramfs"]["data_loss"]:
+    cram = summary["cramfs"]
+    if cram["data_loss"]:
         say("DATA LOSS: the workload found corrupted memory on cramfs")
         return EXIT_MISMATCH
+    if cram["workload_exit_status"] != 0:
+        say(f"cramfs: the workload failed (exit status {cram['workload_exit_status']})")
+        return 1
     return 0
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 import struct
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,8 +53,23 @@ class Lock:
 
     def acquire(self) -> None:
         if self._file is None:
-            f = open(LOCK, "a")      # noqa: SIM115 (held until release)
-            fcntl.flock(f, fcntl.LOCK_EX)
+            # root opening a name in /tmp: no symlink followed, and only a regular file
+            # (fs.protected_symlinks is 0 on these machines)
+            fd = os.open(LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            f = os.fdopen(fd, "r+")
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+                    raise RuntimeError(f"{LOCK} is not a plain file; remove it")
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    print(f"waiting for {LOCK} (another user of zram0 or zswap holds it)",
+                          file=sys.stderr, flush=True)
+                    fcntl.flock(f, fcntl.LOCK_EX)
+            except BaseException:
+                f.close()
+                raise
             self._file = f
 
     def release(self) -> None:
