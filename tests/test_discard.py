@@ -10,8 +10,6 @@ import mmap
 import os
 import random
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,8 @@ from cramfs.config import DeviceConfig
 from cramfs.device import Device, DeviceError
 from cramfs.engine import ENGINES
 from cramfs.fuse_ops import FALLOCATE
+from cramfs.lab import zram
+from cramfs.lab.bench import loop_device
 from cramfs.namespace import KEEP_SIZE, PUNCH_HOLE, ZERO_RANGE, Inode, Namespace
 
 from .conftest import Mount
@@ -210,35 +210,6 @@ def test_each_mode_through_the_mount(mounter):
     assert "discard: fallocate" in m.ctl("status")
 
 
-@contextmanager
-def loop_over(path: Path) -> Iterator[str]:
-    """A direct-I/O loop device over `path`, detached whatever happens."""
-    loop = subprocess.run(["losetup", "--direct-io=on", "--show", "-f", str(path)],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    try:
-        yield loop
-    finally:
-        subprocess.run(["losetup", "-d", loop], check=False)
-
-
-@contextmanager
-def zram(size: int) -> Iterator[Path | None]:
-    """zram0 held under /tmp/zram.lock, sized, and reset after; None if absent."""
-    z = Path("/sys/block/zram0")
-    if not z.exists():
-        yield None
-        return
-    with open("/tmp/zram.lock", "w") as lock:
-        import fcntl
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        (z / "reset").write_text("1\n")
-        try:
-            (z / "disksize").write_text(f"{size}\n")
-            yield z
-        finally:
-            (z / "reset").write_text("1\n")
-
-
 def dd_pages(dev: str, data: bytes) -> None:
     subprocess.run(["dd", f"of={dev}", "bs=64K", "oflag=direct", "status=none"],
                    input=data, check=True)
@@ -255,7 +226,7 @@ def test_blkdiscard_on_a_loop_device_frees_pages_as_zram_counts_them(mounter):
         f.truncate(size)
     data = b"".join(text_page(i) if i % 3 else random_page(i) for i in range(1024))
     discards = [(0, 1 << 20), (2 << 20, 8192), (4 << 20, 12 << 20)]   # the last: past data
-    with loop_over(slot) as loop:
+    with loop_device(slot) as loop:
         assert Path(f"/sys/block/{Path(loop).name}/queue/discard_granularity"
                     ).read_text().strip() == str(P), "statfs's 4 KiB block"
         dd_pages(loop, data)
@@ -264,15 +235,13 @@ def test_blkdiscard_on_a_loop_device_frees_pages_as_zram_counts_them(mounter):
     cram = (int(m.ctl("mm_stat").split()[0]), io_stat(m)[3])
     assert cram == (len(data) - (256 + 2) * P, 256 + 2 + 3072), cram
     assert (m.path / "disk").read_bytes()[:1 << 20] == bytes(1 << 20)
-    with zram(size) as z:
-        if z is None:
-            pytest.skip("no zram0 on this machine to compare with")
-        dd_pages("/dev/zram0", data)
+    if (why := zram.unavailable("lz4")) is not None:
+        pytest.skip(f"no zram0 to compare with: {why}")
+    with zram.borrowed(size, "lz4") as dev:
+        dd_pages(dev, data)
         for off, length in discards:
-            subprocess.run(["blkdiscard", "-o", str(off), "-l", str(length), "/dev/zram0"],
-                           check=True)
-        kernel = (int((z / "mm_stat").read_text().split()[0]),
-                  int((z / "io_stat").read_text().split()[3]))
+            subprocess.run(["blkdiscard", "-o", str(off), "-l", str(length), dev], check=True)
+        kernel = (zram.mm_stat()["orig_data_size"], zram.io_stat()["notify_free"])
     assert cram == kernel
 
 

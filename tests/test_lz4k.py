@@ -30,10 +30,7 @@ huge threshold; it takes a few seconds.
 from __future__ import annotations
 
 import ctypes
-import fcntl
-import gzip
 import mmap
-import os
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,6 +43,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cramfs import _lz4k
+from cramfs.lab import zram
 from cramfs.units import PAGE_SIZE
 from cramfs.zsgeometry import ZS_HANDLE_SIZE, geometry
 
@@ -265,28 +263,6 @@ def test_kernel_rules_against_liblz4_on_real_pages():
 
 # ------------------------------------------------------------------ 3. the kernel
 
-def _zram_unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "zram needs root"
-    if not ZRAM.exists():
-        return "/sys/block/zram0 is not present (modprobe zram)"
-    algorithms = (ZRAM / "comp_algorithm").read_text().replace("[", " ").replace("]", " ")
-    if "lz4" not in algorithms.split():
-        return "zram0 has no lz4 compressor"
-    return None
-
-
-def _kernel_chain_size() -> int:
-    try:
-        with gzip.open("/proc/config.gz", "rt") as f:
-            for line in f:
-                if line.startswith("CONFIG_ZSMALLOC_CHAIN_SIZE="):
-                    return int(line.split("=")[1])
-    except OSError:
-        pass
-    return 8
-
-
 def page_compressing_to(target: int, seed: int) -> bytes | None:
     """A page of `r` random bytes then one repeated byte that lz4k compresses to exactly
     `target` bytes, `r` found by bisection; None if no `r` gives it."""
@@ -332,70 +308,34 @@ def oracle_pages(chain: int) -> dict[str, list[bytes]]:
     return out
 
 
-def _write(path: Path, value: str) -> None:
-    path.write_text(value + "\n")
-
-
-@contextmanager
-def zram0(size: int) -> Iterator[int]:
-    """zram0 with lz4 and `size` bytes, held under /tmp/zram.lock, reset before and after;
-    an O_DIRECT fd on it."""
-    with open(LOCK, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            _write(ZRAM / "reset", "1")
-        except OSError as e:
-            pytest.skip(f"zram0 is in use and cannot be reset: {e}")
-        try:
-            _write(ZRAM / "comp_algorithm", "lz4")
-            _write(ZRAM / "disksize", str(size))
-            fd = os.open("/dev/zram0", os.O_RDWR | os.O_DIRECT)
-            try:
-                yield fd
-            finally:
-                os.close(fd)
-        finally:
-            _write(ZRAM / "reset", "1")
-
-
-def compr_data_size() -> int:
-    return int((ZRAM / "mm_stat").read_text().split()[1])
-
-
-@pytest.mark.skipif(_zram_unavailable() is not None, reason=_zram_unavailable() or "")
+@pytest.mark.skipif(zram.unavailable("lz4") is not None, reason=zram.unavailable("lz4") or "")
 def test_zram_gives_these_sizes():
-    chain = _kernel_chain_size()
+    chain = zram.kernel_chain_size()
     huge = geometry(chain).huge_class_size
     groups = oracle_pages(chain)
     total = sum(map(len, groups.values()))
     assert total > 1500
     assert len(groups["class boundaries"]) > 20
     report, wrong = {}, []
-    buf = mmap.mmap(-1, P)                     # page-aligned, as O_DIRECT wants
-    try:
-        with zram0((total + 1) * P) as fd:
-            index = 0
-            for name, pages in groups.items():
-                stored = huge_pages = differ = 0
-                for page in pages:
-                    mine = len(_lz4k.compress(page))
-                    buf[:] = page
-                    before = compr_data_size()
-                    assert os.pwrite(fd, buf, index * P) == P
-                    got = compr_data_size() - before
-                    index += 1
-                    if (got == P) != (mine >= huge):
-                        wrong.append((name, index, mine, got, "huge or not"))
-                    if got == P:
-                        huge_pages += 1
-                        continue
-                    stored += 1
-                    differ += len(liblz4(page)) != got
-                    if got != mine:
-                        wrong.append((name, index, mine, got))
-                report[name] = (stored, huge_pages, differ)
-    finally:
-        buf.close()
+    with zram.borrowed((total + 1) * P, "lz4") as dev:
+        sizes = iter(zram.compressed_sizes(dev, [pg for pgs in groups.values() for pg in pgs]))
+    index = 0
+    for name, pages in groups.items():
+        stored = huge_pages = differ = 0
+        for page in pages:
+            mine = len(_lz4k.compress(page))
+            got = next(sizes)
+            index += 1
+            if (got == P) != (mine >= huge):
+                wrong.append((name, index, mine, got, "huge or not"))
+            if got == P:
+                huge_pages += 1
+                continue
+            stored += 1
+            differ += len(liblz4(page)) != got
+            if got != mine:
+                wrong.append((name, index, mine, got))
+        report[name] = (stored, huge_pages, differ)
     assert not wrong, (wrong[:20], report)
     # the pages must tell the kernel's rule from LZ4 1.8.2's, or they prove little
     assert sum(differ for _, _, differ in report.values()) > 50, report

@@ -10,13 +10,9 @@ with `lzo` and with `lzo-rle` grow compr_data_size by exactly our block's length
 from __future__ import annotations
 
 import ctypes
-import fcntl
-import gzip
-import mmap
 import os
 import random
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import lzo
@@ -25,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cramfs import _lzok
+from cramfs.lab import zram
 from cramfs.zsgeometry import geometry
 
 # (by name: the module has no .pyi yet, so to mypy it is Any)
@@ -390,80 +387,16 @@ def test_decompressor_agrees_with_liblzo2_on_mutated_lzo_blocks():
 
 # ------------------------------------------------------------- the kernel as oracle
 
-ZRAM = Path("/sys/block/zram0")
-
-
-def _zram_unavailable(algorithm: str) -> str | None:
-    if os.geteuid() != 0:
-        return "zram needs root"
-    if not ZRAM.exists():
-        return "/sys/block/zram0 is not present (modprobe zram)"
-    offered = (ZRAM / "comp_algorithm").read_text().replace("[", " ").replace("]", " ")
-    if algorithm not in offered.split():
-        return f"zram0 offers no {algorithm} ({offered.strip()})"
-    return None
-
-
-def _chain_size() -> int:
-    try:
-        with gzip.open("/proc/config.gz", "rt") as f:
-            for line in f:
-                if line.startswith("CONFIG_ZSMALLOC_CHAIN_SIZE="):
-                    return int(line.split("=")[1])
-    except OSError:
-        pass
-    return 8
-
-
-@contextmanager
-def zram_with(algorithm: str, size: int) -> Iterator[str]:
-    """zram0 under /tmp/zram.lock, reset, set to `algorithm` (before its disksize)
-    and reset again on the way out, whatever happened."""
-    with open("/tmp/zram.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            (ZRAM / "reset").write_text("1")
-        except OSError as e:              # EBUSY: swapped on, or open, without the lock
-            pytest.skip(f"zram0 is in use outside /tmp/zram.lock ({e.strerror})")
-        try:
-            (ZRAM / "comp_algorithm").write_text(algorithm)
-            (ZRAM / "disksize").write_text(str(size))
-            yield "/dev/zram0"
-        finally:
-            (ZRAM / "reset").write_text("1")
-
-
-def compr_data_size() -> int:
-    return int((ZRAM / "mm_stat").read_text().split()[1])
-
-
-def zram_sizes(algorithm: str, pages: list[bytes]) -> list[int]:
-    """What each page, written alone to its own slot, adds to compr_data_size."""
-    out = []
-    with zram_with(algorithm, (len(pages) + 16) * P) as dev:
-        fd = os.open(dev, os.O_RDWR | os.O_DIRECT)
-        buf = mmap.mmap(-1, P)                      # page-aligned, as O_DIRECT wants
-        try:
-            for i, page in enumerate(pages):
-                buf[:] = page
-                before = compr_data_size()
-                assert os.pwrite(fd, buf, i * P) == P
-                out.append(compr_data_size() - before)
-        finally:
-            buf.close()
-            os.close(fd)
-    return out
-
-
 @pytest.mark.parametrize("algorithm", ["lzo", "lzo-rle"])
 def test_page_sizes_are_zrams(algorithm):
-    why = _zram_unavailable(algorithm)
+    why = zram.unavailable(algorithm)
     if why:
         pytest.skip(why)
-    huge = geometry(_chain_size()).huge_class_size        # 3625 with chains of 8
+    huge = geometry(zram.kernel_chain_size()).huge_class_size    # 3625 with chains of 8
     named = corpus()
     pages = [pg for pgs in named.values() for pg in pgs]
-    kernel = zram_sizes(algorithm, pages)
+    with zram.borrowed((len(pages) + 16) * P, algorithm) as dev:
+        kernel = zram.compressed_sizes(dev, pages)
     ours = [len(_lzok.compress(pg, rle=algorithm == "lzo-rle")) for pg in pages]
     report, wrong, k = [], [], 0
     for name, pgs in named.items():

@@ -10,7 +10,6 @@ every chain size (golden figures from the kernel's Documentation/mm/zsmalloc.rst
 
 from __future__ import annotations
 
-import gzip
 import mmap
 import os
 import random
@@ -89,17 +88,6 @@ def _oracle_unavailable() -> str | None:
 
 needs_zram = pytest.mark.skipif(_oracle_unavailable() is not None,
                                 reason=_oracle_unavailable() or "")
-
-
-def _kernel_chain_size() -> int:
-    try:
-        with gzip.open("/proc/config.gz", "rt") as f:
-            for line in f:
-                if line.startswith("CONFIG_ZSMALLOC_CHAIN_SIZE="):
-                    return int(line.split("=")[1])
-    except OSError:
-        pass
-    return 8
 
 
 def _lz4_len(page: bytes) -> int:
@@ -264,7 +252,7 @@ def _run_both(mounter: Callable[..., Mount], dev: str, pages: list[bytes], chain
 @pytest.mark.parametrize("data", ["synthetic", "boundaries"])
 def test_same_pages_same_mm_stat_as_kernel_zram(mounter, data):
     """The whole stack, kernel path included, on pages both lz4s compress alike."""
-    chain = _kernel_chain_size()
+    chain = zram.kernel_chain_size()
     if data == "synthetic":
         pages = synthetic_pages(2000)
     else:
@@ -282,22 +270,6 @@ def test_same_pages_same_mm_stat_as_kernel_zram(mounter, data):
     _compare(az, ac, ("orig_data_size", "same_pages"), ("mem_used_total",), 0.02)
 
 
-def kernel_sizes(dev: str, pages: list[bytes]) -> list[int]:
-    """What zram's lz4 makes of each page: compr_data_size's step as it is written."""
-    sizes = []
-    fd = os.open(dev, os.O_RDWR | os.O_DIRECT)
-    buf = mmap.mmap(-1, 256 * P)
-    try:
-        for i, page in enumerate(pages):
-            before = zram.mm_stat()["compr_data_size"]
-            _write_zram(fd, buf, [page], i)
-            sizes.append(zram.mm_stat()["compr_data_size"] - before)
-    finally:
-        os.close(fd)
-        buf.close()
-    return sizes
-
-
 @pytest.mark.mount          # zram needs root too
 @needs_zram
 def test_real_data_replayed_with_the_kernels_sizes_is_exact():
@@ -305,13 +277,13 @@ def test_real_data_replayed_with_the_kernels_sizes_is_exact():
     data differently, so here cramfs's device is given the kernel's own compressed
     size of each page: everything from there on (same-filled pages, the huge
     threshold, classes, zspage choice, compaction) must give zram's numbers exactly."""
-    chain = _kernel_chain_size()
+    chain = zram.kernel_chain_size()
     pages = real_pages(8 << 20)
     assert len(pages) > 1000, "this machine has the binaries and texts named"
     pages += synthetic_pages(500)
     random.Random(5).shuffle(pages)
     with zram.borrowed(1 << 30, "lz4") as dev:
-        sizes = kernel_sizes(dev, pages)
+        sizes = zram.compressed_sizes(dev, pages)
         written = zram.mm_stat()
         fd = os.open(dev, os.O_RDWR)
         try:
@@ -369,7 +341,7 @@ def test_real_data_through_the_mount(mounter, algorithm):
         pytest.skip(f"zram0 cannot compare {algorithm} here: {why}")
     pages = real_pages(8 << 20)
     with zram.borrowed(1 << 30, algorithm) as dev:
-        kz, kc, az, ac = _run_both(mounter, dev, pages, _kernel_chain_size(), algorithm)
+        kz, kc, az, ac = _run_both(mounter, dev, pages, zram.kernel_chain_size(), algorithm)
     _record(f"real, {algorithm}, through the mount (each side its own), written", kz, kc)
     _record(f"real, {algorithm}, through the mount, 3 in 4 freed, compacted", az, ac)
     _compare(kz, kc, ("orig_data_size", "same_pages", "huge_pages", "compr_data_size"),

@@ -9,6 +9,8 @@ whatever happened in between.
 from __future__ import annotations
 
 import fcntl
+import gzip
+import mmap
 import os
 import stat
 import struct
@@ -123,6 +125,37 @@ def reset() -> None:
 def mm_stat() -> dict[str, int]:
     values = (ZRAM / "mm_stat").read_text().split()
     return dict(zip(MM_STAT_FIELDS, map(int, values), strict=False))
+
+
+def kernel_chain_size() -> int:
+    """This kernel's CONFIG_ZSMALLOC_CHAIN_SIZE (8 where /proc/config.gz does not say)."""
+    try:
+        with gzip.open("/proc/config.gz", "rt") as f:
+            for line in f:
+                if line.startswith("CONFIG_ZSMALLOC_CHAIN_SIZE="):
+                    return int(line.split("=")[1])
+    except OSError:
+        pass
+    return 8
+
+
+def compressed_sizes(dev: str, pages: list[bytes]) -> list[int]:
+    """What the borrowed zram0 makes of each page: compr_data_size's step as the page is
+    written alone to a slot of its own (4096 for a page it stores whole)."""
+    fd = os.open(dev, os.O_RDWR | os.O_DIRECT)
+    buf = mmap.mmap(-1, 4096)                    # page-aligned, as O_DIRECT wants
+    sizes = []
+    try:
+        for i, page in enumerate(pages):
+            buf[:] = page
+            before = mm_stat()["compr_data_size"]
+            if os.pwrite(fd, buf, i * 4096) != 4096:
+                raise OSError(f"short write to {dev}")
+            sizes.append(mm_stat()["compr_data_size"] - before)
+    finally:
+        buf.close()
+        os.close(fd)
+    return sizes
 
 
 def discard(fd: int, offset: int, length: int) -> None:
