@@ -194,9 +194,9 @@ def store(ns: Namespace, attr: Attribute, data: bytes) -> IoJob | None:
         ns.device.reject(attr.name, f"input of {len(data)} bytes; at most {PAGE_SIZE}")
     text = data.decode("utf-8", "surrogateescape")
     rec = ns.recorder
-    payload = f"{attr.name}\0{text}".encode("utf-8", "surrogateescape")
     if rec is None or attr.name == "trace":
         return attr.store(ns, _value(ns, attr, text))
+    payload = f"{attr.name}\0{text}".encode("utf-8", "surrogateescape")
     # recorded as one control write, not as the namespace calls it makes (reset, discard)
     ns.recorder = None
     try:
