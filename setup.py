@@ -9,7 +9,12 @@ setup(ext_modules=cythonize(
     [Extension("cramfs._zspool", ["cramfs/_zspool.pyx"],
                extra_compile_args=["-O2", "-D_GLIBCXX_ASSERTIONS"]),
      Extension("cramfs._pagetable", ["cramfs/_pagetable.pyx"], extra_compile_args=["-O2"]),
-     Extension("cramfs._devcore", ["cramfs/_devcore.pyx"], libraries=["lz4"],
+     # the slot store, the DRAM tier and the page paths: C++ for the tier's index
+     Extension("cramfs._dramtier", ["cramfs/_dramtier.pyx"],
+               extra_compile_args=["-O2", "-D_GLIBCXX_ASSERTIONS"]),
+     Extension("cramfs._slotstore", ["cramfs/_slotstore.pyx"],
+               extra_compile_args=["-O2", "-D_GLIBCXX_ASSERTIONS"]),
+     Extension("cramfs._devpaths", ["cramfs/_devpaths.pyx"], libraries=["lz4"],
                extra_compile_args=["-O2", "-D_GLIBCXX_ASSERTIONS"]),
      # Debian's liblz4 (liblz4-dev, installed by scripts/setup)
      Extension("cramfs._pagecodec", ["cramfs/_pagecodec.pyx"], libraries=["lz4"],

@@ -1,8 +1,10 @@
 """Which engine keeps a device's compressed pages: compiled, or the Python reference.
 
-An engine is a pool (`pool.Pool`), a page table, a DRAM tier, a request encoder and
-(native only) the compiled common case of the device's page transitions. The two engines make
-the same decisions (the property tests hold them to identical handles, bytes
+An engine is a pool (`pool.Pool`), a page table, a DRAM tier, a slot store
+(device/slots.py's interface), a request encoder and the page paths: on the
+native engine `_devpaths.NativePaths`, the compiled common case of the device's
+page paths, which hands every other case to the reference `device.paths.PagePaths`.
+The two engines make the same decisions (the property tests hold them to identical handles, bytes
 and counters), so the choice changes speed only. `native` is the compiled
 pool (`_zspool.pyx`), page table (`_pagetable.pyx`) and, for lz4, the
 whole-request encoder (`_pagecodec.pyx`), all built by `pip install`;
@@ -23,15 +25,20 @@ from .pool import ArenaPool, ClassPool
 from .tier import DramTier
 from .zsgeometry import DEFAULT_CHAIN_SIZE
 
-ENGINES = ("native", "python")
+ENGINES: tuple[str, ...] = ("native", "python")
 
 try:
-    from ._devcore import NativeCore, NativeTier
+    from ._devpaths import NativePaths
+    from ._dramtier import NativeTier
     from ._pagecodec import Lz4PageEncoder, encode_lz4_pages
     from ._pagetable import NativeTable
+    from ._slotstore import NativeSlotStore
     from ._zspool import NativeClassPool, NativePool
-except ImportError:          # not built: a checkout used without `pip install`
-    NativeCore = None  # type: ignore[assignment,misc]
+except ModuleNotFoundError as e:  # not built: a checkout used without `pip install`
+    if not (e.name or "").startswith("cramfs._"):
+        raise                # a missing dependency of a built module: say so
+    NativePaths = None  # type: ignore[assignment,misc]
+    NativeSlotStore = None  # type: ignore[assignment,misc]
     NativeTier = None  # type: ignore[assignment,misc]
     NativePool = None  # type: ignore[assignment,misc]
     NativeClassPool = None  # type: ignore[assignment,misc]
@@ -52,9 +59,18 @@ def check_constants(module: str, compiled: dict[str, int], python: dict[str, int
                           "(scripts/setup)")
 
 
-def devcore_constants() -> dict[str, int]:
-    from ._devcore import _constants
-    return dict(_constants())
+if NativeSlotStore is not None:
+    from . import pagetable as _pt
+    from ._slotstore import _constants as _slotword_constants
+    from .compressors import COMPRESSORS as _C
+    check_constants("_slotstore", dict(_slotword_constants()), {
+        "PAGE": 4096, "KIND_MASK": _pt.KIND_MASK, "SAME": _pt.SAME, "DEVICE": _pt.DEVICE,
+        "FALLBACK": _pt.FALLBACK, "PROMOTED": _pt.PROMOTED, "POISONED": _pt.POISONED,
+        "BACKED": _pt.BACKED, "KINDS": _pt.KINDS, "ALGO_SHIFT": _pt.ALGO_SHIFT,
+        "HUGE_BIT": _pt.HUGE_BIT, "HANDLE_SHIFT": _pt.HANDLE_SHIFT,
+        "WIDE_WORD": 1 << _pt.HANDLE_SHIFT, "INJECTED_POISON": _pt.pack(_pt.POISONED, algo=1),
+        "DIRTY": -1, "NONE_ID": _C["none"].ident, "LZ4_ID": _C["lz4"].ident,
+        "INLINE_LIMIT": _pt.INLINE_LIMIT})
 
 
 if NativePool is not None:
@@ -108,6 +124,22 @@ def tier_class(engine: str) -> type[DramTier[Any, Any]]:
     """The DRAM tier a device on `engine` keeps its promoted pages in."""
     check(engine)
     return NativeTier if engine == "native" else DramTier
+
+
+def make_store(engine: str, pool: Any, fallback: Any, tier: Any, counters: Any,
+               monotonic: Callable[[], float], now: Callable[[], int]) -> Any:
+    """The slot store a device on `engine` changes its slots through."""
+    check(engine)
+    if engine == "native":
+        return NativeSlotStore(pool, fallback, tier, counters, monotonic, now)
+    from .device.slots import SlotStore
+    return SlotStore(pool, fallback, tier, counters, monotonic, now)
+
+
+def native_paths(dev: Any, reference: Any) -> Any:
+    """The compiled page paths of `dev`, handing their uncommon cases to `reference`."""
+    check("native")
+    return NativePaths(dev, reference)
 
 
 # (data, first page, stop page) -> the Encoded tuples of those whole pages

@@ -441,13 +441,14 @@ def test_a_partial_page_over_a_poisoned_one_gives_a_short_count():
 
 def _counting_encoder(dev: Device) -> list[int]:
     calls = [0]
-    real = dev._encode
+    real = dev.encode
 
     def encode(page: bytes) -> Any:
         calls[0] += 1
         return real(page)
 
-    dev._encode = encode
+    dev.encode = encode
+    dev.paths.configure()           # the compiled paths copy it
     return calls
 
 

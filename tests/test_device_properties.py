@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cramfs.config import DeviceConfig
-from cramfs.device import _MAX_GROWTH, Device, DeviceError
+from cramfs.device import Device, DeviceError
+from cramfs.device.common import MAX_GROWTH as _MAX_GROWTH
 from cramfs.units import PAGE_SIZE
 
 from .helpers import check_accounting, discard_model, random_page, text_page

@@ -245,8 +245,8 @@ def test_a_staged_page_into_a_hole_does_not_land_after_its_slot_is_gone(tmp_path
     # while the write is in flight, so only the mark says the page is on its way
     dev = device(tmp_path, engine=engine, physical=64 << 10, fallback="writeback")
     t = fill(dev, [random_page(i) for i in range(24)])
-    assert dev._staged, "some pages were refused and staged"
-    holes = [idx for _, idx, _, _ in dev._staged if not t.get(idx)]
+    assert dev.wb.staged, "some pages were refused and staged"
+    holes = [idx for _, idx, _, _ in dev.wb.staged if not t.get(idx)]
     assert holes, "a staged page went to a hole"
     if gone == "truncate":
         dev.truncate(t, 0)

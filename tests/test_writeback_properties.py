@@ -98,14 +98,14 @@ def check_blocks(dev: Device, table: PageTable, pending: list[IoJob]) -> None:
     b = dev.backing
     assert b is not None
     backed = [w >> HANDLE_SHIFT for _, w in table.items() if w & KIND_MASK == BACKED]
-    held = list(dev._under_wb.values())
+    held = list(dev.store.marks.values())
     assert len(set(backed + held)) == len(backed) + len(held), "a block named twice"
     assert all(b.state[block] == ALLOCATED for block in backed + held)
     assert len(backed) == dev.pages[BACKED]
     assert b.count >= len(backed) + len(held)
-    if not pending and not b.queue and not dev._staged:
+    if not pending and not b.queue and not dev.wb.staged:
         assert b.count == len(backed), "a block leaked"
-        assert not b.inflight and not dev._under_wb
+        assert not b.inflight and not dev.store.marks
 
 
 def run(cfg: dict[str, Any], ops: list[tuple[Any, ...]], path: Path) -> None:

@@ -35,7 +35,7 @@ from ..device import Device, DeviceError, Encoded
 from ..levels import LEVELS
 from ..namespace import Inode, Namespace
 from ..pagetable import FALLBACK
-from .outcomes import ObservedDevice, PageEvent
+from .outcomes import PageEvent, watch
 
 
 @dataclass
@@ -138,8 +138,9 @@ def _replay(header: dict[str, Any], records: Iterable[trace.Record], config: Dev
             on_sample: Callable[[Sample], None] | None, clock: list[float], base: float,
             started: float, observe: Callable[[PageEvent], None] | None) -> Outcome:
     monotonic = lambda: clock[0]  # noqa: E731
-    dev = Device(config, monotonic=monotonic) if observe is None else ObservedDevice(
-        config, observe, monotonic, base)
+    dev = Device(config, monotonic=monotonic)
+    if observe is not None:
+        watch(dev, observe, base)
     ns = Namespace(dev)
     out = Outcome(dict(overrides or {}))
     inodes: dict[int, Inode] = {}
