@@ -270,12 +270,14 @@ _SETS = [("mode", "zswap"), ("mode", "direct"), ("dram", "0"), ("dram", "16K"),
          ("compressor", "zstd"), ("compressor", "lz4"), ("compressor", "none"),
          ("compressor", "lzo"), ("write_control", "off"), ("write_control", "on"),
          ("fallback", "writeback"), ("fallback", "host"), ("reclaim", "writeback"),
-         ("reclaim", "off")]
+         ("reclaim", "off"), ("release_delay", "0"), ("release_delay", "20"),
+         ("release_delay", "1000"), ("fallback_limit", "16K"), ("fallback_limit", "4M")]
 # drawn by weight: uniform choice among so many kinds left writes too rare for the
 # device to fill, and hypothesis's short lists rarely reached a writeback
 _WEIGHTS = {"write": 8, "wenc": 2, "read": 3, "fault": 1, "truncate": 1, "discard": 1, "unlink": 1,
             "demote": 1, "compact": 1, "idle": 1, "recompress": 1, "writeback": 2, "wbpage": 2,
-            "land": 2, "settle": 1, "set": 2}
+            "land": 2, "settle": 1, "set": 2, "time": 2, "inject": 2, "poison": 1,
+            "clear": 1}
 
 
 @st.composite
@@ -308,6 +310,13 @@ def _device_op(draw: st.DrawFn) -> tuple:
         return (name, draw(st.integers(0, 1000)), draw(st.integers(0, 2)))
     if name == "set":
         return (name, draw(st.sampled_from(_SETS)))
+    if name == "time":                        # the devices' clock moves on (ms)
+        return (name, draw(st.sampled_from([1, 10, 500, 2000])))
+    if name == "inject":
+        return (name, draw(st.sampled_from([("ratio", 1.0), ("ratio", 2.5), ("ratio", 8.0),
+                                            ("physical", 6 * P), ("physical", 40 * P)])))
+    if name == "poison":
+        return (name, draw(st.integers(0, FILE_PAGES - 1)))
     return (name,)
 
 
@@ -374,6 +383,18 @@ def _apply(d: Device, ts: list, o: tuple, pending: list[IoJob]):
         return d.demote(o[1])
     if name == "compact":
         return d.compact()
+    if name == "time":
+        d.clock.advance(o[1] / 1000)          # type: ignore[attr-defined]
+        return d.tick()
+    if name == "inject":
+        kind, value = o[1]
+        if kind == "ratio":
+            return _outcome(lambda: d.inject_ratio(value))
+        return _outcome(lambda: d.inject_physical(value))
+    if name == "poison":
+        return _outcome(lambda: d.inject_poison(t, o[1]))
+    if name == "clear":
+        return d.clear_faults()
     if name == "idle":
         return d.mark_idle(None)
     if name == "recompress":
@@ -382,13 +403,33 @@ def _apply(d: Device, ts: list, o: tuple, pending: list[IoJob]):
     return None
 
 
+class FakeClock:
+    """A monotonic clock that moves only when a test says so: delayed releases and
+    access ages without a sleep."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @settings(max_examples=int(os.environ.get("CRAMFS_EXAMPLES", "120")),
           deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from([8 * P, 24 * P, 256 * P]), st.sampled_from(["refuse", "poison"]),
        st.sampled_from(["host", "writeback"]), st.sampled_from(["off", "writeback"]),
+       st.sampled_from([(8, -1), (4, -1), (16, -1), (8, 2000), (8, 3000)]),
        device_ops)
 def test_devices_on_either_engine_are_indistinguishable(physical, overflow, fallback, reclaim,
-                                                         ops):
+                                                         geometry, ops):
+    """The whole device on both engines, with every setting that changes a page's path:
+    write control, fallback, overflow, reclaim, the DRAM tier in both modes,
+    writeback, release_delay (on a clock the test moves), injected ratio, capacity
+    and poison, the huge threshold and the chain size."""
+    chain, threshold = geometry
     with tempfile.TemporaryDirectory() as tmp:
         backing = []
         for name in engine.ENGINES:
@@ -397,8 +438,9 @@ def test_devices_on_either_engine_are_indistinguishable(physical, overflow, fall
                 f.truncate(64 * P)
         devs = [Device(DeviceConfig(advertised=1 << 22, physical=physical, overflow=overflow,
                                     engine=name, backing_dev=path, fallback=fallback,
-                                    reclaim=reclaim),
-                       clock=lambda: 0.0)  # events alike
+                                    reclaim=reclaim, chain_size=chain,
+                                    huge_threshold=threshold),
+                       clock=lambda: 0.0, monotonic=FakeClock())  # events alike
                 for name, path in zip(engine.ENGINES, backing, strict=True)]
         _indistinguishable(devs, ops)
 
@@ -406,8 +448,13 @@ def test_devices_on_either_engine_are_indistinguishable(physical, overflow, fall
 def _indistinguishable(devs: list[Device], ops: list[tuple]) -> None:
     tables = [[d.table(f"f{i}") for i in range(3)] for d in devs]
     pendings: list[list[IoJob]] = [[] for _ in devs]
-    for d in devs:
+    seen: list[list[tuple]] = [[] for _ in devs]
+    for d, log in zip(devs, seen, strict=True):
         d.set_recomp_algorithm("zstd")
+        # every transition, as the slot store reports it: the same words (handles
+        # included) in the same order, for the same cause
+        d.store.hook = lambda t, i, old, new, cause, log=log: log.append(
+            (t.name, i, old, new, cause))
     for o in ops:
         results = []
         for d, ts, pending in zip(devs, tables, pendings, strict=True):
@@ -419,12 +466,14 @@ def _indistinguishable(devs: list[Device], ops: list[tuple]) -> None:
         assert stats[0] == stats[1], o
         assert devs[0].mm_stat() == devs[1].mm_stat()
         assert devs[0].events.text() == devs[1].events.text()
+        assert seen[0] == seen[1], o
     for d, ts, pending in zip(devs, tables, pendings, strict=True):
         while pending:
             _outcome(lambda: run_inline(pending.pop()))      # noqa: B023
         for t in ts:
             d.drop(t)
         d.settle()
+        d.release_pending(float("inf"))       # release_delay's frees, whatever the clock
         assert d.physical_used == 0 and not any(d.pages), "every file dropped, nothing held"
         assert d.backing is not None and d.backing.count == 0
         d.close()
