@@ -190,7 +190,7 @@ def test_a_stale_handle_is_refused_and_nothing_changes(engine, size):
     word = t.get(3)
     rig.store.pool.free(word >> HANDLE_SHIFT)
     before = rig.state()
-    with pytest.raises(ValueError, match="not live|no live object"):
+    with pytest.raises(ValueError, match=r"not live|no live object"):
         rig.store.release(t, 3)
     with pytest.raises(ValueError):
         rig.store.peek(t, 3)
