@@ -22,6 +22,9 @@ setup(ext_modules=cythonize(
      Extension("cramfs._tracering", ["cramfs/_tracering.pyx"], libraries=["lz4"],
                extra_compile_args=["-O2"]),
      Extension("cramfs._lz4k", ["cramfs/_lz4k.pyx"], extra_compile_args=["-O2"]),
+     # the kernel-exact lzo codec: its compressor, its decompressor, their Python interface
+     Extension("cramfs._lzokc", ["cramfs/_lzokc.pyx"], extra_compile_args=["-O2"]),
+     Extension("cramfs._lzokd", ["cramfs/_lzokd.pyx"], extra_compile_args=["-O2"]),
      Extension("cramfs._lzok", ["cramfs/_lzok.pyx"], extra_compile_args=["-O2"])],
     compiler_directives={"language_level": 3},
 ))

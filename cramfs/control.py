@@ -4,7 +4,9 @@ Modelled on zram_drv.c's attribute table. A file with only `show` is read-only
 (0444), one with only `store` is write-only (0200), and a knob has both
 (0644). Values follow sysfs habits: one value per file, a trailing newline,
 EINVAL with a reason (also written to `events`) for input that does not parse.
-Nothing here knows about FUSE; the adapter serves these as files.
+Nothing here knows about FUSE; the adapter serves these as files. The input rules
+the stores share are in controlinput.py; `.cram/trace`'s store and show, and the
+recording's start and stop, in controltrace.py.
 """
 
 from __future__ import annotations
@@ -12,23 +14,24 @@ from __future__ import annotations
 import errno
 import json
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NoReturn
 
-from . import backing, hostmem, metrics, procfs, safepath, trace
+from . import backing, controlinput, hostmem, metrics, procfs, trace
 from .backing import IoJob
 from .compressors import COMPRESSORS
 from .config import SETTINGS
+from .controltrace import check_trace, show_trace, start_trace, stop_trace, store_trace
 from .device import DeviceError
 from .namespace import Inode, Namespace
 from .pool import ClassStats
 from .stats import BYTES, FRACTION, IO_STAT, MM_STAT, NUMERIC, STATS, Stat
-from .trace import Recorder
-from .units import PAGE_SIZE, format_size, parse_decimal, parse_int, parse_size, shown
+from .units import PAGE_SIZE, format_size, parse_int, parse_size, shown
 
-_BLANKS = " \t\r\f\v"     # ASCII: anything else is not a blank, and no value holds it
+# start_trace, stop_trace and check_trace live in controltrace.py; the daemon and the
+# tests reach them here, with the table
+__all__ = ["ATTRIBUTES", "Attribute", "Show", "Store", "check_trace", "file_xattrs",
+           "start_trace", "stop_trace", "store"]
 
 Show = Callable[[Namespace], str]
 # A store either finishes at once or returns the backing-file I/O it needs, for the
@@ -158,33 +161,6 @@ def _mount_only(name: str, more: str = "") -> Attribute:
                      help=f"the mount option's current value{more}")
 
 
-def _expect(ns: Namespace, name: str, text: str, value: str, what: str) -> None:
-    """Triggers accept one exact value, as zram's reset and compact do."""
-    if text != value:
-        ns.device.reject(name, f"write {value} to {what}, got {shown(text)}")
-
-
-def _value(ns: Namespace, attr: Attribute, text: str) -> str:
-    """The one input rule of every control file, sysfs's: a value and at most one
-    trailing newline, nothing around it; a file that takes several lines (discard,
-    inject) applies that to each line and takes no empty one. What a value may then
-    hold is its parser's business: numbers and keywords in ASCII, file names as the
-    bytes they are (decoded with surrogateescape, as the adapter decodes names)."""
-    if "\0" in text:
-        ns.device.reject(attr.name, "input holds a NUL byte")
-    body = text[:-1] if text.endswith("\n") else text
-    lines = body.split("\n")
-    if len(lines) > 1 and not attr.lines:
-        ns.device.reject(attr.name, f"one value per write, with at most one trailing "
-                         f"newline; got {shown(text)}")
-    for line in lines:
-        if line != line.strip(_BLANKS):
-            ns.device.reject(attr.name, f"blanks around {shown(line)}")
-        if attr.lines and not line:
-            ns.device.reject(attr.name, "an empty line")
-    return body
-
-
 def store(ns: Namespace, attr: Attribute, data: bytes) -> IoJob | None:
     """One write() to a control file: one value, taken whole or not at all, as sysfs
     takes a store. Input over a page is refused before anything parses it. Returns
@@ -195,12 +171,12 @@ def store(ns: Namespace, attr: Attribute, data: bytes) -> IoJob | None:
     text = data.decode("utf-8", "surrogateescape")
     rec = ns.recorder
     if rec is None or attr.name == "trace":
-        return attr.store(ns, _value(ns, attr, text))
+        return attr.store(ns, controlinput.value(ns, attr, text))
     payload = f"{attr.name}\0{text}".encode("utf-8", "surrogateescape")
     # recorded as one control write, not as the namespace calls it makes (reset, discard)
     ns.recorder = None
     try:
-        job = attr.store(ns, _value(ns, attr, text))
+        job = attr.store(ns, controlinput.value(ns, attr, text))
     except DeviceError as e:
         rec.record(trace.CONTROL, result=-e.errno, payload=payload)
         raise
@@ -212,7 +188,7 @@ def store(ns: Namespace, attr: Attribute, data: bytes) -> IoJob | None:
 
 
 def _store_reset(ns: Namespace, text: str) -> None:
-    _expect(ns, "reset", text, "1", "reset")
+    controlinput.expect(ns, "reset", text, "1", "reset")
     try:
         ns.reset()
     except DeviceError as e:
@@ -221,7 +197,7 @@ def _store_reset(ns: Namespace, text: str) -> None:
 
 
 def _store_mem_used_max(ns: Namespace, text: str) -> None:
-    _expect(ns, "mem_used_max", text, "0", "reset the peak")
+    controlinput.expect(ns, "mem_used_max", text, "0", "reset the peak")
     ns.device.reset_peak()
 
 
@@ -246,90 +222,21 @@ def _store_discard(ns: Namespace, text: str) -> None:
                              "released")
 
 
-def _page_index(ns: Namespace, name: str, text: str) -> int:
-    """A page of a file, as zram takes an index: past the file's end is EINVAL."""
-    idx = parse_int(text)
-    pages = -(-ns.lookup(name).size // PAGE_SIZE)
-    if idx >= pages:
-        raise ValueError(f"page {idx} is past the end of {shown(name, 64)} ({pages} pages)")
-    return idx
-
-
-def _all_or_number(ns: Namespace, name: str, text: str, what: str) -> int | None:
-    """`all` (None) or a whole number, as zram's demote-like triggers take them."""
-    arg = text
-    try:
-        return None if arg == "all" else parse_int(arg)
-    except ValueError as e:
-        ns.device.reject(name, f"{e}; expected {what} or 'all'")
-
-
 def _store_demote(ns: Namespace, text: str) -> None:
-    count = _all_or_number(ns, "demote", text, "a page count")
+    count = controlinput.all_or_number(ns, "demote", text, "a page count")
     done = ns.device.demote(count)
     ns.device.events.add("demote", f"{text}: {done} pages demoted")
 
 
-def _parse_inject(ns: Namespace, line: str) -> Callable[[], None]:
-    """Check one inject command fully and return the action that applies it."""
-    dev = ns.device
-    cmd, _, rest = line.partition(" ")
-    args = rest.split(" ") if rest else []
-    try:
-        if cmd == "ratio" and len(args) == 1:
-            factor = parse_decimal(args[0])
-            if not 1 <= factor <= 64:
-                raise ValueError(f"ratio must be 1-64, got {args[0]}")
-            return lambda: dev.inject_ratio(factor)
-        if cmd == "physical" and len(args) == 1:
-            size = parse_size(args[0])
-            dev.config.with_value("physical", str(size))      # raises if it cannot apply
-            return lambda: dev.inject_physical(size)
-        if cmd == "poison" and len(args) >= 2:
-            name, page = rest.rsplit(" ", 1)      # the name may hold spaces
-            table, idx = ns.lookup(name).table, _page_index(ns, name, page)
-            if not table.get(idx):
-                raise ValueError(f"page {idx} of {shown(name, 64)} holds no data")
-            return lambda: dev.inject_poison(table, idx)
-        if cmd == "clear" and not args:
-            return dev.clear_faults
-    except (ValueError, DeviceError) as e:
-        dev.reject("inject", str(e))
-    if cmd == "bug" and not args:
-        # Exercises the daemon's own error path: this request fails with EIO,
-        # the traceback is logged, and the mount keeps serving.
-        dev.events.add("inject", "bug: raising an internal error")
-        raise RuntimeError("injected daemon bug")
-    dev.reject("inject", f"unknown command {shown(line)}; expected 'ratio F', "
-               "'physical SIZE', 'poison FILE PAGE' or 'clear'")
-
-
-def _keywords(ns: Namespace, name: str, text: str, allowed: tuple[str, ...]) -> dict[str, str]:
-    """zram's `key=value key=value` input, every key known and none twice."""
-    out: dict[str, str] = {}
-    for token in text.split(" "):
-        key, eq, value = token.partition("=")
-        if not eq or key not in allowed or key in out or not value:
-            ns.device.reject(name, f"expected {' '.join(k + '=...' for k in allowed)}, "
-                             f"got {shown(token)}")
-        out[key] = value
-    return out
-
-
-def _priority(ns: Namespace, name: str, args: dict[str, str]) -> None:
-    if args.get("priority", "1") != "1":
-        ns.device.reject(name, "cramfs has one secondary algorithm: priority=1")
-
-
 def _store_idle(ns: Namespace, text: str) -> None:
-    ns.device.mark_idle(_all_or_number(ns, "idle", text, "an age in seconds"))
+    ns.device.mark_idle(controlinput.all_or_number(ns, "idle", text, "an age in seconds"))
 
 
 def _store_recomp_algorithm(ns: Namespace, text: str) -> None:
-    args = _keywords(ns, "recomp_algorithm", text, ("algo", "priority"))
+    args = controlinput.keywords(ns, "recomp_algorithm", text, ("algo", "priority"))
     if "algo" not in args:
         ns.device.reject("recomp_algorithm", "expected algo=NAME [priority=1]")
-    _priority(ns, "recomp_algorithm", args)
+    controlinput.priority(ns, "recomp_algorithm", args)
     ns.device.set_recomp_algorithm(args["algo"])
 
 
@@ -340,141 +247,19 @@ def _show_recomp_algorithm(ns: Namespace) -> str:
 
 
 def _store_recompress(ns: Namespace, text: str) -> None:
-    args = _keywords(ns, "recompress", text, ("type", "max_pages", "threshold", "priority"))
+    args = controlinput.keywords(ns, "recompress", text,
+                                 ("type", "max_pages", "threshold", "priority"))
     kind = args.get("type")
     if kind not in ("idle", "huge", "huge_idle"):
         ns.device.reject("recompress", "expected type=idle|huge|huge_idle "
                          "[max_pages=N] [threshold=BYTES]")
-    _priority(ns, "recompress", args)
+    controlinput.priority(ns, "recompress", args)
     try:
         max_pages = parse_int(args["max_pages"]) if "max_pages" in args else None
         threshold = parse_size(args["threshold"]) if "threshold" in args else 0
     except ValueError as e:
         ns.device.reject("recompress", str(e))
     ns.device.recompress(kind, max_pages, threshold)
-
-
-def _trace_refused(ns: Namespace, err: int, why: str) -> NoReturn:
-    ns.device.events.add("rejected", f"trace: {why}")
-    raise DeviceError(err, f"trace: {why}")
-
-
-def _store_trace(ns: Namespace, text: str) -> IoJob | None:
-    """`start PATH [compressors=zstd,lzo]` records from now on into PATH, a new file off
-    this mount, also keeping each page as the listed compressors encode it; `stop`
-    ends. The file is made at the write (off the request loop, as it may be on any
-    filesystem), so the write's errno says why it could not be: EEXIST, ENOENT for a
-    missing parent, ELOOP for a symlink anywhere on the path, EINVAL for a relative
-    path or one on this mount, EACCES."""
-    words = text.split(" ", 1)
-    rec = ns.recorder
-    if words == ["stop"]:
-        if rec is None or not rec.active:
-            ns.device.reject("trace", "not recording")
-        stop_trace(ns)
-        return None
-    also: tuple[str, ...] = ()
-    if len(words) == 2:
-        path, _, last = words[1].rpartition(" ")
-        if path and last.startswith("compressors="):
-            try:
-                also = trace.keepable(last.split("=", 1)[1])
-            except ValueError as e:
-                ns.device.reject("trace", str(e))
-            words[1] = path
-    if len(words) != 2 or words[0] != "start" or not words[1]:
-        ns.device.reject("trace", "expected 'start /ABSOLUTE/PATH [compressors=zstd,...]' or "
-                         f"'stop', got {shown(text)}")
-    path = words[1]
-    try:
-        safepath.check_path(path)
-    except OSError as e:
-        ns.device.reject("trace", f"{shown(path)}: {e.strerror}")
-    mp = ns.mountpoint
-    if mp and (os.path.normpath(path) + "/").startswith(os.path.normpath(mp) + "/"):
-        ns.device.reject("trace", f"{shown(path)} is on this mount; a trace cannot record "
-                         "itself")
-    if rec is not None and rec.active:
-        raise DeviceError(errno.EBUSY, f"trace: already recording to {rec.path}")
-
-    def create() -> int | OSError | None:
-        # control jobs run one at a time, each done() before the next run(): a start
-        # that another start beat finds its recorder here, before making any file
-        if ns.recorder is not None and ns.recorder.active:
-            return None
-        try:
-            # the mount's st_dev from mountinfo: a stat of the mount would be a request
-            # to this daemon, which is waiting for this job
-            return safepath.create_exclusive(
-                path, 0o600, refuse_dev=procfs.mount_dev(mp) if mp else None)
-        except OSError as e:
-            return e
-
-    def created(result: int | OSError | None) -> None:
-        if result is None:
-            rec = ns.recorder
-            raise DeviceError(errno.EBUSY, "trace: already recording"
-                              + (f" to {rec.path}" if rec is not None else ""))
-        if isinstance(result, OSError):
-            _trace_refused(ns, result.errno or errno.EIO,
-                           f"cannot start {shown(path)}: {result.strerror}")
-        start_trace(ns, path, result, also)
-
-    return IoJob(create, created)
-
-
-def start_trace(ns: Namespace, path: str, fd: int, also: tuple[str, ...]) -> None:
-    """Record into `fd`, a new file (a typo must not truncate one that exists) readable
-    by its owner only: it holds everything written, swapped-out memory included."""
-    dev = ns.device
-    header = {
-        "settings": {name: dev.config.show(name) for name in SETTINGS},
-        "empty": not ns.by_name and not any(dev.pages),
-        "mm_stat": dev.mm_stat(),
-        "device_age": dev.age(),
-        "backing_size": dev.backing.blocks * PAGE_SIZE if dev.backing is not None else 0,
-        "started": time.time(),
-        "lz4": trace.LZ4_KIND,
-    }
-    try:
-        ns.recorder = Recorder(path, fd, header, clock=dev.clock, also=also)
-    except BaseException:
-        os.close(fd)                  # the writer thread never took it
-        raise
-    dev.events.add("trace", f"recording to {shown(path)}"
-                   + (f", pages also as {','.join(also)}" if also else "")
-                   + ("" if header["empty"] else " (the device was not empty: a replay "
-                                                 "will not be exact)"))
-
-
-def stop_trace(ns: Namespace) -> None:
-    """End a recording with the device's final state (also at unmount)."""
-    rec = ns.recorder
-    if rec is None:
-        return
-    dev = ns.device
-    rec.stop({"mm_stat": dev.mm_stat(), "stats": dev.stats()})
-    ns.recorder = None
-    dev.events.add("trace", f"stopped: {rec.events} events in {shown(rec.path)}")
-
-
-def check_trace(ns: Namespace) -> None:
-    """Tell the events log once when a recording stopped on its own (a full disk)."""
-    rec = ns.recorder
-    if rec is not None and rec.error is not None and not rec.reported:
-        rec.reported = True
-        ns.device.events.add("trace", f"recording stopped: {rec.error}")
-
-
-def _show_trace(ns: Namespace) -> str:
-    check_trace(ns)
-    rec = ns.recorder
-    if rec is None:
-        return "off\n"
-    if rec.error is not None:
-        return f"stopped: {rec.error} ({rec.events} events in {rec.path})\n"
-    also = f" (pages also as {','.join(rec.also)})" if rec.also else ""
-    return f"recording {rec.path} {rec.events} events{also}\n"
 
 
 def _store_backing_dev(ns: Namespace, text: str) -> IoJob | None:
@@ -527,7 +312,7 @@ def _store_writeback(ns: Namespace, text: str) -> IoJob | None:
         try:
             if not colon or not name:
                 raise ValueError(f"expected page=FILE:N, got {shown(arg)}")
-            target = (ns.lookup(name).table, _page_index(ns, name, page))
+            target = (ns.lookup(name).table, controlinput.page_index(ns, name, page))
         except (ValueError, DeviceError) as e:
             ns.device.reject("writeback", str(e))
         return ns.device.writeback("page", target)
@@ -552,7 +337,7 @@ def _store_wb_limit(ns: Namespace, text: str) -> None:
 
 
 def _store_compact(ns: Namespace, text: str) -> None:
-    _expect(ns, "compact", text, "1", "compact")
+    controlinput.expect(ns, "compact", text, "1", "compact")
     ns.device.compact()
     hostmem.trim()
 
@@ -573,7 +358,7 @@ def _show_pool(ns: Namespace) -> str:
 
 def _store_inject(ns: Namespace, text: str) -> None:
     """One command per line; all of them are checked before any is applied."""
-    actions = [_parse_inject(ns, line) for line in text.split("\n")]
+    actions = [controlinput.parse_inject(ns, line) for line in text.split("\n")]
     if not actions:
         ns.device.reject("inject", "no command given")
     for act in actions:
@@ -681,7 +466,7 @@ ATTRIBUTES: dict[str, Attribute] = {a.name: a for a in (
     Attribute("inject", _show_inject, _store_inject, lines=True,
               help="fault injection, one command per line (below), all checked before any "
               "applies; reading lists active faults"),
-    Attribute("trace", _show_trace, _store_trace, private=True,
+    Attribute("trace", show_trace, store_trace, private=True,
               help="`start /ABSOLUTE/PATH [compressors=zstd,lzo]` records every call and "
               "control write into PATH, a new file (mode 0600), keeping each written page also "
               "as the listed compressors encode it; `stop` ends it (EINVAL if not recording); "

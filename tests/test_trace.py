@@ -15,7 +15,7 @@ from pathlib import Path
 import lz4.block
 import pytest
 
-from cramfs import compressors, control, trace
+from cramfs import compressors, control, controltrace, trace
 from cramfs.backing import run_inline
 from cramfs.config import DeviceConfig
 from cramfs.device import Device, DeviceError
@@ -167,7 +167,7 @@ def test_an_existing_file_is_never_overwritten(tmp_path):
 def test_a_full_disk_stops_the_recording_and_never_fails_io(tmp_path, monkeypatch):
     ns = fresh()
     # /dev/full exists, so the trace's O_EXCL would refuse it: open it the plain way
-    monkeypatch.setattr(control.safepath, "create_exclusive",
+    monkeypatch.setattr(controltrace.safepath, "create_exclusive",
                         lambda path, mode, refuse_dev: os.open(path, os.O_WRONLY))
     store(ns, "trace", "start /dev/full")
     rec = ns.recorder

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import statistics
 import subprocess
@@ -28,12 +27,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lz4.block
-
 from ..procfs import status_bytes
-from ..units import PAGE_SIZE, format_size
+from ..units import format_size
 from . import zram
+from .benchreport import table
 from .child import Daemon
+from .microbench import (
+    compressor_costs,
+    gather_real_pages,
+    lz4_rates,
+    read_cost,
+    thread_scaling,
+    write_cost,
+)
+from .microbench import metadata_per_page as metadata_per_page  # moved; importable here
+
+# This module runs the mounts, fio, dd and the swap row; the in-process figures beside
+# them (no FUSE) are measured in microbench.py, and benchreport.py prints the results.
 
 
 @dataclass(frozen=True)
@@ -153,240 +163,6 @@ def zram_device(size: int) -> Iterator[str | None]:
         yield dev
 
 
-def gather_real_pages(limit: int) -> bytes:
-    """Real page data from this machine: binaries, libraries and text, page-aligned."""
-    chunks, total = [], 0
-    roots = ["/usr/bin", "/usr/lib/x86_64-linux-gnu", "/usr/lib", "/usr/share/doc",
-             "/usr/share/man", "/usr/include"]
-    for root in roots:
-        for dirpath, _, files in os.walk(root):
-            for name in sorted(files):
-                path = os.path.join(dirpath, name)
-                if os.path.islink(path) or not os.path.isfile(path):
-                    continue
-                with suppress(OSError), open(path, "rb") as f:
-                    data = f.read(limit - total)
-                    data = data[: len(data) // PAGE_SIZE * PAGE_SIZE]
-                    chunks.append(data)
-                    total += len(data)
-                if total >= limit:
-                    return b"".join(chunks)
-    return b"".join(chunks)
-
-
-def lz4_rates(data: bytes) -> dict[str, float]:
-    """Single-threaded lz4.block on 4 KiB pages of `data`, in MB/s."""
-    pages = [data[i:i + PAGE_SIZE] for i in range(0, len(data), PAGE_SIZE)]
-    t0 = time.perf_counter()
-    blobs = [lz4.block.compress(p, store_size=False) for p in pages]
-    t1 = time.perf_counter()
-    for b in blobs:
-        lz4.block.decompress(b, uncompressed_size=PAGE_SIZE)
-    t2 = time.perf_counter()
-    n = len(pages) * PAGE_SIZE / 1e6
-    return {"compress_mbps": round(n / (t1 - t0), 1), "decompress_mbps": round(n / (t2 - t1), 1),
-            "ratio": round(len(pages) * PAGE_SIZE / sum(len(b) for b in blobs), 2)}
-
-
-def compressor_costs(data: bytes, rounds: int = 5) -> dict[str, dict[str, float]]:
-    """Each page compressor's cost per 4 KiB page of `data` (the best of `rounds`), next
-    to liblz4's one-shot LZ4_compress_fast and python-lz4's block API, with the bytes each
-    gives; `vs_liblz4` is the time against liblz4's."""
-    from .. import compressors
-
-    pages = [data[i:i + PAGE_SIZE] for i in range(0, len(data), PAGE_SIZE)][:2000]
-    fns = {name: c.compress for name, c in compressors.COMPRESSORS.items() if name != "none"}
-    fns["liblz4 LZ4_compress_fast"] = compressors._liblz4_compress_fast()
-    fns["python-lz4 block"] = lambda p: lz4.block.compress(p, store_size=False)
-    out: dict[str, dict[str, float]] = {}
-    for name, fn in fns.items():
-        best = float("inf")
-        for _ in range(rounds):
-            t0 = time.perf_counter()
-            blobs = [fn(p) for p in pages]
-            best = min(best, time.perf_counter() - t0)
-        out[name] = {"us_per_page": round(best / len(pages) * 1e6, 2),
-                     "bytes": sum(map(len, blobs))}
-    base = out["liblz4 LZ4_compress_fast"]["us_per_page"]
-    for row in out.values():
-        row["vs_liblz4"] = round(row["us_per_page"] / base, 2)
-    return out
-
-
-def thread_scaling(data: bytes) -> dict[str, float]:
-    """How much a second thread helps here: raw lz4 on 1 MiB blocks in two threads,
-    and the device's per-page encoder split over threads for a 256-page request."""
-    import threading
-
-    from .. import parallel
-    from ..config import DeviceConfig
-    from ..device import encoder
-
-    def best(fn: Any) -> float:
-        times = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return min(times)
-
-    block = data[: 1 << 20]
-
-    def lz4_blocks(n: int) -> None:
-        for _ in range(n):
-            lz4.block.compress(block)
-
-    def two_threads() -> None:
-        ts = [threading.Thread(target=lz4_blocks, args=(4,)) for _ in range(2)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-
-    pages = [data[i:i + PAGE_SIZE] for i in range(0, 256 * PAGE_SIZE, PAGE_SIZE)]
-    enc = encoder("lz4", DeviceConfig().huge_threshold)
-    serial = best(lambda: [enc(p) for p in pages])
-    split = best(lambda: parallel.map_pages(enc, pages, 1))
-    one = best(lambda: lz4_blocks(8))
-    return {"lz4_1mib_blocks_two_threads": round(one / best(two_threads), 2),
-            "encode_256_pages_split": round(serial / split, 2)}
-
-
-def write_cost(data: bytes, writes: int) -> dict[str, float]:
-    """What cramfs itself spends on one 4 KiB write, without FUSE: the namespace and
-    device path on random pages of a 256 MiB file, against lz4 alone on the same pages.
-    The difference is the Python bookkeeping a FUSE write pays on top of the transport."""
-    import random
-
-    from ..compressors import COMPRESSORS
-    from ..config import DeviceConfig
-    from ..device import Device
-    from ..namespace import Namespace
-
-    pages = [data[i:i + PAGE_SIZE] for i in range(0, min(len(data), 256 * PAGE_SIZE),
-                                                  PAGE_SIZE)]
-    ns = Namespace(Device(DeviceConfig(advertised=1 << 40, physical=1 << 36, dram=0)))
-    f = ns.create("cost", 0o600, 0, 0)
-    rng = random.Random(1)
-    offsets = [rng.randrange(65536) * PAGE_SIZE for _ in range(writes)]
-    compress = COMPRESSORS["lz4"].compress
-    write_us, lz4_us = [], []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        for i, off in enumerate(offsets):
-            ns.write(f, off, pages[i % len(pages)])
-        t1 = time.perf_counter()
-        for i in range(writes):
-            compress(pages[i % len(pages)])
-        t2 = time.perf_counter()
-        write_us.append((t1 - t0) / writes * 1e6)
-        lz4_us.append((t2 - t1) / writes * 1e6)
-    ns.unlink("cost")
-    w, z = min(write_us), min(lz4_us)
-    return {"write_us": round(w, 2), "lz4_us": round(z, 2), "bookkeeping_us": round(w - z, 2),
-            **trace_cost(pages, offsets[:50_000])}
-
-
-def trace_cost(pages: list[bytes], offsets: list[int]) -> dict[str, float]:
-    """write_cost without `.cram/trace` recording, with it, and with it keeping zstd's
-    blocks too (`compressors=zstd`): the fastest of five alternating rounds of each, as
-    the differences are a few percent on a noisy machine."""
-    import tempfile
-
-    from .. import control
-    from ..config import DeviceConfig
-    from ..device import Device
-    from ..namespace import Namespace
-
-    plain: list[float] = []
-    traced: list[float] = []
-    also: list[float] = []
-    with tempfile.TemporaryDirectory(prefix="bench-trace-", dir="/var/tmp") as tmp:
-        for n in range(5):
-            for out, start in ((plain, None), (traced, f"start {tmp}/{n}.trace"),
-                               (also, f"start {tmp}/{n}z.trace compressors=zstd")):
-                ns = Namespace(Device(DeviceConfig(advertised=1 << 40, physical=1 << 36,
-                                                   dram=0)))
-                if start is not None:
-                    control.store(ns, control.ATTRIBUTES["trace"], start.encode())
-                f = ns.create("cost", 0o600, 0, 0)
-                t0 = time.perf_counter()
-                for i, off in enumerate(offsets):
-                    ns.write(f, off, pages[i % len(pages)])
-                out.append((time.perf_counter() - t0) / len(offsets) * 1e6)
-                rec = ns.recorder
-                if rec is not None:
-                    if rec.active:
-                        control.store(ns, control.ATTRIBUTES["trace"], b"stop")
-                    rec.join()
-                ns.device.close()
-    a, b, c = min(plain), min(traced), min(also)
-    return {"write_us_untraced": round(a, 2), "write_us_traced": round(b, 2),
-            "trace_overhead": round(b / a - 1, 3), "write_us_traced_zstd": round(c, 2),
-            "trace_zstd_overhead": round(c / a - 1, 3)}
-
-
-def read_cost(data: bytes, reads: int) -> dict[str, float]:
-    """What serving a swap-in costs in process, without FUSE: 8-page reads of a 256 MiB
-    file with the default options, so every page faults, is promoted and makes the
-    DRAM tier demote another; on each engine, against lz4 decompression alone."""
-    import random
-
-    from ..compressors import COMPRESSORS
-    from ..config import DeviceConfig
-    from ..device import Device
-
-    pages = [data[i:i + PAGE_SIZE] for i in range(0, min(len(data), 256 * PAGE_SIZE),
-                                                  PAGE_SIZE)]
-    count = 65536
-    rng = random.Random(1)
-    offsets = [rng.randrange(count // 8) * 8 * PAGE_SIZE for _ in range(reads)]
-    out: dict[str, float] = {}
-    for name in ("native", "python"):
-        dev = Device(DeviceConfig(advertised=1 << 40, physical=1 << 36, engine=name))
-        table = dev.table("cost")
-        for i in range(count):
-            dev.write(table, i * PAGE_SIZE, pages[i % len(pages)])
-        t0 = time.perf_counter()
-        for off in offsets:
-            dev.read(table, off, 8 * PAGE_SIZE)
-        out[f"{name}_us"] = round((time.perf_counter() - t0) / (8 * reads) * 1e6, 2)
-        dev.close()
-    lz4 = COMPRESSORS["lz4"]
-    blobs = [lz4.compress(p) for p in pages]
-    t0 = time.perf_counter()
-    for i in range(8 * reads):
-        lz4.decompress(blobs[i % len(blobs)])
-    out["lz4_us"] = round((time.perf_counter() - t0) / (8 * reads) * 1e6, 2)
-    return out
-
-
-def metadata_per_page(pages: int) -> dict[str, float]:
-    """Bytes of daemon bookkeeping per stored page, with `pages` pages stored.
-
-    Counted two ways in a fresh device: the tables' own size (page-table chunks
-    and per-zspage arrays), and the growth of this process's anonymous RSS."""
-    from ..config import DeviceConfig
-    from ..device import Device
-    from ..namespace import Namespace
-
-    def rss_anon() -> int:
-        return status_bytes("self", "RssAnon")
-
-    chunk = gather_real_pages(1 << 20)
-    ns = Namespace(Device(DeviceConfig(advertised=1 << 42, physical=1 << 40, dram=0)))
-    f = ns.create("meta", 0o600, 0, 0)
-    before = rss_anon()
-    for i in range(pages // (len(chunk) // PAGE_SIZE)):
-        ns.write(f, i * len(chunk), chunk)
-    stored = f.table.stored_pages
-    grown = rss_anon() - before
-    counted = f.table.metadata_bytes + getattr(ns.device.pool, "metadata_bytes", 0)
-    ns.unlink("meta")
-    return {"pages": stored, "counted_bytes_per_page": round(counted / stored, 2),
-            "rss_bytes_per_page": round(grown / stored, 2)}
-
-
 def dd_pass(target: Path, data_file: Path) -> dict[str, float]:
     """Write then read the real data with dd, 1 MiB direct I/O, timed here."""
     size = data_file.stat().st_size
@@ -405,8 +181,9 @@ def swap_row(quick: bool, rounds: int) -> dict[str, Any]:
     """The row that matters most: the built-in workload in a memory-limited cgroup,
     swapping through a direct-I/O loop device on the baseline's file, on cramfs with
     default options, and on zram, in alternating rounds."""
-    from .experiment import CramTarget, NullTarget, Target, ZramTarget, run_target
+    from .experiment import run_target
     from .swap import unavailable
+    from .targets import CramTarget, NullTarget, Target, ZramTarget
 
     why = unavailable()
     if why:
@@ -558,7 +335,7 @@ def run(quick: bool, out: Path, only: list[str] | None = None) -> dict[str, Any]
         results["compressors"] = compressor_costs(real)
         results["thread_scaling"] = thread_scaling(real)
         # in a fresh process, so memory freed earlier in this one cannot hide growth
-        code = ("import json; from cramfs.lab.bench import metadata_per_page as m; "
+        code = ("import json; from cramfs.lab.microbench import metadata_per_page as m; "
                 f"print(json.dumps(m({1 << 16 if quick else 1 << 20})))")
         results["metadata"] = json.loads(subprocess.run(
             [py, "-c", code], capture_output=True, text=True, check=True).stdout)
@@ -569,102 +346,6 @@ def run(quick: bool, out: Path, only: list[str] | None = None) -> dict[str, Any]
         results["swap"] = swap_row(quick, rounds)
     out.write_text(json.dumps(results, indent=1) + "\n")
     return results
-
-
-def swap_table(sw: dict[str, Any]) -> list[str]:
-    if "skipped" in sw:
-        return [f"swap row skipped: {sw['skipped']}"]
-    lines = [f"swap row ({sw['workload']}, median of {sw['rounds']} alternating rounds, "
-             "range in brackets):", "",
-             "| target | wall time s | ratio at peak | peak workload RSS |", "|---|---|---|---|"]
-    for name in ("baseline", "cramfs", "zram"):
-        if name in sw:
-            t = sw[name]
-            lo, hi = t["wall_range"]
-            lines.append(f"| {name} | {t['wall_s']} ({lo}-{hi}) | {t['ratio_at_peak'] or '-'} | "
-                         f"{format_size(t['peak_rss'])} |")
-    cram = sw.get("cramfs", {})
-    if "daemon_overhead_max" in cram:
-        lines.append(f"cramfs daemon: peak RSS {format_size(cram['peak_daemon_rss'])}; at most "
-                     f"{format_size(max(0, cram['daemon_overhead_max']))} beyond an empty "
-                     "mount + physical_used + promoted + fallback bytes")
-    for key in ("cramfs_vs_baseline", "cramfs_vs_zram", "ratio_vs_zram"):
-        v = sw.get(key)
-        if v:
-            lines.append(f"{key.replace('_', ' ')}: {v['median']} ({v['range'][0]}-"
-                         f"{v['range'][1]})")
-    return lines
-
-
-def jobs_table(jobs: dict[str, Any]) -> list[str]:
-    """The fio jobs as a markdown table (docs/performance.md shows the same)."""
-    lines = ["| workload | cramfs IOPS | cramfs MB/s | baseline IOPS | vs baseline (range) |"
-             " vs 1-thread lz4 | zram IOPS |", "|---|---|---|---|---|---|---|"]
-    for name, row in jobs.items():
-        z = row.get("zram", {}).get("iops", "-")
-        lo, hi = row["vs_baseline_range"]
-        lines.append(f"| {name} | {row['cramfs']['iops']} | {row['cramfs']['mbps']} | "
-                     f"{row['baseline']['iops']} | {row['vs_baseline']} ({lo}-{hi}) | "
-                     f"{row.get('vs_lz4', '-')} | {z} |")
-    return lines
-
-
-def table(r: dict[str, Any]) -> str:
-    if "jobs" not in r:
-        return "\n".join(swap_table(r["swap"])) + "\n"
-    lines = jobs_table(r["jobs"])
-    for name, row in r["jobs"].items():
-        if "added_us" in row:
-            lines.append(f"{name}: asked {row['asked_us']} µs a page, added "
-                         f"{row['added_us']} µs (mean completion latency "
-                         f"{row['cramfs']['lat_us']} µs)")
-    rd = r["real_data"]
-    lines.append("")
-    lines.append(f"real data ({format_size(rd['bytes'])} of this machine's files, dd 1 MiB "
-                 f"direct): cramfs write {rd['cramfs']['write_mbps']} MB/s, read "
-                 f"{rd['cramfs']['read_mbps']} MB/s; baseline write "
-                 f"{rd['baseline']['write_mbps']}, read {rd['baseline']['read_mbps']}")
-    fd = r["fio_data"]
-    lines.append(f"ratio reached: fio data {fd['ratio']} ({format_size(fd['physical_used'])} "
-                 f"physical_used), real data {rd['ratio']} ({format_size(rd['physical_used'])}); "
-                 f"pool overhead (mem_used_total / compr_data_size) {rd['pool_overhead']}")
-    for key in ("lz4_fio_data", "lz4_real_data"):
-        z = r[key]
-        lines.append(f"single-threaded lz4 on {key[4:].replace('_', ' ')}: compress "
-                     f"{z['compress_mbps']} MB/s, decompress {z['decompress_mbps']} MB/s, "
-                     f"ratio {z['ratio']}")
-    if "compressors" in r:
-        lines += ["", "page compressors on real data (µs per 4 KiB page, best of 5; the "
-                  "Python call included):", "",
-                  "| compressor | µs / page | against liblz4 | bytes |", "|---|---|---|---|"]
-        for name, c in r["compressors"].items():
-            lines.append(f"| {name} | {c['us_per_page']} | {c['vs_liblz4']}x | "
-                         f"{c['bytes']:,} |")
-        lines.append("")
-    ts = r["thread_scaling"]
-    lines.append(f"a second thread: lz4 on 1 MiB blocks {ts['lz4_1mib_blocks_two_threads']}x, "
-                 f"the page encoder on a 256-page request {ts['encode_256_pages_split']}x")
-    wc = r["write_cost"]
-    lines.append(f"one 4 KiB write in process, no FUSE (fio data, random slots of 256 MiB): "
-                 f"{wc['write_us']} µs, of which lz4 {wc['lz4_us']} µs and bookkeeping "
-                 f"{wc['bookkeeping_us']} µs; recording a trace: {wc['write_us_untraced']} "
-                 f"-> {wc['write_us_traced']} µs (+{wc['trace_overhead']:.1%}), keeping zstd's "
-                 f"blocks too {wc['write_us_traced_zstd']} µs "
-                 f"(+{wc['trace_zstd_overhead']:.1%})")
-    rc = r["read_cost"]
-    lines.append(f"one page of an 8-page swap-in in process (fault, promotion, demotion): "
-                 f"{rc['native_us']} µs native, {rc['python_us']} µs python; lz4 "
-                 f"decompression alone {rc['lz4_us']} µs")
-    md = r["metadata"]
-    lines.append(f"metadata with {md['pages']} pages stored: {md['counted_bytes_per_page']} "
-                 f"bytes/page counted, {md['rss_bytes_per_page']} bytes/page of RSS growth")
-    lines.append(f"peak RSS during fio: cramfs {format_size(r['cramfs_peak_rss'])}, baseline "
-                 f"{format_size(r['baseline_peak_rss'])}; cramfs RSS holding the real data "
-                 f"{format_size(rd['daemon_rss'])} for {format_size(rd['physical_used'])} "
-                 "physical_used")
-    if "swap" in r:
-        lines += ["", *swap_table(r["swap"])]
-    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,7 +36,7 @@ from ..metrics import INFO_NAME
 from ..stats import STATS, TEXT
 from ..units import spell_size
 from ..zsgeometry import DEFAULT_CHAIN_SIZE, geometry
-from .bench import jobs_table
+from .benchreport import jobs_table
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
