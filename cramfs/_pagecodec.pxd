@@ -1,4 +1,4 @@
-# The page encoder's C interface, for _devcore.pyx to encode a written page without
+# The page encoder's C interface, for the page paths (_devpaths.pyx) to encode a written page without
 # a Python call or a tuple. (final: no subclass exists, so the call is a direct one.)
 cimport cython
 

@@ -1,4 +1,4 @@
-# The compiled page table's C interface, for _devcore.pyx to call without Python.
+# The compiled page table's C interface, for the slot store and the page paths to call without Python.
 from libc.stdint cimport uint32_t, uint64_t
 
 

@@ -44,7 +44,7 @@ cdef class _Chunk:
 
 
 cdef class NativeTable:
-    """A file's slots and its share of the device (kept by device.py)."""
+    """A file's slots and its share of the device (kept by the slot store, device/slots.py)."""
 
     def __init__(self, name=""):
         self.name = name

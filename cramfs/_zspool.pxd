@@ -1,4 +1,4 @@
-# The compiled pool's C interface, for _devcore.pyx to call without Python.
+# The compiled pool's C interface, for the slot store and the page paths to call without Python.
 # (final: no subclass exists, so every method call here is a direct C call.)
 cimport cython
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t

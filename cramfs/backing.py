@@ -3,7 +3,7 @@
 zram writes back to a block device; cramfs takes a regular file on a real
 filesystem, and gives a block back to it with a punched hole when its page
 goes. This module owns the file and its blocks and nothing else: which page
-goes where is decided in device.py.
+goes where is decided in device/writeback.py.
 
 Two sides, because the file's I/O must never hold up the request loop:
 

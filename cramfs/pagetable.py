@@ -117,7 +117,7 @@ def is_huge(word: int) -> bool:
 
 
 class PageTable:
-    """A file's slots and its share of the device (kept by device.py)."""
+    """A file's slots and its share of the device (kept by the slot store, device/slots.py)."""
 
     __slots__ = ("__weakref__", "_ages", "_chunks", "_used", "count", "extra", "name",
                  "physical_bytes", "promoted_pages", "stored_pages")

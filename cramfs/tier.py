@@ -1,9 +1,9 @@
 """The host-DRAM tier: promoted pages in LRU order.
 
-It only keeps what it is given for each page (device.py gives it the compressed
+It only keeps what it is given for each page (the device gives it the compressed
 form the device had, so an unchanged page can go back without recompression)
 and the order. What a promotion or a demotion means for
-the device (write control, fallback, counters) is decided in device.py.
+the device (write control, fallback, counters) is decided in device/paths.py.
 """
 
 from __future__ import annotations
