@@ -8,6 +8,11 @@ setup(ext_modules=cythonize(
     # stray write, if the pool's own arithmetic were ever wrong)
     [Extension("cramfs._zspool", ["cramfs/_zspool.pyx"],
                extra_compile_args=["-O2", "-D_GLIBCXX_ASSERTIONS"]),
+     # the compiled pool's size classes and memory, which _zspool cimports
+     Extension("cramfs._zsclass", ["cramfs/_zsclass.pyx"],
+               extra_compile_args=["-O2", "-D_GLIBCXX_ASSERTIONS"]),
+     Extension("cramfs._zsmemory", ["cramfs/_zsmemory.pyx"],
+               extra_compile_args=["-O2", "-D_GLIBCXX_ASSERTIONS"]),
      Extension("cramfs._pagetable", ["cramfs/_pagetable.pyx"], extra_compile_args=["-O2"]),
      # the slot store, the DRAM tier and the page paths: C++ for the tier's index
      Extension("cramfs._dramtier", ["cramfs/_dramtier.pyx"],
