@@ -126,7 +126,7 @@ cdef class NativePaths:
     cdef inline int _refresh(self) except -1:
         """The device's refresh, skipped while usage stays in the quiet band."""
         cdef long long used
-        if not self.slots._pending:
+        if not self.slots.deferred:
             used = self.slots.c_used()
             if self.quiet_low <= used < self.quiet_high:
                 return 0
@@ -141,7 +141,7 @@ cdef class NativePaths:
         cdef uint64_t word = table.get(idx)
         cdef bytes page
         cdef _Node n
-        cdef NativeTier tier = self.slots._tier
+        cdef NativeTier tier = self.slots.ntier
         if not word:
             return ZERO_PAGE
         if (word & KIND_MASK) == PROMOTED:
@@ -209,7 +209,7 @@ cdef class NativePaths:
         if fill_page(word, dst):
             return 0
         if (word & KIND_MASK) == PROMOTED:
-            node = self.slots._tier.c_get(table, idx)
+            node = self.slots.ntier.c_get(table, idx)
             if decode_kept(node.algo, node.blob, dst):
                 return 0
         if (word & KIND_MASK) != DEVICE or (algo != LZ4_ID and algo != NONE_ID):
@@ -265,7 +265,7 @@ cdef class NativePaths:
             if not word or kind == SAME:
                 continue
             if kind == PROMOTED:
-                self.slots._tier.c_get(table, idx)
+                self.slots.ntier.c_get(table, idx)
                 continue
             self.read_page(table, idx, ZERO_PAGE)
         return size
@@ -273,7 +273,7 @@ cdef class NativePaths:
     # ------------------------------------------------------------ the DRAM tier
 
     cpdef bint tier_room(self) except -1:
-        while len(self.slots._tier) >= self.tier_budget:
+        while len(self.slots.ntier) >= self.tier_budget:
             if not self.demote_one():
                 return False
         return True
@@ -281,7 +281,7 @@ cdef class NativePaths:
     cpdef bint demote_one(self) except -1:
         """PagePaths.demote_one for a clean page (its kept form goes back as it is);
         the reference's for the rest."""
-        cdef _Node n = self.slots._tier.c_oldest()
+        cdef _Node n = self.slots.ntier.c_oldest()
         cdef bint ok
         if n is None:
             return False

@@ -9,7 +9,7 @@ from ._zspool cimport NativeClassPool, NativePool
 cdef class NativeSlotStore:
     cdef readonly NativePool pool
     cdef readonly NativeClassPool fallback
-    cdef NativeTier _tier
+    cdef NativeTier ntier                 # the DRAM tier, for the paths' C calls
     cdef public object words
     cdef public object counters
     cdef object _monotonic
@@ -22,7 +22,7 @@ cdef class NativeSlotStore:
     cdef public long long mem_used_max
     cdef public long long pending_bytes
     cdef public long long release_delay
-    cdef object _pending
+    cdef object deferred                  # release_delay's frees: deque of (due, handle)
     cdef public bint tracking
     cdef dict _marks
     cdef public object free_block

@@ -38,12 +38,12 @@ cdef class NativeSlotStore:
                  NativeTier tier not None, counters, monotonic, now):
         self.pool = pool
         self.fallback = fallback
-        self._tier = tier
+        self.ntier = tier
         self.words = WordStore()
         self.counters = counters
         self._monotonic = monotonic
         self._now = now
-        self._pending = collections.deque()
+        self.deferred = collections.deque()
         self._marks = {}
         self.cause = "write"
 
@@ -51,11 +51,11 @@ cdef class NativeSlotStore:
 
     @property
     def tier(self):
-        return self._tier
+        return self.ntier
 
     @tier.setter
     def tier(self, NativeTier value not None):
-        self._tier = value
+        self.ntier = value
 
     @property
     def pages(self):
@@ -70,7 +70,7 @@ cdef class NativeSlotStore:
 
     @property
     def pending(self):
-        return len(self._pending)
+        return len(self.deferred)
 
     @property
     def marks(self):
@@ -104,14 +104,14 @@ cdef class NativeSlotStore:
         return None
 
     def kept(self, NativeTable table not None, long long idx, bint touch=False):
-        cdef _Node n = self._tier.c_get(table, idx) if touch else self._tier.c_peek(table, idx)
+        cdef _Node n = self.ntier.c_get(table, idx) if touch else self.ntier.c_peek(table, idx)
         return n.encoded()
 
     def oldest(self):
-        return self._tier.oldest()
+        return self.ntier.oldest()
 
     def promoted(self):
-        return len(self._tier)
+        return len(self.ntier)
 
     # ------------------------------------------------------------ transitions
 
@@ -143,7 +143,7 @@ cdef class NativeSlotStore:
 
     def store_promoted(self, NativeTable table not None, long long idx, tuple kept):
         cdef uint64_t old = self.c_clear(table, idx)
-        self._tier.put((table, idx), kept)
+        self.ntier.put((table, idx), kept)
         self.c_install(table, idx, old, PROMOTED, 0, 0)
         return old
 
@@ -158,7 +158,7 @@ cdef class NativeSlotStore:
         return old
 
     def keep(self, NativeTable table not None, long long idx, tuple kept):
-        self._tier.put((table, idx), kept)
+        self.ntier.put((table, idx), kept)
 
     def note(self, NativeTable table not None, long long idx, what):
         cdef uint64_t word
@@ -197,7 +197,7 @@ cdef class NativeSlotStore:
                             bint huge) except? 0:
         """store_promoted of a page just read, its kept form's fields apart."""
         cdef uint64_t old = self.c_clear(table, idx)
-        self._tier.c_put(table, idx, blob, algo, huge)
+        self.ntier.c_put(table, idx, blob, algo, huge)
         self.c_install(table, idx, old, PROMOTED, 0, 0)
         return old
 
@@ -249,16 +249,16 @@ cdef class NativeSlotStore:
                 # the file lets go now; the device gets the memory back later
                 charge = self.pool.charge_of(word >> HANDLE_SHIFT)
                 deadline = self._monotonic() + self.release_delay / 1000
-                if self._pending:       # (wraparound=False: no [-1] here)
-                    deadline = max(deadline, self._pending[len(self._pending) - 1][0])
-                self._pending.append((deadline, word >> HANDLE_SHIFT))
+                if self.deferred:       # (wraparound=False: no [-1] here)
+                    deadline = max(deadline, self.deferred[len(self.deferred) - 1][0])
+                self.deferred.append((deadline, word >> HANDLE_SHIFT))
                 self.pending_bytes += charge
             else:
                 charge = self.pool.free(word >> HANDLE_SHIFT)
         elif kind == FALLBACK:
             self.fallback.free(word >> HANDLE_SHIFT)
         elif kind == PROMOTED:
-            self._tier.c_pop(table, idx)
+            self.ntier.c_pop(table, idx)
         elif kind == BACKED:
             if self.free_block is None:
                 raise AssertionError("a written-back page with no backing file")
@@ -307,13 +307,13 @@ cdef class NativeSlotStore:
     # ------------------------------------------------------------ the pool's memory
 
     def release_due(self, double now):
-        pending = self._pending
+        pending = self.deferred
         while pending and pending[0][0] <= now:
             _, handle = pending.popleft()
             self.pending_bytes -= self.pool.free(handle)
 
     def shorten_delay(self, double early):
-        self._pending = collections.deque((t - early, h) for t, h in self._pending)
+        self.deferred = collections.deque((t - early, h) for t, h in self.deferred)
 
     def compact(self, tables):
         cdef dict moves = self.pool.compact()
@@ -321,8 +321,8 @@ cdef class NativeSlotStore:
         cdef uint64_t word, handle, new
         if not moves:
             return 0
-        if self._pending:
-            self._pending = collections.deque((t, _rebase(h, moves)) for t, h in self._pending)
+        if self.deferred:
+            self.deferred = collections.deque((t, _rebase(h, moves)) for t, h in self.deferred)
         for table in tables:
             for idx, word in table.items():
                 if (word & KIND_MASK) == DEVICE:

@@ -10,6 +10,20 @@ from cramfs.pagetable import DEVICE, KIND_MASK, PROMOTED, PageTable, handle_of
 from cramfs.units import PAGE_SIZE
 
 
+class FakeClock:
+    """A monotonic clock that moves only when a test says so: delayed releases and
+    access ages are tested without a sleep."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def random_page(seed: int) -> bytes:
     """Incompressible: lz4 cannot shrink it, so it is stored huge (a whole page)."""
     return random.Random(seed).randbytes(PAGE_SIZE)

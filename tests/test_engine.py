@@ -26,6 +26,7 @@ from cramfs.pagetable import DEVICE, KIND_MASK
 from cramfs.pool import ArenaPool
 from cramfs.units import PAGE_SIZE
 
+from .helpers import FakeClock
 from .test_device_properties import payload
 from .test_pool import sizes
 
@@ -401,20 +402,6 @@ def _apply(d: Device, ts: list, o: tuple, pending: list[IoJob]):
         return d.recompress(o[1])
     d.set(*o[1])
     return None
-
-
-class FakeClock:
-    """A monotonic clock that moves only when a test says so: delayed releases and
-    access ages without a sleep."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @settings(max_examples=int(os.environ.get("CRAMFS_EXAMPLES", "120")),

@@ -11,7 +11,7 @@ from cramfs.config import DeviceConfig
 from cramfs.device import Device, DeviceError
 from cramfs.pagetable import HUGE_BIT, TRIED, algo_of, kind_of
 
-from .helpers import check_accounting, random_page, text_page
+from .helpers import FakeClock, check_accounting, random_page, text_page
 
 P = 4096
 
@@ -23,8 +23,9 @@ def small_alphabet_page(seed: int) -> bytes:
     return bytes(rng.choice(b"ABCDEFGHIJKLMNOP") for _ in range(P))
 
 
-def make() -> tuple[Device, object]:
-    dev = Device(DeviceConfig(advertised=1 << 24, physical=1 << 22, dram=0))
+def make(clock: FakeClock | None = None) -> tuple[Device, object]:
+    dev = Device(DeviceConfig(advertised=1 << 24, physical=1 << 22, dram=0),
+                 monotonic=clock or FakeClock())
     return dev, dev.table("f")
 
 
@@ -44,11 +45,12 @@ def test_idle_all_then_an_access_clears_the_mark():
 
 
 def test_idle_by_age():
-    dev, t = make()
+    clock = FakeClock()
+    dev, t = make(clock)
     dev.write(t, 0, text_page(1))
     dev.mark_idle(None)                                # starts tracking
     dev.read(t, 0, P)
-    dev._epoch -= 100                                  # 100 seconds pass
+    clock.advance(100)                                 # 100 seconds pass
     dev.write(t, P, text_page(2))
     assert dev.mark_idle(50) == 1, "only the page not accessed for 50 s"
     assert t.age(0) == 0 and t.age(1) > 0

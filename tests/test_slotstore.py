@@ -11,6 +11,7 @@ The ASan build runs this file (scripts/test-asan).
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -22,7 +23,7 @@ from cramfs.device.common import Counters
 from cramfs.pagetable import HANDLE_SHIFT, KIND_MASK, KINDS
 from cramfs.units import PAGE_SIZE as P
 
-from .test_engine import FakeClock
+from .helpers import FakeClock
 
 ENGINES = ("python", "native")
 NONE_ID = COMPRESSORS["none"].ident
@@ -106,7 +107,8 @@ def _step(rig: Rig, op: tuple) -> object:
     """One transition on one rig; what it returned, or the exception's type."""
     s = rig.store
     name = op[0]
-    t = idx = None
+    t: Any = None
+    idx: Any = None
     if len(op) > 1 and isinstance(op[1], tuple):
         t, idx = rig.tables[op[1][0]], op[1][1]
     try:
