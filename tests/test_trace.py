@@ -85,7 +85,7 @@ def test_a_replay_under_the_recorded_settings_ends_in_the_recorded_mm_stat(tmp_p
     if ring == "python":        # the reference ring, as a checkout without the build has
         monkeypatch.setattr("cramfs.trace.ring.native_available", lambda: False)
     elif not native_available():
-        pytest.skip("the compiled ring is not built")
+        pytest.fail("the compiled ring is not built: run scripts/setup")
     ns = fresh()
     rec = record(ns, tmp_path / "t.trace")
     assert isinstance(rec._ring, PyTraceRing) == (ring == "python")
