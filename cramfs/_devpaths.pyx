@@ -104,7 +104,7 @@ cdef class NativePaths:
         global DeviceError
         if DeviceError is None:
             from .device.common import DeviceError
-        self.dev = dev
+        self.dev = dev                      # a weak proxy: the device owns its paths
         self.ref = ref
         self.slots = <NativeSlotStore?>dev.store
         self.counters = dev.counters
@@ -126,8 +126,11 @@ cdef class NativePaths:
     cdef inline int _refresh(self) except -1:
         """The device's refresh, skipped while usage stays in the quiet band."""
         cdef long long used
-        if not self.slots.deferred:
-            used = self.slots.c_used()
+        cdef NativeSlotStore slots = self.slots
+        if not slots.deferred:
+            used = slots.c_used()
+            if used > slots.mem_used_max:
+                slots.mem_used_max = used
             if self.quiet_low <= used < self.quiet_high:
                 return 0
         self.dev.refresh()
@@ -155,8 +158,11 @@ cdef class NativePaths:
                 return page
         return self.ref.peek(table, idx, touch)
 
-    cpdef bytes read_page(self, NativeTable table, long long idx, object data=None):
+    def read_page(self, NativeTable table not None, long long idx, object data=None):
         """Serve one page; `data` is its decompressed content if already known."""
+        return self.c_read_page(table, idx, data)
+
+    cdef bytes c_read_page(self, NativeTable table, long long idx, object data):
         cdef uint64_t word = table.get(idx)
         cdef int kind = word & KIND_MASK
         cdef int algo
@@ -213,7 +219,7 @@ cdef class NativePaths:
             if decode_kept(node.algo, node.blob, dst):
                 return 0
         if (word & KIND_MASK) != DEVICE or (algo != LZ4_ID and algo != NONE_ID):
-            page = self.read_page(table, idx)
+            page = self.c_read_page(table, idx, None)
             if PyBytes_GET_SIZE(page) != PAGE:
                 raise ValueError(f"page {idx}: {PyBytes_GET_SIZE(page)} bytes")
             memcpy(dst, PyBytes_AS_STRING(page), PAGE)
@@ -227,7 +233,7 @@ cdef class NativePaths:
             memcpy(dst, src, PAGE)
         elif LZ4_decompress_safe(src, dst, <int>n, PAGE) != PAGE:
             raise ValueError(f"page {idx}: damaged lz4 block")
-        self.read_page(table, idx, ZERO_PAGE)
+        self.c_read_page(table, idx, ZERO_PAGE)
         return 0
 
     def read(self, NativeTable table not None, long long off, long long size):
@@ -242,7 +248,7 @@ cdef class NativePaths:
             return self.ref.read(table, off, size)
         self.counters.reads += count
         if count == 1:
-            page = self.read_page(table, first)
+            page = self.c_read_page(table, first, None)
             return page if size == PAGE else page[start:start + size]
         data = PyBytes_FromStringAndSize(NULL, count * PAGE)
         for k in range(count):
@@ -267,7 +273,7 @@ cdef class NativePaths:
             if kind == PROMOTED:
                 self.slots.ntier.c_get(table, idx)
                 continue
-            self.read_page(table, idx, ZERO_PAGE)
+            self.c_read_page(table, idx, ZERO_PAGE)
         return size
 
     # ------------------------------------------------------------ the DRAM tier
@@ -305,20 +311,26 @@ cdef class NativePaths:
 
     # ------------------------------------------------------------ writes
 
-    cpdef write_page(self, NativeTable table, long long idx, object page, object enc=None,
-                     bint force=False):
+    def write_page(self, NativeTable table not None, long long idx, object page,
+                   object enc=None, bint force=False):
+        self.c_write_page(table, idx, page, enc, force)
+
+    cdef int c_write_page(self, NativeTable table, long long idx, object page, object enc,
+                          bint force) except -1:
         cdef int algo = 0
         cdef bint huge = False
         cdef bytes blob
         if self.direct_dram:
-            return self.ref.write_page(table, idx, page, enc, force)
+            self.ref.write_page(table, idx, page, enc, force)
+            return 0
         if enc is None and self.lz4 is not None and type(page) is bytes:
             # the swap path: the page encoded and stored with no tuple between
             blob = self.lz4.c_encode(page, &algo, &huge)
             if blob is not None:
                 self._store_blob(table, idx, blob, algo, huge, False, force, None)
-                return
+                return 0
         self.store_(table, idx, enc or self.encode(page), False, force)
+        return 0
 
     def store(self, NativeTable table not None, long long idx, tuple enc, bint demoting,
               bint force=False):
@@ -406,7 +418,7 @@ cdef class NativePaths:
             return self.ref.write(table, off, data)
         if n == PAGE:
             self.counters.writes += 1
-            self.write_page(table, off // PAGE, data)
+            self.c_write_page(table, off // PAGE, data, None, False)
             return PAGE
         encode = self.encode_request
         if self.direct_dram or encode is None or type(data) is not bytes:
@@ -416,7 +428,7 @@ cdef class NativePaths:
                                  parallel.map_parts(partial(encode, data), n // PAGE,
                                                     self.comp_threads))
 
-    def _write_pages(self, NativeTable table, long long first, data):
+    def _write_pages(self, NativeTable table not None, long long first, data):
         """PagePaths._write_pages with the compiled write_page: pages encoded ahead
         on comp_threads (or kept whole for direct mode's DRAM)."""
         cdef long long k
@@ -430,7 +442,7 @@ cdef class NativePaths:
             for k, (page, enc) in enumerate(zip(pages, encoded, strict=True)):
                 self.counters.writes += 1
                 try:
-                    self.write_page(table, first + k, page, enc)
+                    self.c_write_page(table, first + k, page, enc, False)
                 except DeviceError:
                     if k:
                         return k * PAGE
@@ -456,3 +468,14 @@ cdef class NativePaths:
 
     def poisoned_read(self, table, idx):
         return self.ref.poisoned_read(table, idx)
+
+
+def _constants():
+    """The constants this module was compiled with (_slotword.pxi): device/common.py
+    checks them at import, as it checks _slotstore's."""
+    return {"PAGE": PAGE, "KIND_MASK": KIND_MASK, "SAME": SAME, "DEVICE": DEVICE,
+            "FALLBACK": FALLBACK, "PROMOTED": PROMOTED, "POISONED": POISONED,
+            "BACKED": BACKED, "KINDS": KINDS, "ALGO_SHIFT": ALGO_SHIFT,
+            "HUGE_BIT": HUGE_BIT, "HANDLE_SHIFT": HANDLE_SHIFT, "WIDE_WORD": WIDE_WORD,
+            "INJECTED_POISON": INJECTED_POISON, "DIRTY": DIRTY, "NONE_ID": NONE_ID,
+            "LZ4_ID": LZ4_ID, "INLINE_LIMIT": INLINE_LIMIT}

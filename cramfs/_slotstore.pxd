@@ -14,7 +14,7 @@ cdef class NativeSlotStore:
     cdef public object counters
     cdef object _monotonic
     cdef object _now
-    cdef long long _pages[7]
+    cdef long long _pages[8]              # by kind: every value of a word's 3 kind bits
     cdef public long long huge_pages
     cdef public long long charged
     cdef public long long extra
@@ -41,4 +41,3 @@ cdef class NativeSlotStore:
                                    int algo, bint huge) except? 0
     cdef uint64_t c_promote(self, NativeTable table, long long idx, bytes blob, int algo,
                             bint huge) except? 0
-    cpdef uint64_t release(self, NativeTable table, long long idx) except? 0

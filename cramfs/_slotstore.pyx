@@ -115,7 +115,7 @@ cdef class NativeSlotStore:
 
     # ------------------------------------------------------------ transitions
 
-    cpdef uint64_t release(self, NativeTable table, long long idx) except? 0:
+    def release(self, NativeTable table not None, long long idx):
         """Make a slot a hole and free what it held; return the old word."""
         cdef uint64_t old = self.c_clear(table, idx)
         if old and self.hook is not None:
@@ -204,7 +204,6 @@ cdef class NativeSlotStore:
     cdef int c_install(self, NativeTable table, long long idx, uint64_t old, uint64_t word,
                        long long charge, long long extra) except -1:
         cdef int kind = word & KIND_MASK
-        cdef long long used
         table.set(idx, word)
         self._pages[kind] += 1
         if kind == DEVICE:
@@ -219,9 +218,6 @@ cdef class NativeSlotStore:
             if word & HUGE_BIT:
                 self.huge_pages += 1
                 self.counters.huge_pages_since += 1
-            used = self.pool.used_bytes + self.extra
-            if used > self.mem_used_max:
-                self.mem_used_max = used
         elif kind == SAME or kind == BACKED:
             table.stored_pages += 1
         elif kind == PROMOTED:
@@ -244,11 +240,13 @@ cdef class NativeSlotStore:
                 self._marks.pop((table, idx), None)
             return 0
         kind = word & KIND_MASK
+        if kind >= KINDS:
+            raise ValueError(f"slot {idx}: a word of no known kind ({word:#x})")
         if kind == DEVICE:
             if self.release_delay:
                 # the file lets go now; the device gets the memory back later
                 charge = self.pool.charge_of(word >> HANDLE_SHIFT)
-                deadline = self._monotonic() + self.release_delay / 1000
+                deadline = max(self._monotonic() + self.release_delay / 1000, 0.0)
                 if self.deferred:       # (wraparound=False: no [-1] here)
                     deadline = max(deadline, self.deferred[len(self.deferred) - 1][0])
                 self.deferred.append((deadline, word >> HANDLE_SHIFT))
@@ -324,6 +322,8 @@ cdef class NativeSlotStore:
         if self.deferred:
             self.deferred = collections.deque((t, _rebase(h, moves)) for t, h in self.deferred)
         for table in tables:
+            if table is None:
+                raise TypeError("compact() needs the device's tables, not None")
             for idx, word in table.items():
                 if (word & KIND_MASK) == DEVICE:
                     handle = word >> HANDLE_SHIFT
@@ -338,8 +338,8 @@ cdef class NativeSlotStore:
 
 
 def _constants():
-    """The word's layout and ids as this module was compiled with them: engine.py checks
-    them against pagetable.py, device/common.py and compressors.py at import, so the
+    """The word's layout and ids as this module was compiled with them: device/common.py
+    checks them against pagetable.py, its own and compressors.py's at import, so the
     two stores can never silently disagree on a bit."""
     return {"PAGE": PAGE, "KIND_MASK": KIND_MASK, "SAME": SAME, "DEVICE": DEVICE,
             "FALLBACK": FALLBACK, "PROMOTED": PROMOTED, "POISONED": POISONED,

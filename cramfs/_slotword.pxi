@@ -1,6 +1,6 @@
 # The page-table word's layout and the ids the compiled store and paths test for, as
 # compile-time constants. pagetable.py, device/common.py and compressors.py hold the
-# same values; engine.py compares them with _slotstore._constants() at import.
+# same values; device/common.py compares them with each module's _constants() at import.
 DEF PAGE = 4096
 DEF KIND_MASK = 7
 DEF SAME = 1

@@ -59,20 +59,6 @@ def check_constants(module: str, compiled: dict[str, int], python: dict[str, int
                           "(scripts/setup)")
 
 
-if NativeSlotStore is not None:
-    from . import pagetable as _pt
-    from ._slotstore import _constants as _slotword_constants
-    from .compressors import COMPRESSORS as _C
-    check_constants("_slotstore", dict(_slotword_constants()), {
-        "PAGE": 4096, "KIND_MASK": _pt.KIND_MASK, "SAME": _pt.SAME, "DEVICE": _pt.DEVICE,
-        "FALLBACK": _pt.FALLBACK, "PROMOTED": _pt.PROMOTED, "POISONED": _pt.POISONED,
-        "BACKED": _pt.BACKED, "KINDS": _pt.KINDS, "ALGO_SHIFT": _pt.ALGO_SHIFT,
-        "HUGE_BIT": _pt.HUGE_BIT, "HANDLE_SHIFT": _pt.HANDLE_SHIFT,
-        "WIDE_WORD": 1 << _pt.HANDLE_SHIFT, "INJECTED_POISON": _pt.pack(_pt.POISONED, algo=1),
-        "DIRTY": -1, "NONE_ID": _C["none"].ident, "LZ4_ID": _C["lz4"].ident,
-        "INLINE_LIMIT": _pt.INLINE_LIMIT})
-
-
 if NativePool is not None:
     from . import pool as _pool
     from ._zspool import _constants as _zspool_constants

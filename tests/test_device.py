@@ -527,3 +527,21 @@ def test_pressure_follows_fill_in_steps_of_50_and_wakes_only_on_change():
     check_accounting(dev, [t])
     dev.set("warn_at", "10%")                            # a knob moves it at once
     assert dev.pressure == pressure(dev.levels.level, dev.fill, 0.10, 0.90)
+
+
+@pytest.mark.parametrize("engine", ["python", "native"])
+def test_a_device_no_one_holds_is_freed_at_once(engine):
+    """Its parts hold it weakly: no cycle keeps a dropped device (and its pool's
+    memory) alive until the cyclic collector happens to run."""
+    import gc
+    import weakref
+
+    gc.disable()
+    try:
+        dev = Device(DeviceConfig(engine=engine))
+        dev.write(dev.table("f"), 0, bytes(range(256)) * 16)
+        gone = weakref.ref(dev)
+        del dev
+        assert gone() is None
+    finally:
+        gc.enable()

@@ -264,3 +264,34 @@ def test_the_native_store_takes_only_native_parts():
         engines.make_store("native", engines.make_pool("python"),
                            engines.make_fallback_pool("native"), engines.tier_class("native")(),
                            Counters(), FakeClock(), lambda: 1)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_word_of_no_known_kind_is_refused_before_it_is_counted(engine):
+    """Kind 7 exists in no state: a table holding it was corrupted. Its release raises,
+    and nothing (the compiled store's count by kind least of all) is touched."""
+    rig = Rig(engine)
+    t = rig.tables[0]
+    rig.store.store_same(t, 0, bytes(8))
+    t.set(1, 1 << HANDLE_SHIFT | 7)
+    before = rig.state()
+    with pytest.raises(ValueError, match="no known kind"):
+        rig.store.release(t, 1)
+    assert rig.state() == before
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_no_table_is_a_type_error_not_a_crash(engine):
+    from cramfs.config import DeviceConfig
+    from cramfs.device import Device
+
+    rig = Rig(engine)
+    with pytest.raises((TypeError, AttributeError)):
+        rig.store.release(None, 0)
+    dev = Device(DeviceConfig(engine=engine))
+    for call in (lambda: dev.paths.read_page(None, 0), lambda: dev.paths.read(None, 0, P),
+                 lambda: dev.paths.write_page(None, 0, bytes(P)),
+                 lambda: dev.paths.write(None, 0, bytes(2 * P))):
+        with pytest.raises((TypeError, AttributeError)):
+            call()
+    dev.close()

@@ -3,7 +3,7 @@
 This is the RFC's "ask the driver if it's safe" before a page is migrated, and its
 answer when it is not. It is a pure decision from the page's size (through
 `fits`), the fill, the danger level and the settings, so it can be read and tested
-on its own; `paths.PagePaths.store` carries it out.
+on its own; `paths.PagePaths.screen` carries it out.
 
     write control on, level critical or no room:
         fallback=writeback (a user write)  -> STAGE     to the backing file

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 
+from .. import engine
+from .. import pagetable as pt
 from ..compressors import COMPRESSORS
 from ..pagetable import HANDLE_SHIFT, POISONED, PageTable, pack
 from ..pool import MAX_ZSPAGE_PAGES
@@ -40,6 +42,20 @@ class DeviceError(Exception):
 # or, with compressor id DIRTY, the page itself once a write changed it.
 Encoded = tuple[bytes | None, bytes, int, bool]
 DIRTY = -1
+
+
+# The compiled store and paths hold the word's layout and these ids as DEFs
+# (_slotword.pxi): checked here, at import, so the two can never silently disagree.
+_WORD = {"PAGE": PAGE_SIZE, "KIND_MASK": pt.KIND_MASK, "SAME": pt.SAME, "DEVICE": pt.DEVICE,
+         "FALLBACK": pt.FALLBACK, "PROMOTED": pt.PROMOTED, "POISONED": pt.POISONED,
+         "BACKED": pt.BACKED, "KINDS": pt.KINDS, "ALGO_SHIFT": pt.ALGO_SHIFT,
+         "HUGE_BIT": pt.HUGE_BIT, "HANDLE_SHIFT": HANDLE_SHIFT, "WIDE_WORD": WIDE_WORD,
+         "INJECTED_POISON": INJECTED_POISON, "DIRTY": DIRTY, "NONE_ID": NONE_ID,
+         "LZ4_ID": COMPRESSORS["lz4"].ident, "INLINE_LIMIT": pt.INLINE_LIMIT}
+if engine.native_available():
+    from .. import _devpaths, _slotstore
+    engine.check_constants("_slotstore", dict(_slotstore._constants()), _WORD)
+    engine.check_constants("_devpaths", dict(_devpaths._constants()), _WORD)
 
 
 @dataclass(slots=True)

@@ -8,6 +8,7 @@ decide.
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING
 
 from ..units import PAGE_SIZE, format_size
@@ -22,7 +23,7 @@ class Emulation:
     """A device's injected faults and media model."""
 
     def __init__(self, dev: Device) -> None:
-        self.dev = dev
+        self.dev = weakref.proxy(dev)      # the device owns its parts, not the reverse
         self.mount_physical = dev.config.physical
         self.link_free = 0.0             # when the emulated media's link is next idle
 

@@ -33,6 +33,13 @@ from .paths import PagePaths
 from .writeback import Writeback
 
 
+def _age_clock(monotonic: Callable[[], float], epoch: float) -> Callable[[], int]:
+    """Device.now for the slot store, without a reference to the device: the parts hold
+    the device only weakly, so a device no one holds is freed at once, its pool's
+    memory with it, not at the next collection of cycles."""
+    return lambda: int(monotonic() - epoch) + 1
+
+
 class Device:
     """The emulated device. `engine=` in its config picks the slot store and the page
     paths: compiled (native) or the Python reference; they decide alike."""
@@ -63,14 +70,15 @@ class Device:
             engine, pool or engines.make_pool(engine, self.config.huge_threshold,
                                               self.config.chain_size),
             fallback_pool or engines.make_fallback_pool(engine),
-            engines.tier_class(engine)(), self.counters, monotonic, self.now)
+            engines.tier_class(engine)(), self.counters, monotonic,
+            _age_clock(monotonic, self._epoch))
         self.emulation = Emulation(self)
         self.wb = Writeback(self)
         # the page paths: the reference's, or the compiled ones, which hand it their
         # uncommon cases
         self.reference = PagePaths(self)
         self.paths: Any = self.reference if engine == "python" else engines.native_paths(
-            self, self.reference)
+            weakref.proxy(self), self.reference)
         self.configured()
         if self.config.backing_dev:
             self.attach_backing(self.config.backing_dev,
@@ -178,12 +186,14 @@ class Device:
         self._level_listeners.append(listener)
 
     def refresh(self, overflowed: bool = False, settings: bool = False) -> None:
-        """Track the level and the pressure after usage or `settings` changed (and give
-        back the delayed frees now due)."""
+        """Track the peak, the level and the pressure after usage or `settings` changed
+        (the delayed frees now due given back first, so the peak never counts them)."""
         store = self.store
         if store.pending:
             store.release_due(self._monotonic())
         used = store.used
+        if used > store.mem_used_max:
+            store.mem_used_max = used
         if not (overflowed or settings) and self.quiet_low <= used < self.quiet_high:
             return
         c = self.config

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import weakref
 from collections.abc import Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -61,7 +62,7 @@ class PagePaths:
     """The reference page paths of one device."""
 
     def __init__(self, dev: Device) -> None:
-        self.dev = dev
+        self.dev = weakref.proxy(dev)      # the device owns its parts, not the reverse
         self.store_ = dev.store
 
     def configure(self) -> None:

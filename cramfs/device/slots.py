@@ -137,7 +137,7 @@ class SlotStore:
         self.charged = 0                 # sum of the files' compressed charges
         self.extra = 0                   # sum of injected extra charges
         self.injected_poison = 0         # poisoned pages that inject made, not overflow
-        self.mem_used_max = 0
+        self.mem_used_max = 0            # the peak of `used`, as the device samples it
         self.release_delay = 0           # ms a freed device object stays charged
         # freed device objects still charged, oldest first (release_delay)
         self._pending: collections.deque[tuple[float, int]] = collections.deque()
@@ -274,9 +274,6 @@ class SlotStore:
             if word & HUGE_BIT:
                 self.huge_pages += 1
                 self.counters.huge_pages_since += 1
-            used = self.pool.used_bytes + self.extra
-            if used > self.mem_used_max:
-                self.mem_used_max = used
         elif kind in (SAME, BACKED):
             table.stored_pages += 1
         elif kind == PROMOTED:
@@ -296,6 +293,8 @@ class SlotStore:
                 self._marks.pop((table, idx), None)
             return 0
         kind = word & KIND_MASK
+        if kind >= KINDS:
+            raise ValueError(f"slot {idx}: a word of no known kind ({word:#x})")
         charge = 0
         if kind == DEVICE:
             handle = word >> HANDLE_SHIFT

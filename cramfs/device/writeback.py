@@ -18,6 +18,7 @@ import contextlib
 import errno
 import heapq
 import os
+import weakref
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -49,7 +50,7 @@ class Writeback:
     """A device's backing file and the pages on their way to and from it."""
 
     def __init__(self, dev: Device) -> None:
-        self.dev = dev
+        self.dev = weakref.proxy(dev)      # the device owns its parts, not the reverse
         self.backing: BackingFile | None = None
         self.staged: list[tuple[PageTable, int, int, bytes]] = []   # fallback=writeback
         self.behind: dict[int, tuple[PageTable, int]] = {}          # reclaim's blocks
