@@ -451,31 +451,3 @@ cdef class NativePaths:
             if ahead is not None:
                 ahead.close()            # stops the workers computing ahead
         return len(data)
-
-    # ------------------------------------------------------------ the reference's
-
-    def fits(self, table, long long idx, long long size, long long extra):
-        return self.ref.fits(table, idx, size, extra)
-
-    def screen(self, table, idx, blob, algo, huge, extra, demoting):
-        return self.ref.screen(table, idx, blob, algo, huge, extra, demoting)
-
-    def refuse(self, table, idx, why, demoting):
-        return self.ref.refuse(table, idx, why, demoting)
-
-    def refused_to_host(self, table, idx, size):
-        return self.ref.refused_to_host(table, idx, size)
-
-    def poisoned_read(self, table, idx):
-        return self.ref.poisoned_read(table, idx)
-
-
-def _constants():
-    """The constants this module was compiled with (_slotword.pxi): device/common.py
-    checks them at import, as it checks _slotstore's."""
-    return {"PAGE": PAGE, "KIND_MASK": KIND_MASK, "SAME": SAME, "DEVICE": DEVICE,
-            "FALLBACK": FALLBACK, "PROMOTED": PROMOTED, "POISONED": POISONED,
-            "BACKED": BACKED, "KINDS": KINDS, "ALGO_SHIFT": ALGO_SHIFT,
-            "HUGE_BIT": HUGE_BIT, "HANDLE_SHIFT": HANDLE_SHIFT, "WIDE_WORD": WIDE_WORD,
-            "INJECTED_POISON": INJECTED_POISON, "DIRTY": DIRTY, "NONE_ID": NONE_ID,
-            "LZ4_ID": LZ4_ID, "INLINE_LIMIT": INLINE_LIMIT}

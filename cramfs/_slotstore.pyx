@@ -334,16 +334,3 @@ cdef class NativeSlotStore:
 
     def reset_peak(self):
         self.mem_used_max = self.pool.used_bytes + self.extra
-
-
-
-def _constants():
-    """The word's layout and ids as this module was compiled with them: device/common.py
-    checks them against pagetable.py, its own and compressors.py's at import, so the
-    two stores can never silently disagree on a bit."""
-    return {"PAGE": PAGE, "KIND_MASK": KIND_MASK, "SAME": SAME, "DEVICE": DEVICE,
-            "FALLBACK": FALLBACK, "PROMOTED": PROMOTED, "POISONED": POISONED,
-            "BACKED": BACKED, "KINDS": KINDS, "ALGO_SHIFT": ALGO_SHIFT,
-            "HUGE_BIT": HUGE_BIT, "HANDLE_SHIFT": HANDLE_SHIFT, "WIDE_WORD": WIDE_WORD,
-            "INJECTED_POISON": INJECTED_POISON, "DIRTY": DIRTY, "NONE_ID": NONE_ID,
-            "LZ4_ID": LZ4_ID, "INLINE_LIMIT": INLINE_LIMIT}

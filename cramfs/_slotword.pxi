@@ -19,3 +19,15 @@ DEF DIRTY = -1
 DEF NONE_ID = 2
 DEF LZ4_ID = 0
 DEF INLINE_LIMIT = 1 << 56
+
+
+def _constants():
+    """The word's layout and ids as the including module was compiled with them:
+    device/common.py checks them against pagetable.py, its own and compressors.py's
+    at import, so the compiled and Python code can never silently disagree on a bit."""
+    return {"PAGE": PAGE, "KIND_MASK": KIND_MASK, "SAME": SAME, "DEVICE": DEVICE,
+            "FALLBACK": FALLBACK, "PROMOTED": PROMOTED, "POISONED": POISONED,
+            "BACKED": BACKED, "KINDS": KINDS, "ALGO_SHIFT": ALGO_SHIFT,
+            "HUGE_BIT": HUGE_BIT, "HANDLE_SHIFT": HANDLE_SHIFT, "WIDE_WORD": WIDE_WORD,
+            "INJECTED_POISON": INJECTED_POISON, "DIRTY": DIRTY, "NONE_ID": NONE_ID,
+            "LZ4_ID": LZ4_ID, "INLINE_LIMIT": INLINE_LIMIT}

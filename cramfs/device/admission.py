@@ -26,7 +26,6 @@ from enum import Enum
 from ..config import DeviceConfig
 from ..pagetable import DEVICE, HUGE_BIT, KIND_MASK
 from ..units import PAGE_SIZE
-from .common import MAX_GROWTH
 
 
 class Verdict(Enum):
@@ -42,9 +41,8 @@ def fits(config: DeviceConfig, used: int, cost: int, old_word: int, old_extra: i
     """Would an object costing `cost` more pool bytes, stored over `old_word`, keep
     `used` (plus the injected extra already added) within physical capacity? A huge
     page owns its page, so overwriting one frees that page for sure, unless its
-    release is delayed."""
-    if used + MAX_GROWTH <= config.physical:
-        return True
+    release is delayed. (PagePaths.fits skips this, and the pool's cost, far from
+    full.)"""
     whole = PAGE_SIZE if old_word & HUGE_BIT and not config.release_delay else 0
     freed = whole + old_extra if old_word & KIND_MASK == DEVICE else 0
     return used - freed + cost <= config.physical

@@ -24,7 +24,7 @@ import errno
 import functools
 import weakref
 from collections.abc import Callable, Generator, Iterable
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from .. import parallel
 from ..compressors import BY_ID
@@ -405,5 +405,3 @@ class PagePaths:
 def kept_in_host(table: PageTable, idx: int, why: str) -> str:
     return f"{page_name(table, idx)}: {why}, kept in host memory (fallback)"
 
-
-Paths = Any    # PagePaths or _devpaths.NativePaths: the same methods

@@ -310,7 +310,7 @@ class Writeback:
         dev = self.dev
         block = self.alloc_block()
         if block is None:
-            return dev.paths.refuse(table, idx, f"{why}, {self.full_errno()[1]}", False)
+            return dev.reference.refuse(table, idx, f"{why}, {self.full_errno()[1]}", False)
         page = blob if algo == NONE_ID else BY_ID[algo].decompress(blob)
         dev.store.mark(table, idx, block)
         self.staged.append((table, idx, block, page))
@@ -359,12 +359,12 @@ class Writeback:
             self.last_compact = now
             dev.counters.reclaim_compactions += 1
             steps.append(f"compaction gave {dev.compact()} pages")
-        fits = dev.paths.fits(table, idx, size, extra)
+        fits = dev.reference.fits(table, idx, size, extra)
         if c.reclaim == "writeback" and self.backing is not None and (
                 dev.levels.level >= CRITICAL or not fits):
             steps.append(f"{self._write_behind(c.reclaim_pages, (table, idx))} pages "
                          "written back")
-            fits = dev.paths.fits(table, idx, size, extra)
+            fits = dev.reference.fits(table, idx, size, extra)
         ok = fits and dev.levels.level < CRITICAL
         if ok:
             dev.counters.reclaim_rescued += 1
